@@ -1,0 +1,704 @@
+//! The hub owns presence state: apps, their channels, and the peers in them.
+//!
+//! Transports hand every decoded client frame to a [`Peer`]; the peer applies
+//! PROTOCOL.md §3 and the hub fans the result out to the other members'
+//! bounded outboxes. The message path is the same for every transport:
+//! transport → [`Peer::handle`] → [`Hub::relay`] → each member's outbox →
+//! that member's transport writer.
+//!
+//! A member whose outbox is full is a slow reader: it is told to close
+//! ([`PeerCtl::close`]) and its messages are skipped, so it never slows the
+//! channel. Dropping a [`Peer`] (its connection ended, for whatever reason)
+//! removes it from every channel and sends `peer_offline` to the others.
+//!
+//! State sits behind one `RwLock`, held only for map work and `try_send`s,
+//! never across an `.await`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, RwLock, RwLockWriteGuard};
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::protocol::{self, DecodeError, Kind, Op, Outbound};
+use crate::stats::{DropReason, Stats, Transport};
+
+/// A connection's id on this node (the original's `sid`); never sent to clients.
+pub type PeerId = u64;
+
+/// Per-peer limits, from config.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Capacity of each peer's outgoing queue, in messages.
+    pub outbox: usize,
+    /// Messages per second a peer may send; 0 = unlimited.
+    pub msg_rate: u32,
+    /// Channels one connection may join.
+    pub max_channels: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            outbox: 1024,
+            msg_rate: 500,
+            max_channels: 64,
+        }
+    }
+}
+
+/// Why the server ends a connection. Transports map it to a close code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client closed, reset or vanished; nothing left to tell it.
+    PeerGone,
+    /// The server is draining (WebSocket 1001).
+    GoingAway,
+    /// A text frame (1003).
+    UnsupportedData,
+    /// A message over MAX_MESSAGE_SIZE (1009).
+    MessageTooBig,
+    /// The outgoing queue overflowed (1008).
+    SlowReader,
+    /// No traffic, not even a Pong, within the idle timeout.
+    Idle,
+}
+
+impl CloseReason {
+    /// The WebSocket close code; WebTransport reuses it as the session error code.
+    pub fn code(self) -> u16 {
+        match self {
+            CloseReason::PeerGone => 1000,
+            CloseReason::GoingAway | CloseReason::Idle => 1001,
+            CloseReason::UnsupportedData => 1003,
+            CloseReason::MessageTooBig => 1009,
+            CloseReason::SlowReader => 1008,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::PeerGone => "connection ended",
+            CloseReason::GoingAway => "server shutting down",
+            CloseReason::UnsupportedData => "text frames are not supported",
+            CloseReason::MessageTooBig => "message too big",
+            CloseReason::SlowReader => "slow reader",
+            CloseReason::Idle => "idle timeout",
+        }
+    }
+}
+
+/// Lets the hub (or anyone holding it) end a connection with a reason.
+#[derive(Debug, Default)]
+pub struct PeerCtl {
+    token: CancellationToken,
+    reason: OnceLock<CloseReason>,
+}
+
+impl PeerCtl {
+    /// Asks the connection to close. The first reason wins; returns whether
+    /// this call was the first.
+    pub fn close(&self, reason: CloseReason) -> bool {
+        let first = self.reason.set(reason).is_ok();
+        self.token.cancel();
+        first
+    }
+
+    pub fn reason(&self) -> Option<CloseReason> {
+        self.reason.get().copied()
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    pub async fn closing(&self) {
+        self.token.cancelled().await
+    }
+}
+
+/// Where a member's messages go.
+#[derive(Clone)]
+struct Member {
+    client_id: Arc<str>,
+    outbox: mpsc::Sender<Bytes>,
+    ctl: Arc<PeerCtl>,
+}
+
+struct PeerEntry {
+    app: Arc<str>,
+    transport: Transport,
+    member: Member,
+}
+
+#[derive(Default)]
+struct State {
+    /// app → channel → members.
+    apps: HashMap<Arc<str>, HashMap<Arc<str>, HashMap<PeerId, Member>>>,
+    peers: HashMap<PeerId, PeerEntry>,
+}
+
+pub struct Hub {
+    mesh_id: Arc<str>,
+    limits: Limits,
+    stats: Arc<Stats>,
+    state: RwLock<State>,
+    next_id: AtomicU64,
+    draining: AtomicBool,
+}
+
+impl Hub {
+    pub fn new(mesh_id: &str, limits: Limits, stats: Arc<Stats>) -> Arc<Hub> {
+        Arc::new(Hub {
+            mesh_id: mesh_id.into(),
+            limits,
+            stats,
+            state: RwLock::default(),
+            next_id: AtomicU64::new(1),
+            draining: AtomicBool::new(false),
+        })
+    }
+
+    pub fn mesh_id(&self) -> &str {
+        &self.mesh_id
+    }
+
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    /// Registers a new connection of `client_id` in `app`. The receiver is
+    /// the peer's outbox, drained by its transport's writer.
+    pub fn connect(
+        self: &Arc<Self>,
+        app: &str,
+        client_id: &str,
+        transport: Transport,
+    ) -> (Peer, mpsc::Receiver<Bytes>) {
+        let (tx, rx) = mpsc::channel(self.limits.outbox);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let member = Member {
+            client_id: client_id.into(),
+            outbox: tx,
+            ctl: Arc::default(),
+        };
+        let app: Arc<str> = app.into();
+        self.write().peers.insert(
+            id,
+            PeerEntry {
+                app: app.clone(),
+                transport,
+                member: member.clone(),
+            },
+        );
+        let peer = Peer {
+            hub: self.clone(),
+            id,
+            app,
+            member,
+            joined: HashSet::new(),
+            limiter: RateLimiter::new(self.limits.msg_rate),
+        };
+        (peer, rx)
+    }
+
+    /// Sends `msg` to every member of `app/channel` except `from`.
+    /// Returns how many members it was queued for.
+    pub fn relay(&self, app: &str, channel: &str, from: Option<PeerId>, msg: &Bytes) -> usize {
+        let state = self.read();
+        let Some(members) = state.apps.get(app).and_then(|a| a.get(channel)) else {
+            return 0;
+        };
+        let mut sent = 0;
+        for (id, member) in members {
+            if Some(*id) != from && self.offer(member, msg.clone()) {
+                sent += 1;
+            }
+        }
+        self.stats.messages_out(sent as u64);
+        sent
+    }
+
+    /// Queues one message for one member; a full queue disconnects it.
+    fn offer(&self, member: &Member, msg: Bytes) -> bool {
+        if member.ctl.is_closing() {
+            return false;
+        }
+        match member.outbox.try_send(msg) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if member.ctl.close(CloseReason::SlowReader) {
+                    self.stats.count_drop(DropReason::SlowReader);
+                    tracing::debug!(peer = %member.client_id, "outbox full: disconnecting slow reader");
+                }
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    fn join(&self, app: &Arc<str>, channel: &str, id: PeerId, member: &Member) {
+        let mut state = self.write();
+        let channels = state.apps.entry(app.clone()).or_default();
+        let members = match channels.get_mut(channel) {
+            Some(members) => members,
+            None => channels.entry(channel.into()).or_default(),
+        };
+        members.insert(id, member.clone());
+    }
+
+    /// Removes `id` from `app/channel` and tells the others it went offline.
+    fn leave(&self, app: &str, channel: &str, id: PeerId, offline: &Bytes) {
+        let mut state = self.write();
+        if remove_member(&mut state, app, channel, id) {
+            drop(state);
+            self.relay(app, channel, Some(id), offline);
+        }
+    }
+
+    /// Starts draining: `/health` turns 503 and new connections are refused.
+    pub fn begin_drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Announces every peer's departure to the other members of its channels,
+    /// empties the channels, then asks every connection to close (1001).
+    /// Writers flush what is queued before closing. Returns the peer count.
+    pub fn close_all(&self) -> usize {
+        let mut state = self.write();
+        for (app, channels) in state.apps.drain() {
+            for (channel, members) in channels {
+                for (leaving_id, leaving) in &members {
+                    let offline = offline_msg(&channel, &leaving.client_id, &self.mesh_id);
+                    for (id, member) in &members {
+                        // Everyone is leaving: a full queue is not a slow reader here.
+                        if id != leaving_id {
+                            let _ = member.outbox.try_send(offline.clone());
+                        }
+                    }
+                }
+                tracing::debug!(%app, %channel, members = members.len(), "drained channel");
+            }
+        }
+        for entry in state.peers.values() {
+            entry.member.ctl.close(CloseReason::GoingAway);
+        }
+        state.peers.len()
+    }
+
+    /// Live connections.
+    pub fn peer_count(&self) -> usize {
+        self.read().peers.len()
+    }
+
+    /// SIGUSR1: every app, channel and member, one line each.
+    pub fn dump(&self) -> Vec<String> {
+        let state = self.read();
+        let mut lines = vec![format!(
+            "dump: mesh_id={} apps={} peers={}",
+            self.mesh_id,
+            state.apps.len(),
+            state.peers.len()
+        )];
+        let mut apps: Vec<_> = state.apps.iter().collect();
+        apps.sort_by(|a, b| a.0.cmp(b.0));
+        for (app, channels) in apps {
+            lines.push(format!("dump: app={app} channels={}", channels.len()));
+            let mut channels: Vec<_> = channels.iter().collect();
+            channels.sort_by(|a, b| a.0.cmp(b.0));
+            for (channel, members) in channels {
+                let mut peers: Vec<String> = members
+                    .iter()
+                    .map(|(id, m)| {
+                        let transport = state.peers.get(id).map_or("?", |p| p.transport.as_str());
+                        format!("{}(sid={id},{transport})", m.client_id)
+                    })
+                    .collect();
+                peers.sort();
+                lines.push(format!(
+                    "dump: app={app} channel={channel} members={} [{}]",
+                    members.len(),
+                    peers.join(", ")
+                ));
+            }
+        }
+        lines
+    }
+
+    /// SIGUSR2: connections per app (connections, not channel memberships).
+    pub fn connections_per_app(&self) -> Vec<(String, usize)> {
+        let state = self.read();
+        let mut counts: HashMap<&str, usize> = HashMap::new();
+        for entry in state.peers.values() {
+            *counts.entry(&entry.app).or_default() += 1;
+        }
+        let mut counts: Vec<_> = counts.into_iter().map(|(a, n)| (a.to_owned(), n)).collect();
+        counts.sort();
+        counts
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Returns whether the member was there.
+fn remove_member(state: &mut State, app: &str, channel: &str, id: PeerId) -> bool {
+    let Some(channels) = state.apps.get_mut(app) else {
+        return false;
+    };
+    let Some(members) = channels.get_mut(channel) else {
+        return false;
+    };
+    let removed = members.remove(&id).is_some();
+    if members.is_empty() {
+        channels.remove(channel);
+        if channels.is_empty() {
+            state.apps.remove(app);
+        }
+    }
+    removed
+}
+
+fn offline_msg(channel: &str, client_id: &str, mesh_id: &str) -> Bytes {
+    Bytes::from(protocol::encode(&Outbound {
+        kind: Kind::Control(Op::PeerOffline),
+        channel,
+        peer: client_id,
+        payload: None,
+        mesh: Some(mesh_id),
+    }))
+}
+
+/// One connected client, owned by its transport's reader.
+pub struct Peer {
+    hub: Arc<Hub>,
+    id: PeerId,
+    app: Arc<str>,
+    member: Member,
+    joined: HashSet<Arc<str>>,
+    limiter: RateLimiter,
+}
+
+impl Peer {
+    pub fn id(&self) -> PeerId {
+        self.id
+    }
+
+    pub fn client_id(&self) -> &str {
+        &self.member.client_id
+    }
+
+    pub fn app(&self) -> &str {
+        &self.app
+    }
+
+    pub fn ctl(&self) -> &Arc<PeerCtl> {
+        &self.member.ctl
+    }
+
+    /// Applies one client frame (PROTOCOL.md §3). A frame that is dropped is
+    /// counted, and the reason returned for the caller's debug log; the
+    /// connection lives on either way.
+    pub fn handle(&mut self, frame: &[u8]) -> Result<(), DropReason> {
+        let stats = self.hub.stats.clone();
+        stats.message_in();
+        let result = self.apply(frame);
+        if let Err(reason) = result {
+            stats.count_drop(reason);
+        }
+        result
+    }
+
+    fn apply(&mut self, frame: &[u8]) -> Result<(), DropReason> {
+        if !self.limiter.allow() {
+            return Err(DropReason::RateLimited);
+        }
+        let msg = protocol::decode(frame).map_err(|e: DecodeError| {
+            tracing::debug!(error = %e, len = frame.len(), "undecodable message");
+            if e.is_unknown_kind() {
+                DropReason::UnknownType
+            } else {
+                DropReason::Malformed
+            }
+        })?;
+
+        if msg.kind == Kind::Control(Op::ChannelJoin) {
+            if !self.joined.contains(msg.channel) {
+                if self.joined.len() >= self.hub.limits.max_channels {
+                    return Err(DropReason::TooManyChannels);
+                }
+                let channel: Arc<str> = msg.channel.into();
+                self.hub.join(&self.app, &channel, self.id, &self.member);
+                self.joined.insert(channel);
+            }
+            let ack = protocol::encode_join_ack(msg.channel, &self.hub.mesh_id);
+            self.hub.offer(&self.member, Bytes::from(ack));
+            return Ok(());
+        }
+
+        if !self.joined.contains(msg.channel) {
+            return Err(DropReason::NotJoined);
+        }
+        let relayed = Bytes::from(protocol::encode(&Outbound {
+            kind: msg.kind,
+            channel: msg.channel,
+            peer: &self.member.client_id,
+            payload: msg.payload,
+            mesh: Some(&self.hub.mesh_id),
+        }));
+        if msg.kind == Kind::Control(Op::PeerOffline) {
+            self.joined.remove(msg.channel);
+            self.hub.leave(&self.app, msg.channel, self.id, &relayed);
+        } else {
+            self.hub
+                .relay(&self.app, msg.channel, Some(self.id), &relayed);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Peer {
+    /// The connection ended: leave every channel with a `peer_offline`.
+    fn drop(&mut self) {
+        let mut state = self.hub.write();
+        state.peers.remove(&self.id);
+        let mut left = Vec::new();
+        for channel in self.joined.drain() {
+            if remove_member(&mut state, &self.app, &channel, self.id) {
+                left.push(channel);
+            }
+        }
+        drop(state);
+        for channel in left {
+            let offline = offline_msg(&channel, &self.member.client_id, &self.hub.mesh_id);
+            self.hub.relay(&self.app, &channel, Some(self.id), &offline);
+        }
+    }
+}
+
+/// Token bucket: `rate` per second, bursts of up to two seconds' worth.
+struct RateLimiter {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl RateLimiter {
+    fn new(rate: u32) -> Self {
+        RateLimiter {
+            rate: f64::from(rate),
+            tokens: f64::from(rate) * 2.0,
+            last: Instant::now(),
+        }
+    }
+
+    fn allow(&mut self) -> bool {
+        if self.rate == 0.0 {
+            return true;
+        }
+        let now = Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + refill).min(self.rate * 2.0);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn frame(v: Value) -> Vec<u8> {
+        rmp_serde::to_vec_named(&v).unwrap()
+    }
+
+    fn join(c: &str) -> Vec<u8> {
+        frame(json!({"t": "control", "op": "channel_join", "c": c}))
+    }
+
+    fn recv(rx: &mut mpsc::Receiver<Bytes>) -> Option<Value> {
+        rx.try_recv()
+            .ok()
+            .map(|b| rmp_serde::from_slice(&b).unwrap())
+    }
+
+    fn hub(limits: Limits) -> Arc<Hub> {
+        Hub::new("m1", limits, Arc::default())
+    }
+
+    #[test]
+    fn join_acks_only_the_joiner_and_relays_without_echo() {
+        let hub = hub(Limits::default());
+        let (mut a, mut rx_a) = hub.connect("app", "alice", Transport::WebSocket);
+        let (mut b, mut rx_b) = hub.connect("app", "bob", Transport::WebSocket);
+        a.handle(&join("room")).unwrap();
+        b.handle(&join("room")).unwrap();
+        assert_eq!(
+            recv(&mut rx_a).unwrap(),
+            json!({"t":"control","op":"channel_join","c":"room","p":"","mesh":"m1"})
+        );
+        assert_eq!(recv(&mut rx_b).unwrap()["op"], "channel_join");
+        assert!(recv(&mut rx_a).is_none(), "a must not see b's join ack");
+
+        a.handle(&frame(
+            json!({"t":"data","c":"room","p":"spoof","pl": serde_bytes::ByteBuf::from(vec![0x90])}),
+        ))
+        .unwrap();
+        let got = recv(&mut rx_b).unwrap();
+        assert_eq!(got["p"], "alice");
+        assert_eq!(got["mesh"], "m1");
+        assert!(recv(&mut rx_a).is_none(), "no echo to the sender");
+    }
+
+    #[test]
+    fn apps_are_isolated() {
+        let hub = hub(Limits::default());
+        let (mut a, _rx_a) = hub.connect("app1", "alice", Transport::WebSocket);
+        let (mut b, mut rx_b) = hub.connect("app2", "bob", Transport::WebSocket);
+        a.handle(&join("room")).unwrap();
+        b.handle(&join("room")).unwrap();
+        recv(&mut rx_b);
+        a.handle(&frame(json!({"t":"data","c":"room"}))).unwrap();
+        assert!(recv(&mut rx_b).is_none());
+    }
+
+    #[test]
+    fn drop_and_explicit_leave_send_peer_offline_once() {
+        let hub = hub(Limits::default());
+        let (mut a, _rx_a) = hub.connect("app", "alice", Transport::WebSocket);
+        let (mut b, mut rx_b) = hub.connect("app", "bob", Transport::WebSocket);
+        a.handle(&join("r1")).unwrap();
+        a.handle(&join("r2")).unwrap();
+        b.handle(&join("r1")).unwrap();
+        b.handle(&join("r2")).unwrap();
+        recv(&mut rx_b);
+        recv(&mut rx_b);
+        a.handle(&frame(json!({"t":"control","op":"peer_offline","c":"r1"})))
+            .unwrap();
+        let off = recv(&mut rx_b).unwrap();
+        assert_eq!(
+            (off["op"].as_str(), off["c"].as_str(), off["p"].as_str()),
+            (Some("peer_offline"), Some("r1"), Some("alice"))
+        );
+        // Now not a member of r1: further messages there are dropped.
+        assert_eq!(
+            a.handle(&frame(json!({"t":"data","c":"r1"}))),
+            Err(DropReason::NotJoined)
+        );
+        drop(a);
+        let off = recv(&mut rx_b).unwrap();
+        assert_eq!(
+            (off["c"].as_str(), off["p"].as_str()),
+            (Some("r2"), Some("alice"))
+        );
+        assert!(recv(&mut rx_b).is_none());
+        assert_eq!(hub.peer_count(), 1);
+    }
+
+    #[test]
+    fn not_joined_unknown_and_malformed_are_dropped_and_counted() {
+        let hub = hub(Limits::default());
+        let (mut a, _rx) = hub.connect("app", "alice", Transport::WebSocket);
+        assert_eq!(
+            a.handle(&frame(json!({"t":"data","c":"x"}))),
+            Err(DropReason::NotJoined)
+        );
+        assert_eq!(
+            a.handle(&frame(json!({"t":"nope","c":"x"}))),
+            Err(DropReason::UnknownType)
+        );
+        assert_eq!(a.handle(&[0xc1, 0x00]), Err(DropReason::Malformed));
+        assert_eq!(hub.stats().drops(DropReason::NotJoined), 1);
+        assert_eq!(hub.stats().drops(DropReason::UnknownType), 1);
+        assert_eq!(hub.stats().drops(DropReason::Malformed), 1);
+    }
+
+    #[test]
+    fn slow_reader_is_disconnected_and_channel_keeps_flowing() {
+        let hub = hub(Limits {
+            outbox: 4,
+            ..Limits::default()
+        });
+        let (mut a, _rx_a) = hub.connect("app", "alice", Transport::WebSocket);
+        let (mut slow, _rx_slow) = hub.connect("app", "slow", Transport::WebSocket);
+        let (mut fast, mut rx_fast) = hub.connect("app", "fast", Transport::WebSocket);
+        for p in [&mut a, &mut slow, &mut fast] {
+            p.handle(&join("room")).unwrap();
+        }
+        recv(&mut rx_fast);
+        for i in 0..20 {
+            a.handle(&frame(json!({"t":"data","c":"room","pl": i})))
+                .unwrap();
+            assert_eq!(recv(&mut rx_fast).unwrap()["pl"], i);
+        }
+        assert_eq!(slow.ctl().reason(), Some(CloseReason::SlowReader));
+        assert_eq!(hub.stats().drops(DropReason::SlowReader), 1);
+    }
+
+    #[test]
+    fn rate_limit_drops_the_excess() {
+        let hub = hub(Limits {
+            msg_rate: 5,
+            ..Limits::default()
+        });
+        let (mut a, _rx) = hub.connect("app", "alice", Transport::WebSocket);
+        a.handle(&join("room")).unwrap();
+        let dropped = (0..50)
+            .filter(|_| {
+                a.handle(&frame(json!({"t":"data","c":"room"}))) == Err(DropReason::RateLimited)
+            })
+            .count();
+        assert!(dropped >= 35, "dropped {dropped}");
+    }
+
+    #[test]
+    fn close_all_announces_everyone_then_closes() {
+        let hub = hub(Limits::default());
+        let (mut a, mut rx_a) = hub.connect("app", "alice", Transport::WebSocket);
+        let (mut b, mut rx_b) = hub.connect("app", "bob", Transport::WebTransport);
+        a.handle(&join("room")).unwrap();
+        b.handle(&join("room")).unwrap();
+        recv(&mut rx_a);
+        recv(&mut rx_b);
+        assert_eq!(hub.close_all(), 2);
+        assert_eq!(recv(&mut rx_a).unwrap()["p"], "bob");
+        assert_eq!(recv(&mut rx_b).unwrap()["p"], "alice");
+        assert_eq!(a.ctl().reason(), Some(CloseReason::GoingAway));
+        drop(a);
+        assert!(
+            recv(&mut rx_b).is_none(),
+            "no second offline after the drain"
+        );
+    }
+
+    #[test]
+    fn channel_limit_per_peer() {
+        let hub = hub(Limits {
+            max_channels: 2,
+            ..Limits::default()
+        });
+        let (mut a, _rx) = hub.connect("app", "alice", Transport::WebSocket);
+        a.handle(&join("1")).unwrap();
+        a.handle(&join("2")).unwrap();
+        a.handle(&join("2")).unwrap();
+        assert_eq!(a.handle(&join("3")), Err(DropReason::TooManyChannels));
+    }
+}

@@ -1,0 +1,17 @@
+//! prscd: the Presencejs v2 backend, as a library so that the binary, the
+//! integration tests and the benchmark tool share one implementation.
+//!
+//! - [`protocol`]: the msgpack Signalling message, pure.
+//! - [`hub`]: apps, channels, peers; the one path every message takes.
+//! - [`transport`]: WebSocket (TLS/TCP) and WebTransport (QUIC/UDP).
+//! - [`config`], [`tls`], [`stats`], [`telemetry`]: the node's set-up.
+//! - [`server`]: start, signals, drain.
+
+pub mod config;
+pub mod hub;
+pub mod protocol;
+pub mod server;
+pub mod stats;
+pub mod telemetry;
+pub mod tls;
+pub mod transport;

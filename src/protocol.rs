@@ -1,0 +1,626 @@
+//! The Presencejs v2 "Signalling" message: pure msgpack, no I/O.
+//!
+//! Every message on every transport is one msgpack map with string keys
+//! (`t`, `op`, `c`, `p`, `pl`, `sid`, `app`, `mesh`; see PROTOCOL.md §2).
+//! This module decodes what a client sends into a borrowed [`Inbound`],
+//! encodes what the server relays, and finds where one msgpack value ends
+//! ([`value_len`]) so that stream transports can split back-to-back messages.
+//!
+//! The decoder is hand-rolled rather than serde-derived for three reasons:
+//! it must reject anything that is not exactly one map (serde would also take
+//! arrays, and would ignore trailing bytes the browser's decoder chokes on),
+//! it must keep `pl` as the raw msgpack bytes the client sent so they pass
+//! through byte for byte whatever their type, and it must not allocate.
+
+use std::fmt;
+
+/// The two message kinds (`t`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Control(Op),
+    Data,
+}
+
+/// Control operations (`op`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    ChannelJoin,
+    PeerOnline,
+    PeerState,
+    PeerOffline,
+}
+
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::ChannelJoin => "channel_join",
+            Op::PeerOnline => "peer_online",
+            Op::PeerState => "peer_state",
+            Op::PeerOffline => "peer_offline",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Op> {
+        Some(match s {
+            "channel_join" => Op::ChannelJoin,
+            "peer_online" => Op::PeerOnline,
+            "peer_state" => Op::PeerState,
+            "peer_offline" => Op::PeerOffline,
+            _ => return None,
+        })
+    }
+}
+
+impl Kind {
+    pub fn t(self) -> &'static str {
+        match self {
+            Kind::Control(_) => "control",
+            Kind::Data => "data",
+        }
+    }
+
+    pub fn op(self) -> Option<Op> {
+        match self {
+            Kind::Control(op) => Some(op),
+            Kind::Data => None,
+        }
+    }
+
+    /// Short label for logs and metrics: `data` or the control op.
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::Control(op) => op.as_str(),
+            Kind::Data => "data",
+        }
+    }
+}
+
+/// A decoded client message, borrowing from the frame it came in.
+///
+/// `p`, `sid` and `app` are deliberately absent: the server sets the sender
+/// itself and never trusts a client-sent identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Inbound<'a> {
+    pub kind: Kind,
+    pub channel: &'a str,
+    /// The raw msgpack value of `pl` (header included), if present and not nil.
+    pub payload: Option<&'a [u8]>,
+}
+
+/// A message as the server relays it: `p` set by the server, `mesh` the node
+/// where it entered. `sid` and `app` are never encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outbound<'a> {
+    pub kind: Kind,
+    pub channel: &'a str,
+    pub peer: &'a str,
+    pub payload: Option<&'a [u8]>,
+    pub mesh: Option<&'a str>,
+}
+
+/// Why a frame could not be decoded. Each maps to a drop reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The bytes end before the value does.
+    #[error("incomplete msgpack value")]
+    Incomplete,
+    #[error("invalid msgpack: {0}")]
+    Malformed(&'static str),
+    #[error("message is not a msgpack map")]
+    NotAMap,
+    #[error("{0} trailing bytes after the message")]
+    TrailingBytes(usize),
+    #[error("field `{0}` missing")]
+    Missing(&'static str),
+    #[error("field `{0}` has the wrong type")]
+    WrongType(&'static str),
+    #[error("unknown message type `t`")]
+    UnknownType,
+    #[error("unknown control `op`")]
+    UnknownOp,
+    #[error("channel name empty or longer than {MAX_CHANNEL_LEN} bytes")]
+    BadChannel,
+}
+
+impl DecodeError {
+    /// True when the message was well-formed msgpack but not one we speak.
+    pub fn is_unknown_kind(&self) -> bool {
+        matches!(self, DecodeError::UnknownType | DecodeError::UnknownOp)
+    }
+}
+
+/// Longest channel name accepted, in bytes.
+pub const MAX_CHANNEL_LEN: usize = 256;
+
+/// Decodes one client message. `frame` must hold exactly one msgpack map.
+pub fn decode(frame: &[u8]) -> Result<Inbound<'_>, DecodeError> {
+    let total = value_len(frame)?;
+    if total != frame.len() {
+        return Err(DecodeError::TrailingBytes(frame.len() - total));
+    }
+    let mut r = Reader { buf: frame, pos: 0 };
+    let entries = r.map_len()?;
+
+    let mut t = None;
+    let mut op = None;
+    let mut channel = None;
+    let mut payload = None;
+    for _ in 0..entries {
+        let key = r.str_or(DecodeError::Malformed("map key is not a string"))?;
+        match key {
+            "t" => t = r.opt_str("t")?,
+            "op" => op = r.opt_str("op")?,
+            "c" => channel = r.opt_str("c")?,
+            "pl" => {
+                let raw = r.raw_value()?;
+                payload = (raw != [NIL]).then_some(raw);
+            }
+            // p, sid, app, mesh and unknown keys: skipped (never trusted).
+            _ => {
+                r.raw_value()?;
+            }
+        }
+    }
+
+    let kind = match t.ok_or(DecodeError::Missing("t"))? {
+        "data" => Kind::Data,
+        "control" => Kind::Control(
+            Op::parse(op.ok_or(DecodeError::Missing("op"))?).ok_or(DecodeError::UnknownOp)?,
+        ),
+        _ => return Err(DecodeError::UnknownType),
+    };
+    let channel = channel.ok_or(DecodeError::Missing("c"))?;
+    if channel.is_empty() || channel.len() > MAX_CHANNEL_LEN {
+        return Err(DecodeError::BadChannel);
+    }
+    Ok(Inbound {
+        kind,
+        channel,
+        payload,
+    })
+}
+
+/// Encodes a relayed message. Keys are written in a fixed order; `pl` is
+/// copied verbatim.
+pub fn encode(msg: &Outbound<'_>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(
+        32 + msg.channel.len()
+            + msg.peer.len()
+            + msg.payload.map_or(0, <[u8]>::len)
+            + msg.mesh.map_or(0, str::len),
+    );
+    let op = msg.kind.op();
+    let entries =
+        3 + op.is_some() as u32 + msg.payload.is_some() as u32 + msg.mesh.is_some() as u32;
+    rmp::encode::write_map_len(&mut out, entries).expect("vec write");
+    write_pair(&mut out, "t", msg.kind.t());
+    if let Some(op) = op {
+        write_pair(&mut out, "op", op.as_str());
+    }
+    write_pair(&mut out, "c", msg.channel);
+    write_pair(&mut out, "p", msg.peer);
+    if let Some(pl) = msg.payload {
+        rmp::encode::write_str(&mut out, "pl").expect("vec write");
+        out.extend_from_slice(pl);
+    }
+    if let Some(mesh) = msg.mesh {
+        write_pair(&mut out, "mesh", mesh);
+    }
+    out
+}
+
+/// The join acknowledgement, sent to the joiner only. `p` is empty, as the
+/// original sent it: the client drops presence ops whose `p` is its own id.
+pub fn encode_join_ack(channel: &str, mesh: &str) -> Vec<u8> {
+    encode(&Outbound {
+        kind: Kind::Control(Op::ChannelJoin),
+        channel,
+        peer: "",
+        payload: None,
+        mesh: Some(mesh),
+    })
+}
+
+fn write_pair(out: &mut Vec<u8>, key: &str, value: &str) {
+    rmp::encode::write_str(out, key).expect("vec write");
+    rmp::encode::write_str(out, value).expect("vec write");
+}
+
+const NIL: u8 = 0xc0;
+
+/// Length in bytes of the first complete msgpack value in `buf`.
+///
+/// Returns [`DecodeError::Incomplete`] when `buf` ends first (a stream reader
+/// then waits for more bytes) and [`DecodeError::Malformed`] on the reserved
+/// marker 0xc1. Iterative, so nesting depth cannot overflow the stack.
+pub fn value_len(buf: &[u8]) -> Result<usize, DecodeError> {
+    let mut pos = 0usize;
+    // Values still to be read; u64 because a map32 announces 2 * u32::MAX.
+    let mut pending: u64 = 1;
+    while pending > 0 {
+        pending -= 1;
+        let (header, body, children) = header_at(buf, pos)?;
+        pos = pos
+            .checked_add(header)
+            .and_then(|p| p.checked_add(body))
+            .ok_or(DecodeError::Incomplete)?;
+        if pos > buf.len() {
+            return Err(DecodeError::Incomplete);
+        }
+        pending += children;
+        // Every child takes at least one byte: an announcement larger than
+        // what is left cannot be complete yet.
+        if pending > (buf.len() - pos) as u64 {
+            return Err(DecodeError::Incomplete);
+        }
+    }
+    Ok(pos)
+}
+
+/// For the value at `pos`: (header bytes, body bytes, child values).
+fn header_at(buf: &[u8], pos: usize) -> Result<(usize, usize, u64), DecodeError> {
+    let marker = *buf.get(pos).ok_or(DecodeError::Incomplete)?;
+    let be = |n: usize| -> Result<u64, DecodeError> {
+        let bytes = buf
+            .get(pos + 1..pos + 1 + n)
+            .ok_or(DecodeError::Incomplete)?;
+        Ok(bytes.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b)))
+    };
+    let size = |n: u64| usize::try_from(n).map_err(|_| DecodeError::Incomplete);
+    Ok(match marker {
+        0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => (1, 0, 0),
+        0x80..=0x8f => (1, 0, 2 * u64::from(marker & 0x0f)),
+        0x90..=0x9f => (1, 0, u64::from(marker & 0x0f)),
+        0xa0..=0xbf => (1, usize::from(marker & 0x1f), 0),
+        0xc1 => return Err(DecodeError::Malformed("reserved marker 0xc1")),
+        0xc4 | 0xd9 => (2, size(be(1)?)?, 0),
+        0xc5 | 0xda => (3, size(be(2)?)?, 0),
+        0xc6 | 0xdb => (5, size(be(4)?)?, 0),
+        0xc7 => (3, size(be(1)?)?, 0),
+        0xc8 => (4, size(be(2)?)?, 0),
+        0xc9 => (6, size(be(4)?)?, 0),
+        0xca => (1, 4, 0),
+        0xcb => (1, 8, 0),
+        0xcc | 0xd0 => (1, 1, 0),
+        0xcd | 0xd1 => (1, 2, 0),
+        0xce | 0xd2 => (1, 4, 0),
+        0xcf | 0xd3 => (1, 8, 0),
+        0xd4 => (2, 1, 0),
+        0xd5 => (2, 2, 0),
+        0xd6 => (2, 4, 0),
+        0xd7 => (2, 8, 0),
+        0xd8 => (2, 16, 0),
+        0xdc => (3, 0, be(2)?),
+        0xdd => (5, 0, be(4)?),
+        0xde => (3, 0, 2 * be(2)?),
+        0xdf => (5, 0, 2 * be(4)?),
+    })
+}
+
+/// A cursor over a buffer already checked by [`value_len`].
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn map_len(&mut self) -> Result<u64, DecodeError> {
+        let (header, _, children) = header_at(self.buf, self.pos)?;
+        if !matches!(self.buf[self.pos], 0x80..=0x8f | 0xde | 0xdf) {
+            return Err(DecodeError::NotAMap);
+        }
+        self.pos += header;
+        Ok(children / 2)
+    }
+
+    fn raw_value(&mut self) -> Result<&'a [u8], DecodeError> {
+        let len = value_len(&self.buf[self.pos..])?;
+        let raw = &self.buf[self.pos..self.pos + len];
+        self.pos += len;
+        Ok(raw)
+    }
+
+    fn str_or(&mut self, wrong_type: DecodeError) -> Result<&'a str, DecodeError> {
+        let marker = self.buf[self.pos];
+        if !matches!(marker, 0xa0..=0xbf | 0xd9 | 0xda | 0xdb) {
+            return Err(wrong_type);
+        }
+        let (header, body, _) = header_at(self.buf, self.pos)?;
+        let bytes = &self.buf[self.pos + header..self.pos + header + body];
+        self.pos += header + body;
+        std::str::from_utf8(bytes).map_err(|_| DecodeError::Malformed("string is not UTF-8"))
+    }
+
+    /// A string field, where nil means absent.
+    fn opt_str(&mut self, field: &'static str) -> Result<Option<&'a str>, DecodeError> {
+        if self.buf[self.pos] == NIL {
+            self.pos += 1;
+            return Ok(None);
+        }
+        self.str_or(DecodeError::WrongType(field)).map(Some)
+    }
+}
+
+impl fmt::Display for Inbound<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} c={}", self.kind.label(), self.channel)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Serialize;
+
+    #[derive(Serialize, Default)]
+    struct Wire<'a> {
+        t: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        op: Option<&'a str>,
+        c: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        p: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none", with = "serde_bytes")]
+        pl: Option<&'a [u8]>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        sid: Option<&'a str>,
+    }
+
+    fn pack<T: Serialize>(v: &T) -> Vec<u8> {
+        rmp_serde::to_vec_named(v).unwrap()
+    }
+
+    #[test]
+    fn decodes_what_the_browser_client_sends() {
+        let state = pack(&serde_json::json!({"id": "alice", "cursor": [1, 2]}));
+        let frame = pack(&Wire {
+            t: "control",
+            op: Some("channel_join"),
+            c: "room",
+            p: Some("spoofed"),
+            pl: Some(&state),
+            sid: Some("x"),
+        });
+        let msg = decode(&frame).unwrap();
+        assert_eq!(msg.kind, Kind::Control(Op::ChannelJoin));
+        assert_eq!(msg.channel, "room");
+        // pl is the raw bin value: marker, length, then the state bytes.
+        let pl = msg.payload.unwrap();
+        assert_eq!(pl[0], 0xc4);
+        assert_eq!(&pl[2..], &state[..]);
+    }
+
+    #[test]
+    fn relayed_message_roundtrips_and_drops_client_identity() {
+        let data = pack(&serde_json::json!({"event": "move", "data": "{\"x\":1}"}));
+        let frame = pack(&Wire {
+            t: "data",
+            c: "room",
+            p: Some("mallory"),
+            pl: Some(&data),
+            ..Default::default()
+        });
+        let inbound = decode(&frame).unwrap();
+        let out = encode(&Outbound {
+            kind: inbound.kind,
+            channel: inbound.channel,
+            peer: "alice",
+            payload: inbound.payload,
+            mesh: Some("eu"),
+        });
+        let v = rmpv::decode::read_value(&mut out.as_slice()).unwrap();
+        let keys: Vec<_> = v
+            .as_map()
+            .unwrap()
+            .iter()
+            .map(|(k, _)| k.as_str().unwrap())
+            .collect();
+        assert_eq!(keys, ["t", "c", "p", "pl", "mesh"]);
+        assert_eq!(v["t"].as_str(), Some("data"));
+        assert_eq!(v["p"].as_str(), Some("alice"));
+        assert_eq!(v["c"].as_str(), Some("room"));
+        assert_eq!(v["mesh"].as_str(), Some("eu"));
+        // Payload byte for byte.
+        assert_eq!(decode(&out).unwrap().payload, inbound.payload);
+        assert_eq!(value_len(&out).unwrap(), out.len());
+    }
+
+    #[test]
+    fn join_ack_has_empty_peer_and_mesh() {
+        let v: serde_json::Value = rmp_serde::from_slice(&encode_join_ack("c1", "m1")).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"t":"control","op":"channel_join","c":"c1","p":"","mesh":"m1"})
+        );
+    }
+
+    #[test]
+    fn rejects_what_is_not_one_map() {
+        assert_eq!(decode(&[]), Err(DecodeError::Incomplete));
+        assert_eq!(decode(&[0x93, 1, 2, 3]), Err(DecodeError::NotAMap));
+        assert_eq!(
+            decode(&[0xc1]),
+            Err(DecodeError::Malformed("reserved marker 0xc1"))
+        );
+        let mut two = pack(&Wire {
+            t: "data",
+            c: "a",
+            ..Default::default()
+        });
+        two.extend_from_within(..);
+        assert!(matches!(decode(&two), Err(DecodeError::TrailingBytes(_))));
+        // Truncated string inside the map.
+        let one = pack(&Wire {
+            t: "data",
+            c: "abc",
+            ..Default::default()
+        });
+        assert_eq!(decode(&one[..one.len() - 1]), Err(DecodeError::Incomplete));
+        // Non-string key.
+        assert!(matches!(
+            decode(&[0x81, 0x01, 0x02]),
+            Err(DecodeError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn rejects_unknown_kinds_and_missing_fields() {
+        let f = |w: Wire| decode(&pack(&w)).map(|_| ());
+        assert_eq!(
+            f(Wire {
+                t: "telemetry",
+                c: "a",
+                ..Default::default()
+            }),
+            Err(DecodeError::UnknownType)
+        );
+        assert_eq!(
+            f(Wire {
+                t: "control",
+                op: Some("kick"),
+                c: "a",
+                ..Default::default()
+            }),
+            Err(DecodeError::UnknownOp)
+        );
+        assert_eq!(
+            f(Wire {
+                t: "control",
+                c: "a",
+                ..Default::default()
+            }),
+            Err(DecodeError::Missing("op"))
+        );
+        assert_eq!(
+            f(Wire {
+                t: "data",
+                c: "",
+                ..Default::default()
+            }),
+            Err(DecodeError::BadChannel)
+        );
+        let long = "x".repeat(MAX_CHANNEL_LEN + 1);
+        assert_eq!(
+            f(Wire {
+                t: "data",
+                c: &long,
+                ..Default::default()
+            }),
+            Err(DecodeError::BadChannel)
+        );
+        assert_eq!(
+            decode(&pack(&serde_json::json!({"c": "a"}))),
+            Err(DecodeError::Missing("t"))
+        );
+        assert_eq!(
+            decode(&pack(&serde_json::json!({"t": "data"}))),
+            Err(DecodeError::Missing("c"))
+        );
+        assert_eq!(
+            decode(&pack(&serde_json::json!({"t": 5, "c": "a"}))),
+            Err(DecodeError::WrongType("t"))
+        );
+    }
+
+    #[test]
+    fn payload_of_any_type_passes_through() {
+        // A non-browser client may send pl as a nested map rather than bin.
+        let frame = pack(&serde_json::json!({"t": "data", "c": "a", "pl": {"k": [1, 2.5, null]}}));
+        let msg = decode(&frame).unwrap();
+        let inner: serde_json::Value = rmp_serde::from_slice(msg.payload.unwrap()).unwrap();
+        assert_eq!(inner, serde_json::json!({"k": [1, 2.5, null]}));
+        // nil payload counts as none.
+        let frame = pack(&serde_json::json!({"t": "data", "c": "a", "pl": null}));
+        assert_eq!(decode(&frame).unwrap().payload, None);
+    }
+
+    #[test]
+    fn value_len_splits_back_to_back_messages() {
+        let a = pack(&Wire {
+            t: "data",
+            c: "a",
+            ..Default::default()
+        });
+        let b = pack(&serde_json::json!({"t": "data", "c": "b", "pl": [1, {"x": "y"}]}));
+        let mut stream = a.clone();
+        stream.extend_from_slice(&b);
+        assert_eq!(value_len(&stream).unwrap(), a.len());
+        assert_eq!(value_len(&stream[a.len()..]).unwrap(), b.len());
+        for cut in 0..b.len() {
+            assert_eq!(
+                value_len(&b[..cut]),
+                Err(DecodeError::Incomplete),
+                "cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn huge_announced_lengths_are_incomplete_not_a_panic() {
+        assert_eq!(
+            value_len(&[0xdf, 0xff, 0xff, 0xff, 0xff]),
+            Err(DecodeError::Incomplete)
+        );
+        assert_eq!(
+            value_len(&[0xc6, 0xff, 0xff, 0xff, 0xff]),
+            Err(DecodeError::Incomplete)
+        );
+        assert_eq!(
+            value_len(&[0xdd, 0xff, 0xff, 0xff, 0xff, 0x01]),
+            Err(DecodeError::Incomplete)
+        );
+    }
+
+    mod prop {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 4096, ..ProptestConfig::default() })]
+
+            /// The decoder never panics and never reads past a value's end.
+            #[test]
+            fn decoder_total_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+                let _ = decode(&bytes);
+                if let Ok(n) = value_len(&bytes) {
+                    prop_assert!(n <= bytes.len());
+                }
+            }
+
+            /// Anything rmp-serde encodes, value_len measures exactly.
+            #[test]
+            fn value_len_agrees_with_rmp(
+                keys in proptest::collection::vec("[a-z]{0,40}", 0..8),
+                blob in proptest::collection::vec(any::<u8>(), 0..300),
+                n in any::<i64>(),
+                f in any::<f64>(),
+            ) {
+                let v = (keys, serde_bytes::ByteBuf::from(blob), n, f, Option::<bool>::None);
+                let packed = rmp_serde::to_vec(&v).unwrap();
+                prop_assert_eq!(value_len(&packed), Ok(packed.len()));
+            }
+
+            /// Whatever decodes re-encodes to something that decodes the same.
+            #[test]
+            fn decode_encode_decode(
+                channel in "[ -~]{1,64}",
+                peer in "[ -~]{0,32}",
+                pl in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..2000)),
+                data in any::<bool>(),
+            ) {
+                let w = Wire {
+                    t: if data { "data" } else { "control" },
+                    op: (!data).then_some("peer_state"),
+                    c: &channel,
+                    pl: pl.as_deref(),
+                    ..Default::default()
+                };
+                let frame = pack(&w);
+                let inbound = decode(&frame).unwrap();
+                let out = encode(&Outbound { kind: inbound.kind, channel: inbound.channel, peer: &peer, payload: inbound.payload, mesh: None });
+                let again = decode(&out).unwrap();
+                prop_assert_eq!(again, inbound);
+            }
+        }
+    }
+}

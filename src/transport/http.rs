@@ -1,0 +1,145 @@
+//! The HTTP/1.1 the TCP port speaks before a WebSocket upgrade: read one
+//! request head, answer `/health` or a rejection, or hand over to WebSocket.
+//!
+//! Hand-rolled on `httparse` because the port serves exactly three things
+//! (upgrade, health, errors) and must put the `X-Prscd-*` headers on each.
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::hub::Hub;
+
+/// Largest request head accepted.
+pub const MAX_HEAD: usize = 16 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("connection closed before the request head ended")]
+    Eof,
+    #[error("request head over {MAX_HEAD} bytes")]
+    TooLarge,
+    #[error("bad request head: {0}")]
+    Parse(#[from] httparse::Error),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// A parsed request head; header names lower-cased.
+#[derive(Debug)]
+pub struct Request {
+    pub method: String,
+    pub target: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Request {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// True when `name` holds `token` in its comma-separated list.
+    pub fn header_has_token(&self, name: &str, token: &str) -> bool {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .flat_map(|(_, v)| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    }
+
+    pub fn path(&self) -> &str {
+        self.target.split('?').next().unwrap_or("")
+    }
+}
+
+/// Reads one request head. Returns it and any bytes read past its end.
+pub async fn read_request<S: AsyncRead + Unpin>(
+    stream: &mut S,
+) -> Result<(Request, Vec<u8>), HttpError> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(HttpError::Eof);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; 48];
+        let mut req = httparse::Request::new(&mut headers);
+        if let httparse::Status::Complete(len) = req.parse(&buf)? {
+            let request = Request {
+                method: req.method.unwrap_or_default().to_owned(),
+                target: req.path.unwrap_or_default().to_owned(),
+                headers: req
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.name.to_ascii_lowercase(),
+                            String::from_utf8_lossy(h.value).trim().to_owned(),
+                        )
+                    })
+                    .collect(),
+            };
+            return Ok((request, buf.split_off(len)));
+        }
+        if buf.len() > MAX_HEAD {
+            return Err(HttpError::TooLarge);
+        }
+    }
+}
+
+pub fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        101 => "Switching Protocols",
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        426 => "Upgrade Required",
+        503 => "Service Unavailable",
+        _ => "Unknown",
+    }
+}
+
+/// Writes a complete response and flushes. `headers` come after the status line.
+pub async fn respond<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    status: u16,
+    headers: &[(&str, String)],
+    content_type: &str,
+    body: &str,
+) -> std::io::Result<()> {
+    let mut head = format!("HTTP/1.1 {status} {}\r\n", reason_phrase(status));
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str(&format!(
+        "Content-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    ));
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.flush().await
+}
+
+/// `GET /health`: 200 while serving, 503 while draining, with the counters.
+pub fn health(hub: &Hub) -> (u16, String) {
+    let draining = hub.is_draining();
+    let mut body = serde_json::json!({
+        "status": if draining { "draining" } else { "healthy" },
+        "service": "prscd",
+        "version": super::VERSION,
+        "mesh_id": hub.mesh_id(),
+        "peers": hub.peer_count(),
+    });
+    if let (Some(body), serde_json::Value::Object(stats)) =
+        (body.as_object_mut(), hub.stats().to_json())
+    {
+        body.extend(stats);
+    }
+    (if draining { 503 } else { 200 }, body.to_string())
+}

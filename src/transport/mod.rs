@@ -1,0 +1,182 @@
+//! Client transports: WebSocket over TLS on TCP, WebTransport over HTTP/3 on
+//! UDP, both on the same port number.
+//!
+//! What the two share lives here: the handshake checks of PROTOCOL.md §1
+//! ([`admit`]), the per-connection settings ([`Context`]), and binding one
+//! port number on both TCP and UDP. Transports decode nothing and route
+//! nothing themselves: each frame goes to [`crate::hub::Peer::handle`], and
+//! each message in the peer's outbox is written out as one frame/datagram.
+
+pub mod http;
+pub mod webtransport;
+pub mod ws;
+
+use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::task::TaskTracker;
+
+use crate::config::AppTable;
+use crate::hub::Hub;
+
+/// Version sent in `X-Prscd-Version`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// How long a client has for TLS + the HTTP or CONNECT request.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What every connection needs to know.
+pub struct Context {
+    pub hub: Arc<Hub>,
+    pub apps: AppTable,
+    pub max_message_size: usize,
+    pub keepalive_interval: Duration,
+    pub idle_timeout: Duration,
+    /// Every connection task, so a drain can wait for them.
+    pub tasks: TaskTracker,
+}
+
+impl Context {
+    /// The `X-Prscd-*` headers carried by every handshake response.
+    pub fn prscd_headers(&self) -> [(&'static str, String); 2] {
+        [
+            ("X-Prscd-Version", VERSION.to_owned()),
+            ("X-Prscd-MeshID", self.hub.mesh_id().to_owned()),
+        ]
+    }
+}
+
+/// An accepted handshake: which app, which client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admission {
+    pub app: String,
+    pub client_id: String,
+}
+
+/// A refused handshake: the HTTP status and why (for the log and the body).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rejection {
+    pub status: u16,
+    pub why: &'static str,
+}
+
+const fn reject(status: u16, why: &'static str) -> Rejection {
+    Rejection { status, why }
+}
+
+/// The checks of PROTOCOL.md §1, in order, on a request target such as
+/// `/v1?publickey=K&id=I` (origin form) or `https://host/v1?...` (absolute form).
+pub fn admit(target: &str, apps: &AppTable) -> Result<Admission, Rejection> {
+    let origin_form = match target.split_once("://") {
+        Some((_, rest)) if target.starts_with("http") => {
+            rest.find(['/', '?']).map_or("/", |i| &rest[i..])
+        }
+        _ => target,
+    };
+    if !origin_form.starts_with('/') {
+        return Err(reject(400, "request target cannot be parsed"));
+    }
+    let (path, query) = origin_form.split_once('?').unwrap_or((origin_form, ""));
+    let (mut id, mut public_key) = (None, None);
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = percent_decode(value).ok_or(reject(400, "query string cannot be parsed"))?;
+        match key {
+            "id" => id = Some(value),
+            "publickey" => public_key = Some(value),
+            _ => {}
+        }
+    }
+    if path != "/v1" {
+        return Err(reject(404, "path is not /v1"));
+    }
+    let client_id = id
+        .filter(|v| !v.is_empty())
+        .ok_or(reject(401, "id is empty or missing"))?;
+    let public_key = public_key
+        .filter(|v| !v.is_empty())
+        .ok_or(reject(401, "publickey is empty or missing"))?;
+    let app = apps
+        .app_for(&public_key)
+        .ok_or(reject(403, "unknown publickey"))?;
+    Ok(Admission {
+        app: app.to_owned(),
+        client_id,
+    })
+}
+
+/// `%XX` escapes decoded; `None` on a broken escape or non-UTF-8 result.
+/// `+` stays `+`: the client does not form-encode.
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Binds TCP and UDP on the same port. Port 0 picks a number free on both.
+pub fn bind(host: IpAddr, port: u16) -> std::io::Result<(TcpListener, UdpSocket)> {
+    let attempts = if port == 0 { 50 } else { 1 };
+    let mut last_err = None;
+    for _ in 0..attempts {
+        let tcp = TcpListener::bind(SocketAddr::new(host, port))?;
+        let bound = tcp.local_addr()?;
+        match UdpSocket::bind(bound) {
+            Ok(udp) => {
+                tcp.set_nonblocking(true)?;
+                return Ok((tcp, udp));
+            }
+            Err(e) => last_err = Some(e),
+        }
+    }
+    Err(last_err.expect("at least one attempt"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn apps() -> AppTable {
+        AppTable::parse("k1:app1").unwrap()
+    }
+
+    #[test]
+    fn handshake_rows_of_protocol_section_1() {
+        let status = |t: &str| admit(t, &apps()).map_err(|r| r.status);
+        assert_eq!(
+            status("/v1?publickey=k1&id=alice"),
+            Ok(Admission {
+                app: "app1".into(),
+                client_id: "alice".into()
+            })
+        );
+        assert_eq!(status("/v2?publickey=k1&id=a"), Err(404));
+        assert_eq!(status("/?publickey=k1&id=a"), Err(404));
+        assert_eq!(status("/v1?publickey=k1"), Err(401));
+        assert_eq!(status("/v1?publickey=k1&id="), Err(401));
+        assert_eq!(status("/v1?id=a"), Err(401));
+        assert_eq!(status("/v1?id=a&publickey="), Err(401));
+        assert_eq!(status("/v1?id=a&publickey=nope"), Err(403));
+        assert_eq!(status("/v1?id=a%zz&publickey=k1"), Err(400));
+        assert_eq!(status("v1?id=a&publickey=k1"), Err(400));
+        assert_eq!(
+            status("/v1?id=%C3%A9+x&publickey=k1").unwrap().client_id,
+            "é+x"
+        );
+        assert_eq!(
+            status("https://h:1/v1?id=a&publickey=k1").unwrap().app,
+            "app1"
+        );
+    }
+}

@@ -1,0 +1,314 @@
+//! WebSocket over TLS (TCP): what `@yomo/webtransport-polyfill` speaks.
+//!
+//! One binary frame is one Signalling message, both ways. A connection is
+//! two halves joined in one task: the reader feeds frames to the [`Peer`]
+//! and reaps the connection when it goes quiet; the writer drains the peer's
+//! outbox, batching what is queued into one flush, and sends a Ping every
+//! keep-alive interval carrying the 8-byte big-endian Unix time in ms, so the
+//! Pong gives the round-trip time.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::time::{timeout, Instant};
+use tokio_rustls::TlsAcceptor;
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+use tracing::{debug, info_span, Instrument};
+
+use super::http::{self, Request};
+use super::{admit, Context, HANDSHAKE_TIMEOUT};
+use crate::hub::{CloseReason, Peer};
+use crate::stats::{DropReason, Transport};
+
+/// Messages written before one flush.
+const WRITE_BATCH: usize = 64;
+
+/// Accepts TCP connections until the process exits.
+pub async fn serve(listener: TcpListener, tls: TlsAcceptor, ctx: Arc<Context>) {
+    loop {
+        match listener.accept().await {
+            Ok((tcp, addr)) => {
+                let _ = tcp.set_nodelay(true);
+                let (tls, ctx2) = (tls.clone(), ctx.clone());
+                ctx.tasks.spawn(async move {
+                    if let Err(e) = handle(tcp, addr, tls, ctx2).await {
+                        debug!(%addr, error = %e, "tcp connection ended during handshake");
+                    }
+                });
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off, keep serving.
+                tracing::warn!(error = %e, "tcp accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn handle(
+    tcp: TcpStream,
+    addr: SocketAddr,
+    tls: TlsAcceptor,
+    ctx: Arc<Context>,
+) -> anyhow::Result<()> {
+    let mut stream = timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await??;
+    let (request, leftover) =
+        match timeout(HANDSHAKE_TIMEOUT, http::read_request(&mut stream)).await? {
+            Ok(read) => read,
+            Err(e @ (http::HttpError::Parse(_) | http::HttpError::TooLarge)) => {
+                ctx.hub.stats().reject(400);
+                http::respond(
+                    &mut stream,
+                    400,
+                    &ctx.prscd_headers(),
+                    "text/plain",
+                    &e.to_string(),
+                )
+                .await?;
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+    let headers = ctx.prscd_headers();
+
+    if request.path() == "/health" {
+        let (status, body) = http::health(&ctx.hub);
+        http::respond(&mut stream, status, &headers, "application/json", &body).await?;
+        return Ok(());
+    }
+    let refuse = |status: u16, why: &str| {
+        ctx.hub.stats().reject(status);
+        debug!(%addr, status, why, target = %request.target, "websocket handshake refused");
+    };
+    if ctx.hub.is_draining() {
+        refuse(503, "draining");
+        http::respond(&mut stream, 503, &headers, "text/plain", "draining\n").await?;
+        return Ok(());
+    }
+    let admission = match admit(&request.target, &ctx.apps) {
+        Ok(a) => a,
+        Err(rejection) => {
+            refuse(rejection.status, rejection.why);
+            let body = format!("{}\n", rejection.why);
+            http::respond(&mut stream, rejection.status, &headers, "text/plain", &body).await?;
+            return Ok(());
+        }
+    };
+    let Some(accept_key) = websocket_accept_key(&request) else {
+        refuse(426, "not a websocket upgrade");
+        let mut headers = headers.to_vec();
+        headers.push(("Sec-WebSocket-Version", "13".into()));
+        http::respond(
+            &mut stream,
+            426,
+            &headers,
+            "text/plain",
+            "websocket upgrade required\n",
+        )
+        .await?;
+        return Ok(());
+    };
+
+    let mut head = String::from(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n",
+    );
+    head.push_str(&format!("Sec-WebSocket-Accept: {accept_key}\r\n"));
+    for (name, value) in &headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    tokio::io::AsyncWriteExt::write_all(&mut stream, head.as_bytes()).await?;
+
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(ctx.max_message_size))
+        .max_frame_size(Some(ctx.max_message_size))
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_write_buffer_size(ctx.max_message_size * 2);
+    let ws =
+        WebSocketStream::from_partially_read(stream, leftover, Role::Server, Some(config)).await;
+
+    let _live = ctx.hub.stats().connection(Transport::WebSocket);
+    let (peer, outbox) =
+        ctx.hub
+            .connect(&admission.app, &admission.client_id, Transport::WebSocket);
+    let span = info_span!("conn", transport = "websocket", app = %admission.app, peer = %admission.client_id, sid = peer.id(), %addr);
+    async move {
+        debug!("connected");
+        run(ws, peer, outbox, &ctx).await;
+        Ok(())
+    }
+    .instrument(span)
+    .await
+}
+
+/// `Sec-WebSocket-Accept` for a valid upgrade request, else `None`.
+fn websocket_accept_key(request: &Request) -> Option<String> {
+    let upgrade = request.method == "GET"
+        && request.header_has_token("upgrade", "websocket")
+        && request.header_has_token("connection", "upgrade")
+        && request.header("sec-websocket-version") == Some("13");
+    let key = request.header("sec-websocket-key")?;
+    upgrade.then(|| derive_accept_key(key.as_bytes()))
+}
+
+type Ws = WebSocketStream<tokio_rustls::server::TlsStream<TcpStream>>;
+
+async fn run(ws: Ws, mut peer: Peer, mut outbox: mpsc::Receiver<Bytes>, ctx: &Context) {
+    let ctl = peer.ctl().clone();
+    let stats = ctx.hub.stats().clone();
+    let (mut sink, mut stream) = ws.split();
+
+    let reader = async {
+        let mut deadline = Instant::now() + ctx.idle_timeout;
+        loop {
+            let frame = tokio::select! {
+                _ = ctl.closing() => break,
+                _ = tokio::time::sleep_until(deadline) => {
+                    debug!("no frame or pong within the idle timeout");
+                    ctl.close(CloseReason::Idle);
+                    break;
+                }
+                frame = stream.next() => frame,
+            };
+            deadline = Instant::now() + ctx.idle_timeout;
+            match frame {
+                Some(Ok(Message::Binary(bytes))) => {
+                    if let Err(reason) = peer.handle(&bytes) {
+                        debug!(reason = reason.as_str(), "message dropped");
+                    }
+                }
+                Some(Ok(Message::Text(_))) => {
+                    stats.count_drop(DropReason::TextFrame);
+                    ctl.close(CloseReason::UnsupportedData);
+                    break;
+                }
+                Some(Ok(Message::Pong(payload))) => {
+                    if let Ok(sent) = <[u8; 8]>::try_from(payload.as_ref()) {
+                        let rtt = unix_ms().saturating_sub(u64::from_be_bytes(sent));
+                        debug!(rtt_ms = rtt, "pong");
+                    }
+                }
+                Some(Ok(Message::Ping(_) | Message::Frame(_))) => {}
+                Some(Ok(Message::Close(frame))) => {
+                    debug!(?frame, "client closed");
+                    break;
+                }
+                Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
+                    debug!(size, max_size, "message over MAX_MESSAGE_SIZE");
+                    stats.count_drop(DropReason::Oversize);
+                    ctl.close(CloseReason::MessageTooBig);
+                    break;
+                }
+                Some(Err(e)) => {
+                    debug!(error = %e, "websocket read error");
+                    break;
+                }
+                None => break,
+            }
+        }
+        // Ends the writer too, whoever ended the connection.
+        ctl.close(CloseReason::PeerGone);
+        drop(peer); // peer_offline to every channel, now
+    };
+
+    let writer = async {
+        let mut ping = tokio::time::interval_at(
+            Instant::now() + ctx.keepalive_interval,
+            ctx.keepalive_interval,
+        );
+        loop {
+            let sent = tokio::select! {
+                biased;
+                _ = ctl.closing() => break,
+                msg = outbox.recv() => match msg {
+                    Some(first) => {
+                        let mut batch = vec![first];
+                        while batch.len() < WRITE_BATCH {
+                            match outbox.try_recv() {
+                                Ok(m) => batch.push(m),
+                                Err(_) => break,
+                            }
+                        }
+                        write_batch(&mut sink, batch, &ctl).await
+                    }
+                    None => break,
+                },
+                _ = ping.tick() => {
+                    let payload = Bytes::copy_from_slice(&unix_ms().to_be_bytes());
+                    tokio::select! {
+                        r = sink.send(Message::Ping(payload)) => r.is_ok(),
+                        _ = ctl.closing() => false,
+                    }
+                }
+            };
+            if !sent {
+                ctl.close(CloseReason::PeerGone);
+                break;
+            }
+        }
+        let Some(reason) = ctl.reason().filter(|r| *r != CloseReason::PeerGone) else {
+            return;
+        };
+        if reason == CloseReason::GoingAway {
+            // Draining: what was queued (the peer_offline of the others) goes out first.
+            let mut rest = Vec::new();
+            while let Ok(m) = outbox.try_recv() {
+                rest.push(m);
+            }
+            let _ = timeout(Duration::from_secs(1), feed_all(&mut sink, rest)).await;
+        }
+        let close = Message::Close(Some(CloseFrame {
+            code: CloseCode::from(reason.code()),
+            reason: reason.as_str().into(),
+        }));
+        // A slow reader's socket is full: give the close frame little time.
+        let grace = if reason == CloseReason::SlowReader {
+            100
+        } else {
+            1000
+        };
+        let _ = timeout(Duration::from_millis(grace), sink.send(close)).await;
+        debug!(reason = reason.as_str(), "closed by server");
+    };
+
+    tokio::join!(reader, writer);
+}
+
+async fn write_batch<S>(sink: &mut S, batch: Vec<Bytes>, ctl: &crate::hub::PeerCtl) -> bool
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    tokio::select! {
+        r = feed_all(sink, batch) => r,
+        _ = ctl.closing() => false,
+    }
+}
+
+async fn feed_all<S>(sink: &mut S, batch: Vec<Bytes>) -> bool
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    for msg in batch {
+        if sink.feed(Message::Binary(msg)).await.is_err() {
+            return false;
+        }
+    }
+    sink.flush().await.is_ok()
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

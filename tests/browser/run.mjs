@@ -1,0 +1,597 @@
+#!/usr/bin/env node
+// Browser end-to-end test for prscd with the published @yomo/presence client.
+// See README.md. Usage:
+//   node tests/browser/run.mjs --url https://127.0.0.1:PORT/v1 --spki <base64> [--publickey dev]
+//                              [--case wt-ws|wt-pair|all|smoke] [--verbose] [--debug]
+//   node tests/browser/run.mjs [--server PATH]     # no --url: start prscd itself (PORT=0 DEBUG=true)
+
+import { spawn } from 'node:child_process';
+import { createServer } from 'node:http';
+import { mkdtempSync, readFileSync, rmSync, existsSync } from 'node:fs';
+import { tmpdir, homedir } from 'node:os';
+import { join, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { isDeepStrictEqual, parseArgs } from 'node:util';
+
+const HERE = dirname(fileURLToPath(import.meta.url));
+const MAX_WAIT = 20_000;
+
+// ---------------------------------------------------------------------------
+// arguments
+
+let opts;
+try {
+  ({ values: opts } = parseArgs({
+    options: {
+      url: { type: 'string' },
+      spki: { type: 'string' },
+      publickey: { type: 'string', default: 'dev' },
+      case: { type: 'string', default: 'wt-ws' },
+      server: { type: 'string' },
+      chromium: { type: 'string', default: process.env.CHROMIUM || '/usr/bin/chromium' },
+      channel: { type: 'string', default: 'room-1' },
+      timeout: { type: 'string', default: String(MAX_WAIT) },
+      netlog: { type: 'string' },
+      verbose: { type: 'boolean', short: 'v', default: false },
+      debug: { type: 'boolean', default: false },
+      help: { type: 'boolean', short: 'h', default: false },
+    },
+    strict: true,
+  }));
+} catch (e) {
+  console.error(`browser: bad arguments: ${e.message}`);
+  console.log('browser: 0 passed, 1 failed');
+  process.exit(2);
+}
+if (opts.help) {
+  console.log(readFileSync(join(HERE, 'README.md'), 'utf8'));
+  process.exit(0);
+}
+const CASES = { 'wt-ws': ['wt-ws'], 'wt-pair': ['wt-pair'], all: ['wt-ws', 'wt-pair'], smoke: ['smoke'] };
+const WAIT = Math.min(Math.max(Number(opts.timeout) || MAX_WAIT, 1000), MAX_WAIT);
+
+// ---------------------------------------------------------------------------
+// reporting
+
+let passed = 0;
+let failed = 0;
+const say = (s) => console.log(`browser: ${s}`);
+const detail = (s) => {
+  for (const line of String(s).split('\n')) console.log(`browser:   | ${line}`);
+};
+const vlog = (s) => opts.verbose && detail(s);
+
+class Fail extends Error {}
+
+// ---------------------------------------------------------------------------
+// resources, cleaned up on every exit path
+
+let serverProc = null;
+let serverLog = [];
+let httpServer = null;
+let browser = null;
+let tmpDirs = [];
+let cleaning = null;
+
+async function cleanup() {
+  if (cleaning) return cleaning;
+  cleaning = (async () => {
+    if (browser) {
+      const b = browser;
+      browser = null;
+      await Promise.race([b.close().catch(() => {}), sleep(5000)]);
+    }
+    if (httpServer) {
+      httpServer.closeAllConnections?.();
+      httpServer.close();
+      httpServer = null;
+    }
+    if (serverProc && serverProc.exitCode === null && serverProc.signalCode === null) {
+      const p = serverProc;
+      const exited = new Promise((r) => p.once('exit', r));
+      p.kill('SIGTERM');
+      if (!(await Promise.race([exited.then(() => true), sleep(3000).then(() => false)]))) {
+        p.kill('SIGKILL');
+        await Promise.race([exited, sleep(2000)]);
+      }
+    }
+    for (const d of tmpDirs) rmSync(d, { recursive: true, force: true });
+    tmpDirs = [];
+  })();
+  return cleaning;
+}
+
+process.on('exit', () => {
+  // last resort (synchronous): never leave the server behind
+  if (serverProc && serverProc.exitCode === null && serverProc.signalCode === null) serverProc.kill('SIGKILL');
+});
+for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
+  process.on(sig, async () => {
+    say(`FAIL interrupted by ${sig}`);
+    failed++;
+    await cleanup();
+    summary();
+    process.exit(130);
+  });
+}
+
+function summary() {
+  console.log(`browser: ${passed} passed, ${failed} failed`);
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+// ---------------------------------------------------------------------------
+// build the page bundle
+
+async function buildBundle() {
+  const esbuild = await import('esbuild');
+  const outdir = join(HERE, 'dist');
+  await esbuild.build({
+    entryPoints: [join(HERE, 'page.js')],
+    bundle: true,
+    format: 'esm',
+    platform: 'browser',
+    target: 'chrome120',
+    outfile: join(outdir, 'bundle.js'),
+    sourcemap: 'inline',
+    logLevel: 'warning',
+    absWorkingDir: HERE,
+  });
+  return { html: readFileSync(join(HERE, 'index.html')), js: readFileSync(join(outdir, 'bundle.js')) };
+}
+
+// ---------------------------------------------------------------------------
+// tiny HTTP server for the page (http://127.0.0.1 is a secure context)
+
+async function serve(files) {
+  const srv = createServer((req, res) => {
+    const path = new URL(req.url, 'http://x').pathname;
+    const send = (code, type, body) => {
+      res.writeHead(code, { 'content-type': type, 'cache-control': 'no-store' });
+      res.end(body);
+    };
+    if (path === '/' || path === '/index.html') send(200, 'text/html; charset=utf-8', files.html);
+    else if (path === '/bundle.js') send(200, 'text/javascript; charset=utf-8', files.js);
+    else send(404, 'text/plain', 'not found');
+  });
+  await new Promise((resolve, reject) => {
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', resolve);
+  });
+  httpServer = srv;
+  return `http://127.0.0.1:${srv.address().port}`;
+}
+
+// ---------------------------------------------------------------------------
+// optionally start prscd ourselves
+
+function defaultServerBin() {
+  if (process.env.PRSCD_BIN) return process.env.PRSCD_BIN;
+  const target = process.env.CARGO_TARGET_DIR || join(homedir(), '.cache', 'prscd-target');
+  return join(target, 'debug', 'prscd');
+}
+
+async function startServer(bin) {
+  if (!existsSync(bin)) throw new Fail(`server binary not found: ${bin} (build it, or pass --url/--spki)`);
+  const cwd = mkdtempSync(join(tmpdir(), 'prscd-browser-'));
+  tmpDirs.push(cwd);
+  const env = { ...process.env, PORT: '0', DEBUG: 'true' };
+  const p = spawn(bin, [], { cwd, env, stdio: ['ignore', 'pipe', 'pipe'] });
+  serverProc = p;
+  let port = null;
+  let spki = null;
+  let ready = false;
+  const onLine = (line) => {
+    serverLog.push(line);
+    if (serverLog.length > 400) serverLog.shift();
+    if (opts.verbose) console.log(`prscd: ${line}`);
+    const mp = line.match(/port=(\d+)/);
+    if (mp && !port) port = Number(mp[1]);
+    const ms = line.match(/spki=([A-Za-z0-9+/=]+)/);
+    if (ms && !spki) spki = ms[1];
+    if (/\bready\b/.test(line)) ready = true;
+  };
+  for (const stream of [p.stdout, p.stderr]) {
+    let buf = '';
+    stream.setEncoding('utf8');
+    stream.on('data', (d) => {
+      buf += d;
+      let i;
+      while ((i = buf.indexOf('\n')) >= 0) {
+        onLine(buf.slice(0, i).replace(/\x1b\[[0-9;]*m/g, ''));
+        buf = buf.slice(i + 1);
+      }
+    });
+  }
+  const exited = new Promise((r) => p.once('exit', (code, sig) => r({ code, sig })));
+  p.once('error', (e) => serverLog.push(`spawn error: ${e.message}`));
+  const deadline = Date.now() + MAX_WAIT;
+  while (!(ready && port)) {
+    if (p.exitCode !== null || p.signalCode !== null) {
+      const { code, sig } = await exited;
+      throw new Fail(`server exited before ready (code=${code} signal=${sig})\n${serverLog.slice(-30).join('\n')}`);
+    }
+    if (Date.now() > deadline) {
+      throw new Fail(`server printed no "ready ... port=N" line within ${MAX_WAIT} ms\n${serverLog.slice(-30).join('\n')}`);
+    }
+    await sleep(50);
+  }
+  // the spki line may come just before or after the ready line
+  const spkiDeadline = Date.now() + 2000;
+  while (!spki && Date.now() < spkiDeadline) await sleep(50);
+  say(`started ${bin} (pid ${p.pid}) on port ${port}${spki ? '' : ' (no spki= line seen)'}`);
+  return { url: `https://127.0.0.1:${port}/v1`, spki };
+}
+
+// ---------------------------------------------------------------------------
+// browser and pages
+
+async function launchBrowser(target) {
+  const { chromium } = await import('playwright-core');
+  const u = new URL(target.url);
+  const port = u.port || '443';
+  const args = [
+    '--disable-gpu',
+    '--no-first-run',
+    '--disable-background-networking',
+    '--disable-component-update',
+    '--disable-sync',
+    `--origin-to-force-quic-on=${u.hostname}:${port}`,
+  ];
+  if (target.spki) args.push(`--ignore-certificate-errors-spki-list=${target.spki}`);
+  if (opts.netlog) args.push(`--log-net-log=${opts.netlog}`, '--net-log-capture-mode=Everything');
+  // playwright adds --headless, --no-sandbox and a fresh --user-data-dir
+  browser = await chromium.launch({ executablePath: opts.chromium, headless: true, args, timeout: MAX_WAIT });
+  vlog(`chromium ${browser.version()} args: ${args.join(' ')}`);
+}
+
+class TestPage {
+  constructor(name, transport) {
+    this.name = name;
+    this.transport = transport; // 'wt' | 'ws'
+    this.console = [];
+    this.wire = []; // forwarded live by the page, survives the page's close
+    this.closed = false;
+  }
+  async open(pageUrl) {
+    this.context = await browser.newContext();
+    this.page = await this.context.newPage();
+    this.page.setDefaultTimeout(MAX_WAIT);
+    this.page.on('console', (m) => {
+      const line = `[${m.type()}] ${m.text()}`;
+      this.console.push(line);
+      if (this.console.length > 500) this.console.shift();
+      if (opts.verbose && opts.debug) console.log(`page ${this.name}: ${line}`);
+    });
+    this.page.on('pageerror', (e) => this.console.push(`[pageerror] ${e.message}`));
+    await this.page.exposeFunction('__prscdTap', (json) => {
+      const e = JSON.parse(json);
+      this.wire.push(e);
+      if (opts.verbose) console.log(`wire ${this.name} ${fmtWire(e)}`);
+    });
+    await this.page.goto(`${pageUrl}/?transport=${this.transport}`, { waitUntil: 'load', timeout: MAX_WAIT });
+    await this.page.waitForFunction(() => !!window.prscdTest, null, { timeout: MAX_WAIT });
+  }
+  eval(fn, arg) {
+    return this.page.evaluate(fn, arg);
+  }
+  state() {
+    return this.page.evaluate(() => window.prscdTest.snapshot());
+  }
+  // wait until pred(state) holds in the page; pred is a page-side function
+  async waitFor(what, pred, arg) {
+    try {
+      await this.page.waitForFunction(pred, arg, { timeout: WAIT, polling: 50 });
+    } catch (e) {
+      if (/Timeout|timeout/.test(e.message)) throw new Fail(`${this.name}: timed out after ${WAIT} ms waiting for ${what}`);
+      throw e;
+    }
+  }
+  async close() {
+    if (this.closed) return;
+    this.closed = true;
+    await this.context.close();
+  }
+}
+
+function fmtWire(e) {
+  const head = `${e.dir} ${e.via} ${e.len}B`;
+  if (e.error) return `${head} UNDECODABLE (${e.error}) ${e.hex || ''}`;
+  if (e.text !== undefined) return `${head} TEXT ${JSON.stringify(e.text)}`;
+  const m = e.msg || {};
+  if (m.notAMap) return `${head} NOT A MAP ${JSON.stringify(m.value)}`;
+  const { keys, ...rest } = m;
+  return `${head} ${JSON.stringify(rest)} keys=${keys.join(',')}`;
+}
+
+async function dumpDiagnostics(pages) {
+  for (const p of pages) {
+    let st = null;
+    if (!p.closed) st = await p.state().catch(() => null);
+    detail(`--- page ${p.name} (${p.transport})${p.closed ? ' [closed]' : ''}`);
+    if (st) {
+      detail(`typeof WebTransport before lib=${st.typeofWebTransportBeforeLib} after=${st.typeofWebTransportAfterLib} native=${st.webTransportIsNative}`);
+      detail(`connected=${st.connected} joined=${st.joined} url=${st.url}`);
+      detail(`webtransports=${JSON.stringify(st.webtransports)}`);
+      detail(`websockets=${JSON.stringify(st.websockets)}`);
+      detail(`peers=${JSON.stringify(st.peers)} online=${JSON.stringify(st.online)} offline=${JSON.stringify(st.offline)}`);
+      detail(`received=${JSON.stringify(st.received)}`);
+      if (st.status.length) detail(`status=${JSON.stringify(st.status)}`);
+      if (st.errors.length) detail(`errors=${JSON.stringify(st.errors)}`);
+    }
+    detail(`wire (${p.wire.length} messages, last 40):`);
+    for (const e of p.wire.slice(-40)) detail(`  ${fmtWire(e)}`);
+    detail(`console (last 40):`);
+    for (const l of p.console.slice(-40)) detail(`  ${l}`);
+  }
+  if (serverProc) {
+    detail(`--- server log (last 60 lines)`);
+    for (const l of serverLog.slice(-60)) detail(`  ${l}`);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// checks
+
+async function runChecks(caseName, pages, steps) {
+  let aborted = null;
+  for (const [name, fn, { fatal = true } = {}] of steps) {
+    if (aborted) {
+      say(`skip ${caseName}: ${name} (after: ${aborted})`);
+      continue;
+    }
+    try {
+      const note = await fn();
+      passed++;
+      say(`ok ${caseName}: ${name}${note ? ` (${note})` : ''}`);
+    } catch (e) {
+      failed++;
+      const msg = e instanceof Fail ? e.message : e.stack || String(e);
+      say(`FAIL ${caseName}: ${name}: ${msg.split('\n')[0]}`);
+      if (msg.includes('\n')) detail(msg.split('\n').slice(1).join('\n'));
+      await dumpDiagnostics(pages);
+      if (fatal) aborted = name;
+    }
+  }
+}
+
+const rand = () => Math.random().toString(36).slice(2, 7);
+
+function rxOf(page, pred) {
+  return page.wire.filter((e) => e.dir === 'rx' && e.msg && !e.msg.notAMap && pred(e.msg));
+}
+
+// wait, in node, for a condition over data the runner holds
+async function until(what, cond) {
+  const deadline = Date.now() + WAIT;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Fail(`timed out after ${WAIT} ms waiting for ${what}`);
+    await sleep(50);
+  }
+}
+
+async function connectAndCheck(p, target, id) {
+  const forceWebSocket = p.transport === 'ws';
+  await p.eval(
+    ([url, key, id, o]) => window.prscdTest.connect(url, key, id, o),
+    [target.url, opts.publickey, id, { forceWebSocket, debug: opts.debug }],
+  );
+  await p.waitFor(`${id} to connect (createPresence to resolve)`, () => {
+    const s = window.prscdTest.state;
+    return s.connected || s.connectError || s.webtransports.some((w) => w.readyError || w.closedError) ||
+      s.websockets.some((w) => w.closed || w.error);
+  });
+  const s = await p.state();
+  if (!s.connected) throw new Fail(`${id} did not connect: ${JSON.stringify({ connectError: s.connectError, webtransports: s.webtransports, websockets: s.websockets })}`);
+  const expectUrl = `${target.url}?publickey=${opts.publickey}&id=${id}`;
+  if (forceWebSocket) {
+    if (s.webtransports.length) throw new Fail(`native WebTransport was used: ${JSON.stringify(s.webtransports)}`);
+    const ws = s.websockets.filter((w) => w.opened);
+    const wssUrl = expectUrl.replace(/^https:/, 'wss:');
+    if (ws.length !== 1 || ws[0].url !== wssUrl) throw new Fail(`expected one open WebSocket to ${wssUrl}, got ${JSON.stringify(s.websockets)}`);
+    return `WebSocket polyfill, ${ws[0].url}`;
+  }
+  if (s.websockets.length) throw new Fail(`a WebSocket was opened (downgrade?): ${JSON.stringify(s.websockets)}`);
+  const wt = s.webtransports.filter((w) => w.ready);
+  if (wt.length !== 1 || wt[0].url !== expectUrl) throw new Fail(`expected one ready native WebTransport to ${expectUrl}, got ${JSON.stringify(s.webtransports)}`);
+  return `native WebTransport, ${wt[0].url}`;
+}
+
+async function joinAndCheck(p, id, channel, st) {
+  await p.eval(([c, st]) => window.prscdTest.joinChannel(c, st, { events: ['chat'] }), [channel, st]);
+  await p.waitFor(`${id}'s channel_join ack for ${channel}`, () => window.prscdTest.state.joined);
+  const acks = rxOf(p, (m) => m.t === 'control' && m.op === 'channel_join');
+  if (acks.length !== 1) throw new Fail(`expected exactly one channel_join ack, got ${acks.length}`);
+  const a = acks[0].msg;
+  if (a.c !== channel) throw new Fail(`channel_join ack has c=${JSON.stringify(a.c)}, expected ${channel}`);
+  return `ack ${JSON.stringify({ c: a.c, p: a.p, mesh: a.mesh })}`;
+}
+
+async function seesPeer(p, other, otherState) {
+  await p.waitFor(
+    `${other} with its state in the peer list`,
+    ([id, st]) => window.prscdTest.state.peers.some((x) => String(x.id) === id && Object.entries(st).every(([k, v]) => JSON.stringify(x[k]) === JSON.stringify(v))),
+    [other, otherState],
+  );
+  const s = await p.state();
+  if (s.peers.some((x) => String(x.id) === s.id)) throw new Fail(`own id ${s.id} is in its own peer list: ${JSON.stringify(s.peers)}`);
+  return `peers=${JSON.stringify(s.peers)}`;
+}
+
+async function broadcastReaches(from, fromId, to, data) {
+  await from.eval(([d]) => window.prscdTest.broadcast('chat', d), [data]);
+  await to.waitFor(
+    `the 'chat' broadcast from ${fromId}`,
+    ([id, d]) => window.prscdTest.state.received.some((r) => r.event === 'chat' && r.from === id && JSON.stringify(r.data) === JSON.stringify(d)),
+    [fromId, data],
+  );
+  const s = await to.state();
+  const got = s.received.filter((r) => r.event === 'chat' && r.from === fromId);
+  if (!isDeepStrictEqual(got[got.length - 1].data, data)) throw new Fail(`data differs: ${JSON.stringify(got)}`);
+  return `received ${JSON.stringify(got[got.length - 1])}`;
+}
+
+async function noEcho(pairs) {
+  await sleep(1500); // let any echo arrive
+  const problems = [];
+  for (const [p, id] of pairs) {
+    const s = await p.state();
+    const echoed = s.received.filter((r) => r.from === id);
+    if (echoed.length) problems.push(`${id} received its own broadcast(s): ${JSON.stringify(echoed)}`);
+    const wireEcho = rxOf(p, (m) => m.t === 'data' && m.p === id);
+    if (wireEcho.length) problems.push(`${id} got ${wireEcho.length} data message(s) with p=${id} on the wire`);
+    const dup = s.received.filter((r) => r.from !== id);
+    if (dup.length !== 1) problems.push(`${id} received ${dup.length} chat messages, expected exactly 1: ${JSON.stringify(dup)}`);
+  }
+  if (problems.length) throw new Fail(problems.join('; '));
+  return 'each side received exactly the other\'s one message';
+}
+
+function wireHygiene(pages) {
+  const problems = [];
+  let n = 0;
+  for (const p of pages) {
+    for (const e of p.wire.filter((e) => e.dir === 'rx')) {
+      n++;
+      if (e.error || e.text !== undefined || !e.msg || e.msg.notAMap) {
+        problems.push(`${p.name}: ${fmtWire(e)}`);
+        continue;
+      }
+      const m = e.msg;
+      const bad = [];
+      if (m.t !== 'control' && m.t !== 'data') bad.push(`t=${JSON.stringify(m.t)}`);
+      if (m.t === 'control' && !['channel_join', 'peer_online', 'peer_state', 'peer_offline'].includes(m.op)) bad.push(`op=${JSON.stringify(m.op)}`);
+      if ('sid' in m) bad.push('carries sid');
+      if ('app' in m) bad.push('carries app');
+      if (typeof m.c !== 'string') bad.push('c is not a string');
+      if ((m.t === 'data' || (m.op && m.op !== 'channel_join')) && !m.p) bad.push('no p');
+      if (m.t === 'data' && !(m.pl && typeof m.pl.event === 'string' && typeof m.pl.data === 'string')) bad.push('data pl is not {event, data:string}');
+      if (bad.length) problems.push(`${p.name}: ${bad.join(', ')}: ${fmtWire(e)}`);
+    }
+  }
+  if (problems.length) throw new Fail(`${problems.length} bad message(s) received\n${problems.slice(0, 20).join('\n')}`);
+  return `${n} received messages, all single msgpack maps, no sid/app`;
+}
+
+async function offlineSeen(a, aId, b, bId) {
+  await b.close();
+  await until(`${aId} to receive peer_offline for ${bId}`, () => rxOf(a, (m) => m.t === 'control' && m.op === 'peer_offline' && m.p === bId).length > 0);
+  await a.waitFor(`${bId} to leave ${aId}'s peer list`, (id) => !window.prscdTest.state.peers.some((x) => String(x.id) === id), bId);
+  const bLeft = b.wire.some((e) => e.dir === 'tx' && e.msg && e.msg.op === 'peer_offline');
+  const s = await a.state();
+  return `${bLeft ? 'B had sent peer_offline itself' : 'B sent no peer_offline; the server detected the disconnect'}; peers now ${JSON.stringify(s.peers)}`;
+}
+
+async function runPairCase(caseName, pageUrl, target) {
+  const [ta, tb] = caseName === 'wt-ws' ? ['wt', 'ws'] : ['wt', 'wt'];
+  const suffix = rand();
+  const aId = `alice-${suffix}`;
+  const bId = `bob-${suffix}`;
+  const aState = { name: 'Alice', color: '#e33', n: 1 };
+  const bState = { name: 'Bob ✓', color: '#33e', tags: ['x', 'y'] };
+  const A = new TestPage(`A(${aId})`, ta);
+  const B = new TestPage(`B(${bId})`, tb);
+  const pages = [A, B];
+  const chan = opts.channel;
+  const kind = (t) => (t === 'ws' ? 'WebSocket polyfill' : 'native WebTransport');
+  try {
+    await runChecks(caseName, pages, [
+      [`page A loads, ${kind(ta)}`, () => pageLoads(A, pageUrl)],
+      [`page B loads, ${kind(tb)}`, () => pageLoads(B, pageUrl)],
+      [`A connects over ${kind(ta)}`, () => connectAndCheck(A, target, aId)],
+      [`A joins ${chan}`, () => joinAndCheck(A, aId, chan, aState)],
+      [`B connects over ${kind(tb)}`, () => connectAndCheck(B, target, bId)],
+      [`B joins ${chan}`, () => joinAndCheck(B, bId, chan, bState)],
+      ['A sees B online with its state', () => seesPeer(A, bId, bState), { fatal: false }],
+      ['B sees A online with its state', () => seesPeer(B, aId, aState), { fatal: false }],
+      ["A's broadcast reaches B with sender A", () => broadcastReaches(A, aId, B, { text: 'hello from A', n: 1, u: 'héllo ✓', nested: { a: [1, 2] } }), { fatal: false }],
+      ["B's broadcast reaches A with sender B", () => broadcastReaches(B, bId, A, { text: 'hello from B', n: 2, ok: true }), { fatal: false }],
+      ['no echo of own broadcasts', () => noEcho([[A, aId], [B, bId]]), { fatal: false }],
+      ['received messages are well-formed (no sid/app)', () => wireHygiene(pages), { fatal: false }],
+      ["A gets B's offline when B's page closes", () => offlineSeen(A, aId, B, bId), { fatal: false }],
+    ]);
+  } finally {
+    for (const p of pages) if (p.context) await p.close().catch(() => {});
+  }
+}
+
+async function pageLoads(p, pageUrl) {
+  await p.open(pageUrl);
+  const s = await p.state();
+  if (!s.isSecureContext) throw new Fail(`page is not a secure context`);
+  if (s.typeofNativeWebTransport !== 'function') throw new Fail(`this Chromium has no WebTransport (typeof=${s.typeofNativeWebTransport})`);
+  if (p.transport === 'ws') {
+    if (s.typeofWebTransportBeforeLib !== 'undefined') throw new Fail(`could not remove WebTransport before the library loaded`);
+    if (s.typeofWebTransportAfterLib !== 'function' || s.webTransportIsNative) throw new Fail(`library did not install its polyfill (after: ${s.typeofWebTransportAfterLib}, native=${s.webTransportIsNative})`);
+    return `typeof WebTransport before lib=undefined, after=function ${s.webTransportName} (polyfill)`;
+  }
+  if (!s.webTransportIsNative) throw new Fail(`window.WebTransport is not native after the library loaded (${s.webTransportName})`);
+  return `typeof WebTransport=function, native`;
+}
+
+async function runSmoke(pageUrl) {
+  const A = new TestPage('wt-page', 'wt');
+  const B = new TestPage('ws-page', 'ws');
+  try {
+    await runChecks('smoke', [A, B], [
+      ['page loads with native WebTransport', () => pageLoads(A, pageUrl)],
+      ['page loads with the WebSocket polyfill', () => pageLoads(B, pageUrl)],
+    ]);
+  } finally {
+    for (const p of [A, B]) if (p.context) await p.close().catch(() => {});
+  }
+}
+
+// ---------------------------------------------------------------------------
+// main
+
+async function main() {
+  const cases = CASES[opts.case];
+  if (!cases) throw new Fail(`unknown --case ${opts.case} (wt-ws, wt-pair, all, smoke)`);
+  const files = await buildBundle();
+  say(`built dist/bundle.js (${files.js.length} bytes)`);
+  const pageUrl = await serve(files);
+
+  let target = { url: 'https://127.0.0.1:1/v1', spki: opts.spki };
+  if (!cases.includes('smoke')) {
+    if (opts.url) {
+      target = { url: opts.url.replace(/\/$/, ''), spki: opts.spki };
+    } else {
+      target = await startServer(opts.server || defaultServerBin());
+      if (opts.spki) target.spki = opts.spki;
+    }
+    const u = new URL(target.url);
+    if (u.protocol !== 'https:') throw new Fail(`--url must be https://HOST:PORT/v1, got ${target.url}`);
+    if (!target.spki) say('warning: no --spki given; the server certificate must then be trusted by Chromium');
+  }
+  await launchBrowser(target);
+  say(`chromium ${browser.version()} launched; page at ${pageUrl}; server ${cases.includes('smoke') ? '(none)' : target.url}`);
+
+  for (const c of cases) {
+    if (c === 'smoke') await runSmoke(pageUrl);
+    else await runPairCase(c, pageUrl, target);
+  }
+}
+
+const watchdog = setTimeout(async () => {
+  say('FAIL overall time limit (180 s) exceeded');
+  failed++;
+  await cleanup();
+  summary();
+  process.exit(1);
+}, 180_000);
+
+try {
+  await main();
+} catch (e) {
+  failed++;
+  say(`FAIL ${e instanceof Fail ? e.message.split('\n')[0] : e.stack || e}`);
+  if (e instanceof Fail && e.message.includes('\n')) detail(e.message.split('\n').slice(1).join('\n'));
+} finally {
+  clearTimeout(watchdog);
+  await cleanup();
+}
+if (passed === 0 && failed === 0) failed++; // nothing ran: not a success
+summary();
+process.exit(failed ? 1 : 0);
