@@ -134,10 +134,14 @@ struct PeerEntry {
     member: Member,
 }
 
+/// A channel's members on this node.
+type Members = HashMap<PeerId, Member>;
+/// An app's channels.
+type Channels = HashMap<Arc<str>, Members>;
+
 #[derive(Default)]
 struct State {
-    /// app → channel → members.
-    apps: HashMap<Arc<str>, HashMap<Arc<str>, HashMap<PeerId, Member>>>,
+    apps: HashMap<Arc<str>, Channels>,
     peers: HashMap<PeerId, PeerEntry>,
 }
 

@@ -115,7 +115,10 @@ for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
   });
 }
 
+let summarized = false;
 function summary() {
+  if (summarized) return; // exactly one summary line, whatever the exit path
+  summarized = true;
   console.log(`browser: ${passed} passed, ${failed} failed`);
 }
 
@@ -153,6 +156,7 @@ async function serve(files) {
     };
     if (path === '/' || path === '/index.html') send(200, 'text/html; charset=utf-8', files.html);
     else if (path === '/bundle.js') send(200, 'text/javascript; charset=utf-8', files.js);
+    else if (path === '/favicon.ico') send(204, 'image/x-icon', '');
     else send(404, 'text/plain', 'not found');
   });
   await new Promise((resolve, reject) => {
@@ -242,7 +246,16 @@ async function launchBrowser(target) {
   if (target.spki) args.push(`--ignore-certificate-errors-spki-list=${target.spki}`);
   if (opts.netlog) args.push(`--log-net-log=${opts.netlog}`, '--net-log-capture-mode=Everything');
   // playwright adds --headless, --no-sandbox and a fresh --user-data-dir
-  browser = await chromium.launch({ executablePath: opts.chromium, headless: true, args, timeout: MAX_WAIT });
+  browser = await chromium.launch({
+    executablePath: opts.chromium,
+    headless: true,
+    args,
+    timeout: MAX_WAIT,
+    // our own handlers clean up and print the summary
+    handleSIGINT: false,
+    handleSIGTERM: false,
+    handleSIGHUP: false,
+  });
   vlog(`chromium ${browser.version()} args: ${args.join(' ')}`);
 }
 
@@ -480,7 +493,7 @@ async function offlineSeen(a, aId, b, bId) {
   await a.waitFor(`${bId} to leave ${aId}'s peer list`, (id) => !window.prscdTest.state.peers.some((x) => String(x.id) === id), bId);
   const bLeft = b.wire.some((e) => e.dir === 'tx' && e.msg && e.msg.op === 'peer_offline');
   const s = await a.state();
-  return `${bLeft ? 'B had sent peer_offline itself' : 'B sent no peer_offline; the server detected the disconnect'}; peers now ${JSON.stringify(s.peers)}`;
+  return `${bLeft ? 'B had sent peer_offline itself (leave)' : 'no peer_offline from B seen: the server detected the disconnect'}; peers now ${JSON.stringify(s.peers)}`;
 }
 
 async function runPairCase(caseName, pageUrl, target) {

@@ -1,0 +1,701 @@
+//! Shared integration-test harness: a test PKI, the real `prscd` binary on
+//! an ephemeral port, and real clients for both transports (TLS WebSocket,
+//! WebTransport datagrams and streams). Every wait is bounded.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use futures_util::{SinkExt, StreamExt};
+use rmpv::Value;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::WebSocketStream;
+
+/// How long any single expected event may take.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+/// Apps every default node knows.
+pub const KEY1: &str = "pk1";
+pub const KEY2: &str = "pk2";
+
+pub fn crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+pub fn scratch_dir(name: &str) -> PathBuf {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("prscd-test-{}-{name}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A CA and a leaf for 127.0.0.1/localhost (ECDSA P-256, 10 days, so
+/// WebTransport clients may also pin its hash).
+pub struct Pki {
+    pub chain_pem: PathBuf,
+    pub key_pem: PathBuf,
+    pub ca: CertificateDer<'static>,
+    pub leaf: CertificateDer<'static>,
+}
+
+pub fn pki() -> &'static Pki {
+    static PKI: OnceLock<Pki> = OnceLock::new();
+    PKI.get_or_init(|| {
+        let dir = scratch_dir("pki");
+        let now = time::OffsetDateTime::now_utc();
+        let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "prscd test CA");
+        ca_params.not_before = now - time::Duration::hours(1);
+        ca_params.not_after = now + time::Duration::days(30);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, &ca_key);
+
+        let leaf_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut leaf_params =
+            rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+                .unwrap();
+        leaf_params.not_before = now - time::Duration::hours(1);
+        leaf_params.not_after = now + time::Duration::days(10);
+        let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
+
+        let chain_pem = dir.join("chain.pem");
+        let key_pem = dir.join("key.pem");
+        std::fs::write(&chain_pem, format!("{}{}", leaf.pem(), ca.pem())).unwrap();
+        std::fs::write(&key_pem, leaf_key.serialize_pem()).unwrap();
+        Pki {
+            chain_pem,
+            key_pem,
+            ca: ca.der().clone(),
+            leaf: leaf.der().clone(),
+        }
+    })
+}
+
+/// The real binary, started in its own scratch directory.
+pub struct Node {
+    child: Option<Child>,
+    pub port: u16,
+    pub dir: PathBuf,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_prscd")
+}
+
+impl Node {
+    /// A node with two apps (`pk1` → app1, `pk2` → app2) and the test PKI.
+    pub fn start() -> Node {
+        Node::start_with(&[])
+    }
+
+    /// As [`Node::start`], with `env` added or overriding.
+    pub fn start_with(env: &[(&str, &str)]) -> Node {
+        let pki = pki();
+        let mut vars: Vec<(String, String)> = vec![
+            ("APPS".into(), format!("{KEY1}:app1,{KEY2}:app2")),
+            ("MESH_ID".into(), "test-node".into()),
+            ("CERT_FILE".into(), pki.chain_pem.display().to_string()),
+            ("KEY_FILE".into(), pki.key_pem.display().to_string()),
+            ("DEBUG".into(), "true".into()),
+        ];
+        for (k, v) in env {
+            vars.retain(|(name, _)| name != k);
+            vars.push((k.to_string(), v.to_string()));
+        }
+        let mut node = Node::spawn(&vars);
+        node.port = node.wait_ready();
+        node
+    }
+
+    /// Spawns with exactly `vars` (plus HOST/PORT defaults) and does not wait.
+    pub fn spawn(vars: &[(String, String)]) -> Node {
+        crypto();
+        let dir = scratch_dir("node");
+        let mut cmd = Command::new(binary());
+        cmd.current_dir(&dir)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOST", "127.0.0.1")
+            .env("PORT", "0")
+            .env("RUST_BACKTRACE", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in vars {
+            // An empty value removes a default.
+            if v.is_empty() {
+                cmd.env_remove(k);
+            } else {
+                cmd.env(k, v);
+            }
+        }
+        let mut child = cmd.spawn().expect("spawn prscd");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if std::env::var_os("PRSCD_TEST_ECHO").is_some() {
+                    eprintln!("[prscd] {line}");
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Node {
+            child: Some(child),
+            port: 0,
+            dir,
+            logs,
+        }
+    }
+
+    /// Waits for the ready line and returns the port it announces.
+    pub fn wait_ready(&self) -> u16 {
+        let line = self.wait_log_blocking("ready: port=", Duration::from_secs(20));
+        let port = line
+            .split("port=")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap();
+        port.parse().unwrap()
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    pub fn wait_log_blocking(&self, needle: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(line) = self
+                .logs
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(needle))
+            {
+                return line.clone();
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "no log line with {needle:?} within {within:?}; logs:\n{}",
+                    self.logs().join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for a log line containing `needle`.
+    pub async fn wait_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(line) = self
+                .logs
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(needle))
+            {
+                return line.clone();
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "no log line with {needle:?}; logs:\n{}",
+                    self.logs().join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    pub fn signal(&self, signal: i32) {
+        assert_eq!(unsafe { libc::kill(self.pid(), signal) }, 0);
+    }
+
+    /// Waits for the process to exit on its own.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + within;
+        let child = self.child.as_mut().unwrap();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `GET path` over TLS: (status, headers lower-cased, body).
+    pub async fn get(&self, path: &str) -> (u16, Vec<(String, String)>, String) {
+        let mut tls = tls_connect(self.addr()).await;
+        let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+        tls.write_all(req.as_bytes()).await.unwrap();
+        let mut raw = Vec::new();
+        let _ = tokio::time::timeout(WAIT, tls.read_to_end(&mut raw)).await;
+        let text = String::from_utf8_lossy(&raw).to_string();
+        let (head, body) = text.split_once("\r\n\r\n").expect("http response");
+        let mut lines = head.lines();
+        let status = lines
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        (status, headers, body.to_owned())
+    }
+
+    pub async fn health(&self) -> (u16, serde_json::Value) {
+        let (status, _, body) = self.get("/health").await;
+        (status, serde_json::from_str(&body).expect("health json"))
+    }
+
+    /// A counter from `/health`, e.g. `["dropped", "malformed"]`.
+    pub async fn counter(&self, path: &[&str]) -> u64 {
+        let (_, mut v) = self.health().await;
+        for key in path {
+            v = v[*key].take();
+        }
+        v.as_u64().unwrap_or_else(|| panic!("no counter {path:?}"))
+    }
+
+    /// Polls a counter until it reaches `at_least`.
+    pub async fn wait_counter(&self, path: &[&str], at_least: u64) -> u64 {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let n = self.counter(path).await;
+            if n >= at_least {
+                return n;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "counter {path:?} stuck at {n}, wanted {at_least}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    pub async fn connect(&self, via: Via, key: &str, id: &str) -> Client {
+        match via {
+            Via::Ws => self.ws(key, id).await,
+            Via::Datagram => self.wt(key, id, false).await,
+            Via::Stream => self.wt(key, id, true).await,
+        }
+    }
+
+    pub async fn ws(&self, key: &str, id: &str) -> Client {
+        let (ws, _) = ws_handshake(self.addr(), &format!("/v1?publickey={key}&id={id}"))
+            .await
+            .unwrap_or_else(|(status, _)| panic!("websocket handshake refused: {status}"));
+        Client::ws(id, ws)
+    }
+
+    pub async fn wt(&self, key: &str, id: &str, stream: bool) -> Client {
+        let conn = wt_connect(self.port, &format!("/v1?publickey={key}&id={id}"))
+            .await
+            .unwrap_or_else(|e| panic!("webtransport refused: {e}"));
+        Client::wt(id, conn, stream).await
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub async fn tls_connect(addr: SocketAddr) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    tls_wrap(tcp).await
+}
+
+pub async fn tls_wrap(tcp: TcpStream) -> tokio_rustls::client::TlsStream<TcpStream> {
+    crypto();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki().ca.clone()).unwrap();
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+        .await
+        .expect("tls handshake")
+}
+
+pub type Ws = WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>;
+
+/// WebSocket handshake for `target`; on refusal, the status and headers.
+pub async fn ws_handshake(
+    addr: SocketAddr,
+    target: &str,
+) -> Result<(Ws, Vec<(String, String)>), (u16, Vec<(String, String)>)> {
+    let tls = tls_connect(addr).await;
+    let url = format!("wss://127.0.0.1:{}{target}", addr.port());
+    let headers = |h: &tungstenite::http::HeaderMap| {
+        h.iter()
+            .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+            .collect::<Vec<_>>()
+    };
+    match tokio_tungstenite::client_async(url, tls).await {
+        Ok((ws, resp)) => Ok((ws, headers(resp.headers()))),
+        Err(tungstenite::Error::Http(resp)) => {
+            Err((resp.status().as_u16(), headers(resp.headers())))
+        }
+        Err(e) => panic!("websocket handshake failed: {e}"),
+    }
+}
+
+/// A WebTransport session to `path`, pinning the test leaf's hash.
+pub async fn wt_connect(
+    port: u16,
+    path: &str,
+) -> Result<wtransport::Connection, wtransport::error::ConnectingError> {
+    wt_connect_pinned(port, path, &pki().leaf).await
+}
+
+pub async fn wt_connect_pinned(
+    port: u16,
+    path: &str,
+    leaf: &[u8],
+) -> Result<wtransport::Connection, wtransport::error::ConnectingError> {
+    crypto();
+    let hash = wtransport::tls::Sha256Digest::new(
+        ring::digest::digest(&ring::digest::SHA256, leaf)
+            .as_ref()
+            .try_into()
+            .unwrap(),
+    );
+    let config = wtransport::ClientConfig::builder()
+        .with_bind_default()
+        .with_server_certificate_hashes([hash])
+        .keep_alive_interval(Some(Duration::from_secs(1)))
+        .build();
+    let endpoint = wtransport::Endpoint::client(config).unwrap();
+    tokio::time::timeout(
+        WAIT,
+        endpoint.connect(format!("https://127.0.0.1:{port}{path}")),
+    )
+    .await
+    .expect("webtransport connect timed out")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    Ws,
+    Datagram,
+    Stream,
+}
+
+pub const ALL_VIA: [Via; 3] = [Via::Ws, Via::Datagram, Via::Stream];
+
+enum Transport {
+    Ws(Box<Ws>),
+    Wt {
+        conn: wtransport::Connection,
+        stream: Option<(wtransport::SendStream, wtransport::RecvStream, BytesMut)>,
+    },
+}
+
+/// One connected test client.
+pub struct Client {
+    pub id: String,
+    transport: Transport,
+}
+
+impl Client {
+    pub fn ws(id: &str, ws: Ws) -> Client {
+        Client {
+            id: id.to_owned(),
+            transport: Transport::Ws(Box::new(ws)),
+        }
+    }
+
+    pub async fn wt(id: &str, conn: wtransport::Connection, stream: bool) -> Client {
+        let stream = if stream {
+            let (send, recv) = conn.open_bi().await.unwrap().await.unwrap();
+            Some((send, recv, BytesMut::new()))
+        } else {
+            None
+        };
+        Client {
+            id: id.to_owned(),
+            transport: Transport::Wt { conn, stream },
+        }
+    }
+
+    pub fn ws_mut(&mut self) -> &mut Ws {
+        match &mut self.transport {
+            Transport::Ws(ws) => ws.as_mut(),
+            _ => panic!("not a websocket client"),
+        }
+    }
+
+    pub fn wt_conn(&self) -> &wtransport::Connection {
+        match &self.transport {
+            Transport::Wt { conn, .. } => conn,
+            _ => panic!("not a webtransport client"),
+        }
+    }
+
+    /// Sends one raw frame / datagram / stream message.
+    pub async fn send(&mut self, frame: &[u8]) {
+        match &mut self.transport {
+            Transport::Ws(ws) => ws
+                .send(Message::Binary(frame.to_vec().into()))
+                .await
+                .unwrap(),
+            Transport::Wt {
+                stream: Some((send, _, _)),
+                ..
+            } => send.write_all(frame).await.unwrap(),
+            Transport::Wt { conn, .. } => conn.send_datagram(frame).unwrap(),
+        }
+    }
+
+    /// The next message's raw bytes, or `None` after `within`.
+    pub async fn recv_raw(&mut self, within: Duration) -> Option<Vec<u8>> {
+        tokio::time::timeout(within, self.next_raw())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// `None` when the connection ended.
+    async fn next_raw(&mut self) -> Option<Vec<u8>> {
+        match &mut self.transport {
+            Transport::Ws(ws) => loop {
+                match ws.next().await? {
+                    Ok(Message::Binary(b)) => return Some(b.to_vec()),
+                    Ok(Message::Close(_)) | Err(_) => return None,
+                    Ok(_) => {}
+                }
+            },
+            Transport::Wt {
+                stream: Some((_, recv, buf)),
+                ..
+            } => loop {
+                if let Ok(n) = prscd::protocol::value_len(buf) {
+                    let msg = buf[..n].to_vec();
+                    buf.advance(n);
+                    return Some(msg);
+                }
+                let mut chunk = [0u8; 8192];
+                match recv.read(&mut chunk).await {
+                    Ok(Some(n)) => buf.extend_from_slice(&chunk[..n]),
+                    _ => return None,
+                }
+            },
+            Transport::Wt { conn, .. } => conn
+                .receive_datagram()
+                .await
+                .ok()
+                .map(|d| d.payload().to_vec()),
+        }
+    }
+
+    /// The next message, decoded. Panics after [`WAIT`].
+    pub async fn recv(&mut self) -> Value {
+        let raw = self
+            .recv_raw(WAIT)
+            .await
+            .unwrap_or_else(|| panic!("{}: nothing received within {WAIT:?}", self.id));
+        decode(&raw)
+    }
+
+    /// Skips messages until one with `op` (or `t` for data) arrives.
+    pub async fn recv_op(&mut self, op: &str) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let raw = self
+                .recv_raw(left)
+                .await
+                .unwrap_or_else(|| panic!("{}: no {op} within {WAIT:?}", self.id));
+            let v = decode(&raw);
+            if field(&v, "op") == Some(op) || (op == "data" && field(&v, "t") == Some("data")) {
+                return v;
+            }
+        }
+    }
+
+    /// Asserts nothing arrives for `quiet`.
+    pub async fn expect_silence(&mut self, quiet: Duration) {
+        if let Some(raw) = self.recv_raw(quiet).await {
+            panic!("{}: expected nothing, got {}", self.id, decode(&raw));
+        }
+    }
+
+    /// Joins `channel`, returning the ack.
+    pub async fn join(&mut self, channel: &str) -> Value {
+        self.send(&join(channel, &self.id.clone())).await;
+        let ack = self.recv_op("channel_join").await;
+        assert_eq!(field(&ack, "c"), Some(channel));
+        ack
+    }
+
+    /// WebSocket: waits for the server's close frame and returns its code.
+    /// WebTransport: waits for the session to close and returns the app code.
+    pub async fn closed_with(&mut self) -> Option<u16> {
+        let fut = async {
+            match &mut self.transport {
+                Transport::Ws(ws) => loop {
+                    match ws.next().await {
+                        Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                        Some(Ok(_)) => {}
+                        Some(Err(_)) | None => return None,
+                    }
+                },
+                Transport::Wt { conn, .. } => match conn.closed().await {
+                    wtransport::error::ConnectionError::ApplicationClosed(close) => {
+                        Some(close.code().into_inner() as u16)
+                    }
+                    _ => None,
+                },
+            }
+        };
+        tokio::time::timeout(WAIT, fut)
+            .await
+            .expect("connection did not close")
+    }
+
+    /// Ends the connection politely.
+    pub async fn close(mut self) {
+        match &mut self.transport {
+            Transport::Ws(ws) => {
+                let _ = ws.as_mut().close(None).await;
+            }
+            Transport::Wt { conn, .. } => conn.close(wtransport::VarInt::from_u32(0), b"bye"),
+        }
+    }
+}
+
+pub fn decode(raw: &[u8]) -> Value {
+    let mut slice = raw;
+    let v = rmpv::decode::read_value(&mut slice).expect("msgpack from server");
+    assert!(slice.is_empty(), "trailing bytes in one frame: {raw:?}");
+    v
+}
+
+/// A string field of a decoded message.
+pub fn field<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
+    v.as_map()?
+        .iter()
+        .find(|(k, _)| k.as_str() == Some(key))
+        .and_then(|(_, v)| v.as_str())
+}
+
+pub fn has_key(v: &Value, key: &str) -> bool {
+    v.as_map()
+        .is_some_and(|m| m.iter().any(|(k, _)| k.as_str() == Some(key)))
+}
+
+/// The raw bytes of a bin field.
+pub fn bin<'a>(v: &'a Value, key: &str) -> Option<&'a [u8]> {
+    v.as_map()?
+        .iter()
+        .find(|(k, _)| k.as_str() == Some(key))
+        .and_then(|(_, v)| v.as_slice())
+}
+
+/// Encodes a Signalling map from (key, value) pairs.
+pub fn msg(pairs: Vec<(&str, Value)>) -> Vec<u8> {
+    let map = Value::Map(
+        pairs
+            .into_iter()
+            .map(|(k, v)| (Value::from(k), v))
+            .collect(),
+    );
+    let mut out = Vec::new();
+    rmpv::encode::write_value(&mut out, &map).unwrap();
+    out
+}
+
+/// msgpack of `{id, ...}`: what the client puts in `pl` for state.
+pub fn state(id: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    rmpv::encode::write_value(
+        &mut out,
+        &Value::Map(vec![(Value::from("id"), Value::from(id))]),
+    )
+    .unwrap();
+    out
+}
+
+pub fn join(channel: &str, id: &str) -> Vec<u8> {
+    control("channel_join", channel, Some(state(id)))
+}
+
+pub fn control(op: &str, channel: &str, pl: Option<Vec<u8>>) -> Vec<u8> {
+    let mut pairs = vec![
+        ("t", Value::from("control")),
+        ("op", Value::from(op)),
+        ("c", Value::from(channel)),
+    ];
+    if let Some(pl) = pl {
+        pairs.push(("pl", Value::Binary(pl)));
+    }
+    msg(pairs)
+}
+
+/// A data message: `pl` = msgpack `{event, data}`.
+pub fn data(channel: &str, event: &str, json: &str) -> Vec<u8> {
+    let mut pl = Vec::new();
+    rmpv::encode::write_value(
+        &mut pl,
+        &Value::Map(vec![
+            (Value::from("event"), Value::from(event)),
+            (Value::from("data"), Value::from(json)),
+        ]),
+    )
+    .unwrap();
+    msg(vec![
+        ("t", Value::from("data")),
+        ("c", Value::from(channel)),
+        ("pl", Value::Binary(pl)),
+    ])
+}
+
+pub fn tempfile(dir: &Path, name: &str, contents: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, contents).unwrap();
+    path
+}
