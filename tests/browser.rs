@@ -19,7 +19,10 @@ use common::*;
 fn published_client_over_webtransport_and_websocket() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    let ready = Path::new(&chromium).exists() && root.join("tests/browser/node_modules/@yomo/presence").exists();
+    let ready = Path::new(&chromium).exists()
+        && root
+            .join("tests/browser/node_modules/@yomo/presence")
+            .exists();
     if !ready {
         assert!(
             std::env::var_os("PRSCD_REQUIRE_BROWSER").is_none(),
@@ -54,6 +57,12 @@ fn published_client_over_webtransport_and_websocket() {
     );
     assert!(stdout.contains(" 0 failed"), "{stdout}");
     // Both transports were used by the browsers.
-    assert!(node.logs().iter().any(|l| l.contains("transport=\"webtransport\"")));
-    assert!(node.logs().iter().any(|l| l.contains("transport=\"websocket\"")));
+    assert!(node
+        .logs()
+        .iter()
+        .any(|l| l.contains("transport=\"webtransport\"")));
+    assert!(node
+        .logs()
+        .iter()
+        .any(|l| l.contains("transport=\"websocket\"")));
 }
