@@ -198,32 +198,39 @@ async fn oversize_message_closes_1009_on_websocket_and_streams() {
 
 #[tokio::test]
 async fn slow_reader_is_dropped_while_the_channel_keeps_flowing() {
-    let node = Node::start_with(&[("PEER_QUEUE", "32"), ("PEER_MSG_RATE", "0")]);
+    let node = Node::start_with(&[("PEER_QUEUE", "256"), ("PEER_MSG_RATE", "0")]);
     let mut fast = node.ws(KEY1, "fast").await;
     let mut slow = node.ws(KEY1, "slow").await;
     let mut sender = node.ws(KEY1, "sender").await;
     for c in [&mut fast, &mut slow, &mut sender] {
         c.join("c").await;
     }
-    // `slow` never reads: its socket buffers fill, then its queue.
-    let n = 400;
+    // `slow` never reads: its socket buffers fill, then its queue. The
+    // sender stays at most 128 messages ahead of `fast`, so `fast` (queue
+    // 256) is never the one that is dropped, however busy this machine is.
+    let n = 1000;
     let blob = "y".repeat(60_000);
+    let received = std::sync::atomic::AtomicUsize::new(0);
     let send = async {
         for i in 0..n {
+            while i - received.load(Ordering::Relaxed) > 128 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
             sender.send(&data("c", &i.to_string(), &blob)).await;
         }
     };
     let receive = async {
-        let mut got = 0;
         let mut slow_offline = false;
-        while got < n {
+        while received.load(Ordering::Relaxed) < n {
             let v = fast.recv().await;
             match field(&v, "op") {
                 Some("peer_offline") => {
                     assert_eq!(field(&v, "p"), Some("slow"));
                     slow_offline = true;
                 }
-                _ => got += 1,
+                _ => {
+                    received.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
         slow_offline || field(&fast.recv_op("peer_offline").await, "p") == Some("slow")

@@ -301,9 +301,19 @@ class TestPage {
       throw e;
     }
   }
-  async close() {
+  // Close the tab only (the browser and its network context live on), like a user
+  // closing a tab. Closing the whole context instead tears down the network context,
+  // and Chromium then sometimes drops a WebTransport session without a word (no
+  // CLOSE_WEBTRANSPORT_SESSION, no FIN, no CONNECTION_CLOSE), so the server could only
+  // notice at its idle timeout.
+  async closePage() {
     if (this.closed) return;
     this.closed = true;
+    await this.page.close();
+  }
+  async close() {
+    this.closed = true;
+    if (this.page && !this.page.isClosed()) await this.page.close().catch(() => {});
     await this.context.close();
   }
 }
@@ -488,7 +498,7 @@ function wireHygiene(pages) {
 }
 
 async function offlineSeen(a, aId, b, bId) {
-  await b.close();
+  await b.closePage();
   await until(`${aId} to receive peer_offline for ${bId}`, () => rxOf(a, (m) => m.t === 'control' && m.op === 'peer_offline' && m.p === bId).length > 0);
   await a.waitFor(`${bId} to leave ${aId}'s peer list`, (id) => !window.prscdTest.state.peers.some((x) => String(x.id) === id), bId);
   const bLeft = b.wire.some((e) => e.dir === 'tx' && e.msg && e.msg.op === 'peer_offline');
