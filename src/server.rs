@@ -7,7 +7,7 @@
 //! when they are done or after `DRAIN_TIMEOUT_MS`, whichever comes first.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use tokio::signal::unix::{signal, SignalKind};
@@ -55,15 +55,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .max_idle_timeout(Some(config.idle_timeout))
         .map_err(|_| anyhow::anyhow!("IDLE_TIMEOUT_MS is out of QUIC's range"))?
         .build();
-    let endpoint =
-        wtransport::Endpoint::server(wt_config).context("cannot start the QUIC endpoint")?;
+    let endpoint = Arc::new(
+        wtransport::Endpoint::server(wt_config).context("cannot start the QUIC endpoint")?,
+    );
     let listener = tokio::net::TcpListener::from_std(tcp)?;
     tokio::spawn(ws::serve(
         listener,
         TlsAcceptor::from(cert.server_config()?),
         ctx.clone(),
     ));
-    tokio::spawn(webtransport::serve(endpoint, ctx.clone()));
+    tokio::spawn(webtransport::serve(endpoint.clone(), ctx.clone()));
 
     std::fs::write(&config.pid_file, format!("{}\n", std::process::id()))
         .with_context(|| format!("cannot write {}", config.pid_file.display()))?;
@@ -71,6 +72,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     wait_for_shutdown(&hub).await?;
     drain(&config, &ctx).await;
+    webtransport::shut_down(&endpoint, Duration::from_secs(1)).await;
     let _ = std::fs::remove_file(&config.pid_file);
     Ok(())
 }

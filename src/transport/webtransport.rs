@@ -37,7 +37,7 @@ use crate::stats::{DropReason, Stats, Transport};
 const STREAM_INBOX: usize = 64;
 
 /// Accepts QUIC connections until the process exits.
-pub async fn serve(endpoint: Endpoint<Server>, ctx: Arc<Context>) {
+pub async fn serve(endpoint: Arc<Endpoint<Server>>, ctx: Arc<Context>) {
     loop {
         let incoming = endpoint.accept().await;
         if ctx.hub.is_draining() {
@@ -218,6 +218,16 @@ async fn deliver(
         }
         Err(SendDatagramError::NotConnected) => false,
     }
+}
+
+/// After a drain: closes what is left and lets the CONNECTION_CLOSE frames
+/// leave before the process exits, so clients learn at once, not by timeout.
+pub async fn shut_down(endpoint: &Endpoint<Server>, within: Duration) {
+    endpoint.close(
+        VarInt::from_u32(u32::from(CloseReason::GoingAway.code())),
+        b"server shutting down",
+    );
+    let _ = timeout(within, endpoint.wait_idle()).await;
 }
 
 /// Lets queued datagrams leave before the session is closed.
