@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::hub::Limits;
+use crate::mesh::MeshSettings;
 
 /// The original's YoMo variables: accepted, meaningless with zenoh.
 const DEPRECATED: &[&str] = &[
@@ -42,6 +43,8 @@ pub enum ConfigError {
     },
     #[error("{0} is set without {1}: give both or neither")]
     HalfPair(&'static str, &'static str),
+    #[error("MESH_ID is required when APPS or APPS_FILE is set (it names this node in the mesh)")]
+    MeshIdRequired,
 }
 
 /// Public key → app id. Apps are isolated from each other.
@@ -130,6 +133,7 @@ pub struct Config {
     pub drain_grace: Duration,
     pub drain_timeout: Duration,
     pub pid_file: PathBuf,
+    pub mesh: MeshSettings,
     /// One line each, printed by `main` once logging is up.
     pub warnings: Vec<String>,
 }
@@ -151,16 +155,6 @@ impl Config {
         let debug = get("DEBUG").is_some_and(|v| {
             matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")
         });
-
-        let mesh_id = match get("MESH_ID") {
-            Some(id) => id,
-            None => {
-                warnings.push(
-                    "MESH_ID is not set: using `dev` (set one per node before meshing)".into(),
-                );
-                "dev".into()
-            }
-        };
 
         let tls_files = match (get("CERT_FILE"), get("KEY_FILE")) {
             (Some(c), Some(k)) => Some((PathBuf::from(c), PathBuf::from(k))),
@@ -188,6 +182,32 @@ impl Config {
         if dev_app {
             apps = AppTable::dev();
         }
+        let mesh_id = match get("MESH_ID") {
+            Some(id) => id,
+            None if dev_app => {
+                warnings.push(
+                    "MESH_ID is not set: using `dev` (set one per node before meshing)".into(),
+                );
+                "dev".into()
+            }
+            None => return Err(ConfigError::MeshIdRequired),
+        };
+        let endpoints = |v: Option<String>| -> Vec<String> {
+            v.map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|e| !e.is_empty())
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default()
+        };
+        let mesh = MeshSettings {
+            config_file: get("ZENOH_CONFIG").map(PathBuf::from),
+            listen: endpoints(get("ZENOH_LISTEN")),
+            connect: endpoints(get("ZENOH_CONNECT")),
+            max_backlog: parse(&get, "MESH_BACKLOG", 10_000usize)?,
+        };
 
         for name in DEPRECATED {
             if get(name).is_some() {
@@ -244,6 +264,7 @@ impl Config {
             drain_grace: ms("DRAIN_GRACE_MS", 2_000)?,
             drain_timeout: ms("DRAIN_TIMEOUT_MS", 5_000)?,
             pid_file: get("PID_FILE").unwrap_or_else(|| "prscd.pid".into()).into(),
+            mesh,
             warnings,
         })
     }
@@ -278,6 +299,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let vars: HashMap<String, String> = vars
@@ -308,15 +330,36 @@ mod tests {
         let c = config(&[
             ("APPS", "k1:app1,k2:app2"),
             ("APPS_FILE", file.to_str().unwrap()),
+            ("MESH_ID", "eu"),
         ])
         .unwrap();
         assert!(!c.dev_app);
         assert_eq!(c.apps.len(), 4);
         assert_eq!(c.apps.app_for("k3"), Some("app3"));
         assert_eq!(c.apps.app_for("dev"), None);
+        assert!(matches!(
+            config(&[("APPS", "k1:a")]),
+            Err(ConfigError::MeshIdRequired)
+        ));
         assert!(config(&[("APPS", "k1:a,k1:b")]).is_err());
         assert!(config(&[("APPS", "nocolon")]).is_err());
         assert!(config(&[("APPS_FILE", "/nonexistent/apps")]).is_err());
+    }
+
+    #[test]
+    fn zenoh_endpoints_are_comma_separated() {
+        let c = config(&[
+            ("ZENOH_CONNECT", "tcp/127.0.0.2:7447, tcp/127.0.0.3:7447"),
+            ("ZENOH_LISTEN", "tcp/127.0.0.1:7447"),
+            ("ZENOH_CONFIG", "mesh/p2p/node.json5"),
+        ])
+        .unwrap();
+        assert_eq!(c.mesh.connect, ["tcp/127.0.0.2:7447", "tcp/127.0.0.3:7447"]);
+        assert_eq!(c.mesh.listen, ["tcp/127.0.0.1:7447"]);
+        assert_eq!(
+            c.mesh.config_file.as_deref(),
+            Some(Path::new("mesh/p2p/node.json5"))
+        );
     }
 
     #[test]

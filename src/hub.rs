@@ -15,7 +15,7 @@
 //! never across an `.await`.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock, RwLockWriteGuard};
 use std::time::Instant;
 
@@ -120,6 +120,40 @@ impl PeerCtl {
     }
 }
 
+/// What the hub tells the mesh, in the order it happened.
+#[derive(Debug)]
+pub enum MeshEvent {
+    /// A local peer joined a channel (first time for this connection).
+    Joined {
+        app: Arc<str>,
+        channel: Arc<str>,
+        sid: PeerId,
+        client_id: Arc<str>,
+    },
+    /// A local peer left a channel (explicitly, or its connection ended).
+    Left {
+        app: Arc<str>,
+        channel: Arc<str>,
+        sid: PeerId,
+    },
+    /// A local peer's message, encoded as relayed, for the other nodes.
+    Publish {
+        app: Arc<str>,
+        channel: Arc<str>,
+        sid: PeerId,
+        msg: Bytes,
+    },
+}
+
+/// The hub's side of the mesh link. Membership events are never dropped
+/// (they are small and the mesh's view must stay true); publishes are
+/// dropped and counted once `max_backlog` of them wait.
+struct Uplink {
+    tx: mpsc::UnboundedSender<MeshEvent>,
+    backlog: Arc<AtomicUsize>,
+    max_backlog: usize,
+}
+
 /// Where a member's messages go.
 #[derive(Clone)]
 struct Member {
@@ -152,6 +186,7 @@ pub struct Hub {
     state: RwLock<State>,
     next_id: AtomicU64,
     draining: AtomicBool,
+    uplink: OnceLock<Uplink>,
 }
 
 impl Hub {
@@ -161,8 +196,9 @@ impl Hub {
             limits,
             stats,
             state: RwLock::default(),
-            next_id: AtomicU64::new(1),
+            next_id: AtomicU64::new(first_peer_id()),
             draining: AtomicBool::new(false),
+            uplink: OnceLock::new(),
         })
     }
 
@@ -263,6 +299,45 @@ impl Hub {
         }
     }
 
+    /// Connects the mesh: from now on joins, leaves and local messages are
+    /// also sent to it, in order. Returns the event stream and the publish
+    /// backlog counter (the mesh decrements it as it publishes).
+    pub fn attach_mesh(
+        &self,
+        max_backlog: usize,
+    ) -> (mpsc::UnboundedReceiver<MeshEvent>, Arc<AtomicUsize>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let backlog = Arc::new(AtomicUsize::new(0));
+        let uplink = Uplink {
+            tx,
+            backlog: backlog.clone(),
+            max_backlog,
+        };
+        if self.uplink.set(uplink).is_err() {
+            panic!("mesh attached twice");
+        }
+        (rx, backlog)
+    }
+
+    fn to_mesh(&self, event: MeshEvent) {
+        let Some(uplink) = self.uplink.get() else {
+            return;
+        };
+        if matches!(event, MeshEvent::Publish { .. }) {
+            if uplink.backlog.load(Ordering::Relaxed) >= uplink.max_backlog {
+                self.stats.count_drop(DropReason::MeshBacklog);
+                return;
+            }
+            uplink.backlog.fetch_add(1, Ordering::Relaxed);
+        }
+        let _ = uplink.tx.send(event);
+    }
+
+    /// Delivers a message that came through the mesh to the local members.
+    pub fn deliver_remote(&self, app: &str, channel: &str, msg: &Bytes) -> usize {
+        self.relay(app, channel, None, msg)
+    }
+
     /// Starts draining: `/health` turns 503 and new connections are refused.
     pub fn begin_drain(&self) {
         self.draining.store(true, Ordering::SeqCst);
@@ -279,6 +354,13 @@ impl Hub {
         let mut state = self.write();
         for (app, channels) in state.apps.drain() {
             for (channel, members) in channels {
+                for sid in members.keys() {
+                    self.to_mesh(MeshEvent::Left {
+                        app: app.clone(),
+                        channel: channel.clone(),
+                        sid: *sid,
+                    });
+                }
                 for (leaving_id, leaving) in &members {
                     let offline = offline_msg(&channel, &leaving.client_id, &self.mesh_id);
                     for (id, member) in &members {
@@ -445,6 +527,12 @@ impl Peer {
                 }
                 let channel: Arc<str> = msg.channel.into();
                 self.hub.join(&self.app, &channel, self.id, &self.member);
+                self.hub.to_mesh(MeshEvent::Joined {
+                    app: self.app.clone(),
+                    channel: channel.clone(),
+                    sid: self.id,
+                    client_id: self.member.client_id.clone(),
+                });
                 self.joined.insert(channel);
             }
             let ack = protocol::encode_join_ack(msg.channel, &self.hub.mesh_id);
@@ -463,11 +551,26 @@ impl Peer {
             mesh: Some(&self.hub.mesh_id),
         }));
         if msg.kind == Kind::Control(Op::PeerOffline) {
-            self.joined.remove(msg.channel);
-            self.hub.leave(&self.app, msg.channel, self.id, &relayed);
+            // Other nodes learn it from the membership token going away.
+            if let Some(channel) = self.joined.take(msg.channel) {
+                self.hub.leave(&self.app, &channel, self.id, &relayed);
+                self.hub.to_mesh(MeshEvent::Left {
+                    app: self.app.clone(),
+                    channel,
+                    sid: self.id,
+                });
+            }
         } else {
             self.hub
                 .relay(&self.app, msg.channel, Some(self.id), &relayed);
+            if let Some(channel) = self.joined.get(msg.channel) {
+                self.hub.to_mesh(MeshEvent::Publish {
+                    app: self.app.clone(),
+                    channel: channel.clone(),
+                    sid: self.id,
+                    msg: relayed,
+                });
+            }
         }
         Ok(())
     }
@@ -488,8 +591,23 @@ impl Drop for Peer {
         for channel in left {
             let offline = offline_msg(&channel, &self.member.client_id, &self.hub.mesh_id);
             self.hub.relay(&self.app, &channel, Some(self.id), &offline);
+            self.hub.to_mesh(MeshEvent::Left {
+                app: self.app.clone(),
+                channel,
+                sid: self.id,
+            });
         }
     }
+}
+
+/// Peer ids start at a random point so that a restarted node never reuses
+/// the ids (and so the mesh membership keys) of its previous run.
+fn first_peer_id() -> u64 {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 8];
+    let _ = ring::rand::SystemRandom::new().fill(&mut bytes);
+    // 48 bits: unique enough, and short in logs and keys.
+    (u64::from_be_bytes(bytes) >> 16).max(1)
 }
 
 /// Token bucket: `rate` per second, bursts of up to two seconds' worth.

@@ -4,11 +4,13 @@
 //! - [`protocol`]: the msgpack Signalling message, pure.
 //! - [`hub`]: apps, channels, peers; the one path every message takes.
 //! - [`transport`]: WebSocket (TLS/TCP) and WebTransport (QUIC/UDP).
+//! - [`mesh`]: the zenoh bridge that makes several nodes one service.
 //! - [`config`], [`tls`], [`stats`], [`telemetry`]: the node's set-up.
 //! - [`server`]: start, signals, drain.
 
 pub mod config;
 pub mod hub;
+pub mod mesh;
 pub mod protocol;
 pub mod server;
 pub mod stats;

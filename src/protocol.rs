@@ -134,6 +134,40 @@ pub const MAX_CHANNEL_LEN: usize = 256;
 
 /// Decodes one client message. `frame` must hold exactly one msgpack map.
 pub fn decode(frame: &[u8]) -> Result<Inbound<'_>, DecodeError> {
+    let fields = decode_fields(frame)?;
+    Ok(Inbound {
+        kind: fields.kind,
+        channel: fields.channel,
+        payload: fields.payload,
+    })
+}
+
+/// Decodes a message that arrived through the mesh: like [`decode`], but
+/// `p` (the sender, set by the node or backend that published it) is
+/// required and `mesh` is kept.
+pub fn decode_relayed(frame: &[u8]) -> Result<Outbound<'_>, DecodeError> {
+    let fields = decode_fields(frame)?;
+    Ok(Outbound {
+        kind: fields.kind,
+        channel: fields.channel,
+        peer: fields
+            .peer
+            .filter(|p| !p.is_empty())
+            .ok_or(DecodeError::Missing("p"))?,
+        payload: fields.payload,
+        mesh: fields.mesh,
+    })
+}
+
+struct Fields<'a> {
+    kind: Kind,
+    channel: &'a str,
+    peer: Option<&'a str>,
+    payload: Option<&'a [u8]>,
+    mesh: Option<&'a str>,
+}
+
+fn decode_fields(frame: &[u8]) -> Result<Fields<'_>, DecodeError> {
     let total = value_len(frame)?;
     if total != frame.len() {
         return Err(DecodeError::TrailingBytes(frame.len() - total));
@@ -141,21 +175,21 @@ pub fn decode(frame: &[u8]) -> Result<Inbound<'_>, DecodeError> {
     let mut r = Reader { buf: frame, pos: 0 };
     let entries = r.map_len()?;
 
-    let mut t = None;
-    let mut op = None;
-    let mut channel = None;
-    let mut payload = None;
+    let (mut t, mut op, mut channel, mut peer, mut payload, mut mesh) =
+        (None, None, None, None, None, None);
     for _ in 0..entries {
         let key = r.str_or(DecodeError::Malformed("map key is not a string"))?;
         match key {
             "t" => t = r.opt_str("t")?,
             "op" => op = r.opt_str("op")?,
             "c" => channel = r.opt_str("c")?,
+            "p" => peer = r.opt_str("p")?,
+            "mesh" => mesh = r.opt_str("mesh")?,
             "pl" => {
                 let raw = r.raw_value()?;
                 payload = (raw != [NIL]).then_some(raw);
             }
-            // p, sid, app, mesh and unknown keys: skipped (never trusted).
+            // sid, app and unknown keys: skipped (never trusted).
             _ => {
                 r.raw_value()?;
             }
@@ -173,10 +207,12 @@ pub fn decode(frame: &[u8]) -> Result<Inbound<'_>, DecodeError> {
     if channel.is_empty() || channel.len() > MAX_CHANNEL_LEN {
         return Err(DecodeError::BadChannel);
     }
-    Ok(Inbound {
+    Ok(Fields {
         kind,
         channel,
+        peer,
         payload,
+        mesh: mesh.filter(|m| !m.is_empty()),
     })
 }
 
@@ -423,6 +459,19 @@ mod tests {
         // Payload byte for byte.
         assert_eq!(decode(&out).unwrap().payload, inbound.payload);
         assert_eq!(value_len(&out).unwrap(), out.len());
+    }
+
+    #[test]
+    fn relayed_messages_need_a_sender_and_keep_mesh() {
+        let frame = pack(&serde_json::json!({"t": "data", "c": "a", "p": "backend-1", "sid": "x"}));
+        let msg = decode_relayed(&frame).unwrap();
+        assert_eq!((msg.peer, msg.mesh), ("backend-1", None));
+        let frame = pack(&serde_json::json!({"t": "data", "c": "a", "p": "bob", "mesh": "eu"}));
+        assert_eq!(decode_relayed(&frame).unwrap().mesh, Some("eu"));
+        let frame = pack(&serde_json::json!({"t": "data", "c": "a"}));
+        assert_eq!(decode_relayed(&frame), Err(DecodeError::Missing("p")));
+        let frame = pack(&serde_json::json!({"t": "data", "c": "a", "p": ""}));
+        assert_eq!(decode_relayed(&frame), Err(DecodeError::Missing("p")));
     }
 
     #[test]

@@ -17,6 +17,7 @@ use tracing::{info, warn};
 
 use crate::config::{Config, DEV_PUBLIC_KEY};
 use crate::hub::Hub;
+use crate::mesh::Mesh;
 use crate::stats::{Stats, Transport};
 use crate::tls::Certificate;
 use crate::transport::{self, webtransport, ws, Context};
@@ -38,6 +39,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.limits.clone(),
         Arc::new(Stats::default()),
     );
+    // Outside any span: zenoh's background tasks inherit the current one.
+    let mesh = Mesh::start(hub.clone(), &config.mesh).await?;
     let ctx = Arc::new(Context {
         hub: hub.clone(),
         apps: config.apps.clone(),
@@ -73,6 +76,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     wait_for_shutdown(&hub).await?;
     drain(&config, &ctx).await;
     webtransport::shut_down(&endpoint, Duration::from_secs(1)).await;
+    mesh.close(Duration::from_secs(1)).await;
     let _ = std::fs::remove_file(&config.pid_file);
     Ok(())
 }

@@ -32,6 +32,8 @@ reasons! {
     Oversize => "oversize": "Over MAX_MESSAGE_SIZE (connection closed 1009).",
     DatagramTooLarge => "datagram_too_large": "Too large for the receiver's datagram size, and it has no stream.",
     SlowReader => "slow_reader": "A receiver's queue was full: that receiver is disconnected.",
+    MeshBacklog => "mesh_backlog": "Too many messages waiting to be published to the mesh.",
+    MeshInvalid => "mesh_invalid": "A sample from the mesh that is not a valid relayed Signalling.",
 }
 
 /// The two client transports.
@@ -55,12 +57,55 @@ pub const REJECT_STATUSES: &[u16] = &[400, 401, 403, 404, 426, 503];
 
 #[derive(Default)]
 pub struct Stats {
-    drops: [AtomicU64; 9],
+    drops: [AtomicU64; 11],
     connections: [AtomicU64; 2],
     connections_total: [AtomicU64; 2],
     rejected: [AtomicU64; 6],
     messages_in: AtomicU64,
     messages_out: AtomicU64,
+    pub mesh: MeshStats,
+}
+
+/// The mesh link, as `/health` shows it.
+#[derive(Default)]
+pub struct MeshStats {
+    /// Zenoh peers and routers this node is connected to right now.
+    pub peers: AtomicU64,
+    pub routers: AtomicU64,
+    /// Whether the zenoh session is open at all.
+    pub open: std::sync::atomic::AtomicBool,
+    /// Messages published to / received from the mesh.
+    pub published: AtomicU64,
+    pub received: AtomicU64,
+    /// `peer_offline` sent to local members for peers of other nodes.
+    pub remote_offline: AtomicU64,
+    /// Memberships of other nodes' peers in channels this node has members in.
+    pub remote_members: AtomicU64,
+}
+
+impl MeshStats {
+    /// `disabled` (no session), `alone` (no zenoh neighbour) or `connected`.
+    pub fn state(&self) -> &'static str {
+        if !self.open.load(Relaxed) {
+            "disabled"
+        } else if self.peers.load(Relaxed) + self.routers.load(Relaxed) == 0 {
+            "alone"
+        } else {
+            "connected"
+        }
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "state": self.state(),
+            "peers": self.peers.load(Relaxed),
+            "routers": self.routers.load(Relaxed),
+            "published": self.published.load(Relaxed),
+            "received": self.received.load(Relaxed),
+            "remote_offline": self.remote_offline.load(Relaxed),
+            "remote_members": self.remote_members.load(Relaxed),
+        })
+    }
 }
 
 impl Stats {
@@ -124,6 +169,7 @@ impl Stats {
             "messages_out": self.messages_out.load(Relaxed),
             "dropped": drops,
             "handshake_rejected": rejected,
+            "mesh": self.mesh.to_json(),
         })
     }
 }

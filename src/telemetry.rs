@@ -10,11 +10,14 @@ use tracing_subscriber::EnvFilter;
 
 pub fn init_logging(debug: bool) {
     let default = if debug {
-        "info,prscd=debug,quinn=warn,wtransport=warn,rustls=warn"
+        "info,prscd=debug,quinn=warn,wtransport=warn,rustls=warn,zenoh=warn"
     } else {
-        "info,quinn=warn,wtransport=warn,rustls=warn"
+        "info,quinn=warn,wtransport=warn,rustls=warn,zenoh=warn"
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(filter) if !filter.trim().is_empty() => EnvFilter::new(filter),
+        _ => EnvFilter::new(default),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

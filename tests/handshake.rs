@@ -168,6 +168,7 @@ fn refused(env: &[(&str, &str)]) -> String {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     vars.push(("APPS".into(), "k:a".into()));
+    vars.push(("MESH_ID".into(), "refused".into()));
     let mut node = Node::spawn(&vars);
     let status = node
         .wait_exit(Duration::from_secs(10))
@@ -202,6 +203,22 @@ fn refuses_bad_certificates_with_a_one_line_reason() {
     assert!(line.contains("KEY_FILE"), "{line}");
     let line = refused(&[("PORT", "eighty")]);
     assert!(line.contains("PORT"), "{line}");
+}
+
+#[test]
+fn mesh_id_is_required_outside_dev_mode() {
+    let mut node = Node::spawn(&[("APPS".into(), "k:a".into())]);
+    let status = node
+        .wait_exit(Duration::from_secs(10))
+        .expect("should exit");
+    assert!(!status.success());
+    std::thread::sleep(Duration::from_millis(100));
+    let logs = node.logs();
+    assert!(
+        logs.last()
+            .is_some_and(|l| l.contains("MESH_ID is required")),
+        "{logs:?}"
+    );
 }
 
 #[tokio::test]

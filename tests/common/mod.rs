@@ -93,6 +93,8 @@ pub struct Node {
     pub port: u16,
     pub dir: PathBuf,
     logs: Arc<Mutex<Vec<String>>>,
+    /// What it was started with, to start it again.
+    vars: Vec<(String, String)>,
 }
 
 pub fn binary() -> &'static str {
@@ -138,6 +140,9 @@ impl Node {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        if let Ok(filter) = std::env::var("PRSCD_TEST_RUST_LOG") {
+            cmd.env("RUST_LOG", filter);
+        }
         for (k, v) in vars {
             // An empty value removes a default.
             if v.is_empty() {
@@ -163,6 +168,22 @@ impl Node {
             port: 0,
             dir,
             logs,
+            vars: vars.to_vec(),
+        }
+    }
+
+    /// A new process with the same settings (after [`Node::kill9`]).
+    pub fn restart(&self) -> Node {
+        let mut node = Node::spawn(&self.vars);
+        node.port = node.wait_ready();
+        node
+    }
+
+    /// `kill -9`, and reap it.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 
@@ -340,6 +361,136 @@ impl Drop for Node {
             let _ = child.wait();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A TCP port free right now on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Nodes meshed peer to peer over zenoh TCP on loopback: node i listens on
+/// its own port and connects to every earlier node. `extra` goes to all.
+pub fn mesh_of(names: &[&str], extra: &[(&str, &str)]) -> Vec<Node> {
+    let ports: Vec<u16> = names.iter().map(|_| free_port()).collect();
+    let mut nodes = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let listen = format!("tcp/127.0.0.1:{}", ports[i]);
+        let connect: Vec<String> = ports[..i]
+            .iter()
+            .map(|p| format!("tcp/127.0.0.1:{p}"))
+            .collect();
+        let connect = connect.join(",");
+        let mut env = vec![
+            ("MESH_ID", *name),
+            ("ZENOH_LISTEN", listen.as_str()),
+            ("ZENOH_CONNECT", connect.as_str()),
+        ];
+        env.extend_from_slice(extra);
+        nodes.push(Node::start_with(&env));
+    }
+    nodes
+}
+
+impl Node {
+    /// Waits until `/health` says the mesh is `state`.
+    pub async fn wait_mesh_state(&self, state: &str) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let (_, health) = self.health().await;
+            if health["mesh"]["state"] == state {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mesh state stuck at {}, wanted {state}",
+                health["mesh"]
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until this node knows `n` memberships of other nodes' peers.
+    pub async fn wait_remote_members(&self, n: u64) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let got = self.counter(&["mesh", "remote_members"]).await;
+            if got == n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "remote_members stuck at {got}, wanted {n}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A TCP relay that can be cut silently (bytes swallowed, sockets left
+/// open, like a network partition) and healed (new connections flow).
+pub struct TcpRelay {
+    pub port: u16,
+    state: Arc<Mutex<(bool, u64)>>, // (cut, epoch)
+}
+
+impl TcpRelay {
+    pub async fn start(target: SocketAddr) -> TcpRelay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let state = Arc::new(Mutex::new((false, 0u64)));
+        let st = state.clone();
+        tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let epoch = st.lock().unwrap().1;
+                let Ok(outbound) = TcpStream::connect(target).await else {
+                    continue;
+                };
+                let (ri, wi) = inbound.into_split();
+                let (ro, wo) = outbound.into_split();
+                tokio::spawn(pipe(ri, wo, st.clone(), epoch));
+                tokio::spawn(pipe(ro, wi, st.clone(), epoch));
+            }
+        });
+        TcpRelay { port, state }
+    }
+
+    /// Silently drops everything from now on, on every connection.
+    pub fn cut(&self) {
+        self.state.lock().unwrap().0 = true;
+    }
+
+    /// Lets new connections through again (old ones stay dead).
+    pub fn heal(&self) {
+        let mut st = self.state.lock().unwrap();
+        st.0 = false;
+        st.1 += 1;
+    }
+}
+
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    state: Arc<Mutex<(bool, u64)>>,
+    epoch: u64,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let (cut, now) = *state.lock().unwrap();
+        if cut || now != epoch {
+            continue; // swallowed
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
     }
 }
 
@@ -543,13 +694,18 @@ impl Client {
 
     /// Skips messages until one with `op` (or `t` for data) arrives.
     pub async fn recv_op(&mut self, op: &str) -> Value {
-        let deadline = Instant::now() + WAIT;
+        self.recv_op_within(op, WAIT).await
+    }
+
+    /// As [`Client::recv_op`], waiting up to `within`.
+    pub async fn recv_op_within(&mut self, op: &str, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let raw = self
                 .recv_raw(left)
                 .await
-                .unwrap_or_else(|| panic!("{}: no {op} within {WAIT:?}", self.id));
+                .unwrap_or_else(|| panic!("{}: no {op} within {within:?}", self.id));
             let v = decode(&raw);
             if field(&v, "op") == Some(op) || (op == "data" && field(&v, "t") == Some("data")) {
                 return v;

@@ -1,0 +1,541 @@
+//! The mesh: this node's bridge between its hub and a zenoh session, so
+//! that peers on every node of the mesh share channels.
+//!
+//! Out: the hub's [`MeshEvent`]s, in order. A local join declares the
+//! membership's liveliness token (and, for the channel's first local member,
+//! the channel's subscribers); a local message is published on the channel's
+//! key with the sender's sid in the attachment; a leave drops the token.
+//!
+//! In: a sample on a joined channel's key is checked, re-encoded without
+//! `sid`/`app`, and handed to the hub for the local members (never back to
+//! zenoh: no loops). A membership token that disappears (the peer left, or
+//! its node died or was cut off and zenoh's lease expired) becomes one
+//! `peer_offline` for the local members. A token that comes back after that
+//! (a partition healed) becomes `peer_online` plus the peer's last state, so
+//! the browsers on this side see it again without it having to rejoin.
+//!
+//! The hub never waits for zenoh: events cross an unbounded, ordered queue
+//! whose publish backlog is capped by the hub. The mesh knows nothing of
+//! sockets; transports know nothing of zenoh. Key expressions: [`keys`].
+
+pub mod keys;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+use zenoh::liveliness::LivelinessToken;
+use zenoh::pubsub::Subscriber;
+use zenoh::qos::CongestionControl;
+use zenoh::sample::{Locality, SampleKind};
+use zenoh::Session;
+
+use crate::hub::{Hub, MeshEvent, PeerId};
+use crate::protocol::{self, Kind, Op, Outbound};
+use crate::stats::{DropReason, Stats};
+use keys::Member;
+
+/// Mesh settings, from `ZENOH_CONFIG`, `ZENOH_LISTEN` and `ZENOH_CONNECT`.
+#[derive(Debug, Clone, Default)]
+pub struct MeshSettings {
+    pub config_file: Option<PathBuf>,
+    pub listen: Vec<String>,
+    pub connect: Vec<String>,
+    /// Publishes that may wait for zenoh before new ones are dropped.
+    pub max_backlog: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MeshError {
+    #[error("zenoh config {path}: {why}")]
+    ConfigFile { path: PathBuf, why: String },
+    #[error("zenoh config key {key}: {why}")]
+    ConfigKey { key: &'static str, why: String },
+    #[error("cannot open the zenoh session: {0}")]
+    Open(String),
+}
+
+/// How long a forgotten membership is remembered, to recognise it if it
+/// comes back after a partition heals.
+const GONE_MEMORY: Duration = Duration::from_secs(600);
+
+/// Builds the zenoh config: the file if given, else the embedded default
+/// (peer mode, multicast scouting off, a 2 s lease, background reconnects),
+/// then the endpoint overrides.
+pub fn zenoh_config(settings: &MeshSettings) -> Result<zenoh::Config, MeshError> {
+    let mut config = match &settings.config_file {
+        Some(path) => zenoh::Config::from_file(path).map_err(|e| MeshError::ConfigFile {
+            path: path.clone(),
+            why: e.to_string(),
+        })?,
+        None => {
+            let mut config = zenoh::Config::default();
+            for (key, value) in EMBEDDED_DEFAULTS {
+                insert(&mut config, key, value)?;
+            }
+            config
+        }
+    };
+    let list = |endpoints: &[String]| serde_json::to_string(endpoints).expect("strings");
+    if !settings.listen.is_empty() {
+        insert(&mut config, "listen/endpoints", &list(&settings.listen))?;
+    }
+    if !settings.connect.is_empty() {
+        insert(&mut config, "connect/endpoints", &list(&settings.connect))?;
+    }
+    Ok(config)
+}
+
+/// The embedded default, also in `mesh/p2p/node.json5`.
+const EMBEDDED_DEFAULTS: &[(&str, &str)] = &[
+    ("mode", r#""peer""#),
+    ("scouting/multicast/enabled", "false"),
+    ("scouting/gossip/enabled", "true"),
+    // Lease 2 s, 4 keep-alives per lease: a silent neighbour is dropped
+    // within 2 s, which bounds how late a dead node's peers go offline.
+    ("transport/link/tx/lease", "2000"),
+    ("transport/link/tx/keep_alive", "4"),
+    // A handshake that hangs (a partition swallowing packets) is given up
+    // after 2 s and retried, so a healed link comes back within seconds.
+    ("transport/unicast/open_timeout", "2000"),
+    // Never block start-up on the mesh; keep retrying in the background
+    // (an infinite global timeout is what makes zenoh retry in the background).
+    ("connect/timeout_ms", "-1"),
+    ("connect/exit_on_failure", "false"),
+    (
+        "connect/retry",
+        "{ period_init_ms: 250, period_max_ms: 1000, period_increase_factor: 2 }",
+    ),
+];
+
+fn insert(config: &mut zenoh::Config, key: &'static str, value: &str) -> Result<(), MeshError> {
+    config
+        .insert_json5(key, value)
+        .map_err(|e| MeshError::ConfigKey {
+            key,
+            why: e.to_string(),
+        })
+}
+
+/// The running bridge; dropping it leaves the mesh abruptly, [`Mesh::close`]
+/// leaves it cleanly (tokens withdrawn at once).
+pub struct Mesh {
+    session: Session,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Mesh {
+    /// Opens the zenoh session and starts bridging. Call outside any span:
+    /// zenoh's background tasks inherit the current one.
+    pub async fn start(hub: Arc<Hub>, settings: &MeshSettings) -> Result<Mesh, MeshError> {
+        let config = zenoh_config(settings)?;
+        let session = zenoh::open(config)
+            .await
+            .map_err(|e| MeshError::Open(e.to_string()))?;
+        let stats = hub.stats().clone();
+        stats.mesh.open.store(true, Relaxed);
+        info!(zid = %session.zid(), mesh_id = hub.mesh_id(), "mesh: zenoh session open");
+
+        let (events, backlog) = hub.attach_mesh(settings.max_backlog.max(1));
+        let (inbound_tx, inbound) = mpsc::unbounded_channel();
+        let bridge = Bridge {
+            session: session.clone(),
+            mesh_id: hub.mesh_id().to_owned(),
+            hub,
+            stats: stats.clone(),
+            backlog,
+            inbound_tx,
+            channels: HashMap::new(),
+            tokens: HashMap::new(),
+        };
+        let task = tokio::spawn(bridge.run(events, inbound));
+        tokio::spawn(watch_neighbours(session.clone(), stats));
+        Ok(Mesh { session, task })
+    }
+
+    /// Withdraws every token and subscription and closes the session.
+    pub async fn close(self, within: Duration) {
+        self.task.abort();
+        if tokio::time::timeout(within, self.session.close())
+            .await
+            .is_err()
+        {
+            warn!("mesh: zenoh session did not close in time");
+        }
+    }
+}
+
+/// Keeps `/health` and the log told whether this node has zenoh neighbours.
+async fn watch_neighbours(session: Session, stats: Arc<Stats>) {
+    let mut was_connected = None;
+    loop {
+        let peers = session.info().peers_zid().await.count() as u64;
+        let routers = session.info().routers_zid().await.count() as u64;
+        stats.mesh.peers.store(peers, Relaxed);
+        stats.mesh.routers.store(routers, Relaxed);
+        let connected = peers + routers > 0;
+        if was_connected != Some(connected) {
+            if connected {
+                info!(peers, routers, "mesh: connected");
+            } else if was_connected.is_some() {
+                warn!("mesh: no zenoh neighbour left; serving local peers, reconnecting in the background");
+            } else {
+                info!("mesh: no zenoh neighbour yet (set ZENOH_CONNECT / ZENOH_LISTEN to mesh)");
+            }
+            was_connected = Some(connected);
+        }
+        if session.is_closed() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+type ChannelId = (Arc<str>, Arc<str>);
+
+/// What arrives from zenoh's callbacks, for the bridge task.
+enum FromZenoh {
+    Message {
+        channel: ChannelId,
+        payload: Vec<u8>,
+        origin_sid: Option<String>,
+    },
+    Membership {
+        channel: ChannelId,
+        key: String,
+        alive: bool,
+    },
+}
+
+/// A peer of another node in a channel this node has members in.
+struct Remote {
+    /// Its last `peer_state`, replayed if it comes back after a partition.
+    last_state: Option<Bytes>,
+}
+
+/// A channel with local members: its subscriptions and what is known of
+/// the other nodes' members.
+struct ChannelLink {
+    local_members: usize,
+    _messages: Subscriber<()>,
+    _memberships: Subscriber<()>,
+    /// (mesh_id, sid) → peer, while its token lives.
+    remote: HashMap<(String, u64), Remote>,
+    /// Tokens that went away, to recognise a heal.
+    gone: HashMap<(String, u64), (Remote, Instant)>,
+}
+
+struct Bridge {
+    session: Session,
+    mesh_id: String,
+    hub: Arc<Hub>,
+    stats: Arc<Stats>,
+    backlog: Arc<AtomicUsize>,
+    inbound_tx: mpsc::UnboundedSender<FromZenoh>,
+    channels: HashMap<ChannelId, ChannelLink>,
+    tokens: HashMap<(ChannelId, PeerId), LivelinessToken>,
+}
+
+impl Bridge {
+    async fn run(
+        mut self,
+        mut events: mpsc::UnboundedReceiver<MeshEvent>,
+        mut inbound: mpsc::UnboundedReceiver<FromZenoh>,
+    ) {
+        loop {
+            tokio::select! {
+                biased;
+                event = events.recv() => match event {
+                    Some(event) => self.on_local(event).await,
+                    None => return,
+                },
+                Some(msg) = inbound.recv() => self.on_remote(msg),
+            }
+        }
+    }
+
+    async fn on_local(&mut self, event: MeshEvent) {
+        match event {
+            MeshEvent::Joined {
+                app,
+                channel,
+                sid,
+                client_id,
+            } => {
+                let id = (app.clone(), channel.clone());
+                if !self.channels.contains_key(&id) {
+                    match self.link(&id).await {
+                        Ok(link) => {
+                            self.channels.insert(id.clone(), link);
+                        }
+                        Err(e) => {
+                            warn!(%app, %channel, error = %e, "mesh: cannot subscribe to channel");
+                            return;
+                        }
+                    }
+                }
+                if let Some(link) = self.channels.get_mut(&id) {
+                    link.local_members += 1;
+                }
+                let key = keys::member_key(&Member {
+                    app: app.to_string(),
+                    channel: channel.to_string(),
+                    mesh_id: self.mesh_id.clone(),
+                    sid,
+                    client_id: client_id.to_string(),
+                });
+                match self.session.liveliness().declare_token(&key).await {
+                    Ok(token) => {
+                        self.tokens.insert((id, sid), token);
+                    }
+                    Err(e) => warn!(%key, error = %e, "mesh: cannot declare membership token"),
+                }
+            }
+            MeshEvent::Left { app, channel, sid } => {
+                let id = (app, channel);
+                if let Some(token) = self.tokens.remove(&(id.clone(), sid)) {
+                    let _ = token.undeclare().await;
+                }
+                if let Some(link) = self.channels.get_mut(&id) {
+                    link.local_members = link.local_members.saturating_sub(1);
+                    if link.local_members == 0 {
+                        // Dropping the link undeclares both subscribers.
+                        let remote = link.remote.len() as u64;
+                        self.stats.mesh.remote_members.fetch_sub(remote, Relaxed);
+                        self.channels.remove(&id);
+                        debug!(app = %id.0, channel = %id.1, "mesh: last local member left, unsubscribed");
+                    }
+                }
+            }
+            MeshEvent::Publish {
+                app,
+                channel,
+                sid,
+                msg,
+            } => {
+                self.backlog.fetch_sub(1, Relaxed);
+                let key = keys::channel_key(&app, &channel);
+                let attachment = origin_attachment(sid);
+                let put = self
+                    .session
+                    .put(&key, msg)
+                    .attachment(attachment)
+                    .congestion_control(CongestionControl::Block);
+                match put.await {
+                    Ok(()) => {
+                        tracing::trace!(%key, "mesh: published");
+                        self.stats.mesh.published.fetch_add(1, Relaxed);
+                    }
+                    Err(e) => debug!(%key, error = %e, "mesh: publish failed"),
+                }
+            }
+        }
+    }
+
+    /// Subscribes to a channel's messages and membership tokens.
+    async fn link(&self, id: &ChannelId) -> zenoh::Result<ChannelLink> {
+        let (app, channel) = id;
+        let tx = self.inbound_tx.clone();
+        let cid = id.clone();
+        let messages = self
+            .session
+            .declare_subscriber(keys::channel_key(app, channel))
+            .allowed_origin(Locality::Remote)
+            .callback(move |sample| {
+                let origin_sid = sample
+                    .attachment()
+                    .and_then(|a| parse_attachment(&a.to_bytes()));
+                let _ = tx.send(FromZenoh::Message {
+                    channel: cid.clone(),
+                    payload: sample.payload().to_bytes().into_owned(),
+                    origin_sid,
+                });
+            })
+            .await?;
+        let tx = self.inbound_tx.clone();
+        let cid = id.clone();
+        let memberships = self
+            .session
+            .liveliness()
+            .declare_subscriber(keys::members_of(app, channel))
+            .history(true)
+            .callback(move |sample| {
+                let _ = tx.send(FromZenoh::Membership {
+                    channel: cid.clone(),
+                    key: sample.key_expr().as_str().to_owned(),
+                    alive: sample.kind() == SampleKind::Put,
+                });
+            })
+            .await?;
+        debug!(%app, %channel, "mesh: subscribed to channel");
+        Ok(ChannelLink {
+            local_members: 0,
+            _messages: messages,
+            _memberships: memberships,
+            remote: HashMap::new(),
+            gone: HashMap::new(),
+        })
+    }
+
+    fn on_remote(&mut self, msg: FromZenoh) {
+        match msg {
+            FromZenoh::Message {
+                channel,
+                payload,
+                origin_sid,
+            } => self.on_message(channel, &payload, origin_sid),
+            FromZenoh::Membership {
+                channel,
+                key,
+                alive,
+            } => self.on_membership(channel, &key, alive),
+        }
+    }
+
+    fn on_message(&mut self, id: ChannelId, payload: &[u8], origin_sid: Option<String>) {
+        tracing::trace!(app = %id.0, channel = %id.1, len = payload.len(), "mesh: received");
+        let Some(link) = self.channels.get_mut(&id) else {
+            return; // unsubscribed meanwhile
+        };
+        let relayed = match protocol::decode_relayed(payload) {
+            Ok(m) if m.channel == &*id.1 && m.kind != Kind::Control(Op::ChannelJoin) => m,
+            other => {
+                debug!(app = %id.0, channel = %id.1, result = ?other.err(), "mesh: invalid sample dropped");
+                self.stats.count_drop(DropReason::MeshInvalid);
+                return;
+            }
+        };
+        // Re-encoded: whatever a backend sent, browsers get a clean map.
+        let bytes = Bytes::from(protocol::encode(&relayed));
+        if let (Kind::Control(Op::PeerState), Some(mesh), Some(sid)) = (
+            relayed.kind,
+            relayed.mesh,
+            origin_sid.and_then(|s| s.parse::<u64>().ok()),
+        ) {
+            if let Some(remote) = link.remote.get_mut(&(mesh.to_owned(), sid)) {
+                remote.last_state = Some(bytes.clone());
+            }
+        }
+        self.stats.mesh.received.fetch_add(1, Relaxed);
+        self.hub.deliver_remote(&id.0, &id.1, &bytes);
+    }
+
+    fn on_membership(&mut self, id: ChannelId, key: &str, alive: bool) {
+        let Some(member) = keys::parse_member(key) else {
+            debug!(%key, "mesh: not a membership key");
+            return;
+        };
+        if member.mesh_id == self.mesh_id {
+            return; // our own token
+        }
+        let Some(link) = self.channels.get_mut(&id) else {
+            return;
+        };
+        let who = (member.mesh_id.clone(), member.sid);
+        let now = Instant::now();
+        link.gone
+            .retain(|_, (_, since)| now.duration_since(*since) < GONE_MEMORY);
+        if alive {
+            if link.remote.contains_key(&who) {
+                return;
+            }
+            let healed = link.gone.remove(&who);
+            let last_state = healed.as_ref().and_then(|(r, _)| r.last_state.clone());
+            self.stats.mesh.remote_members.fetch_add(1, Relaxed);
+            link.remote.insert(
+                who,
+                Remote {
+                    last_state: last_state.clone(),
+                },
+            );
+            if healed.is_some() {
+                // Back after a partition: tell the local members again.
+                info!(app = %id.0, channel = %id.1, peer = %member.client_id, mesh = %member.mesh_id, "mesh: peer back after a partition");
+                let online = control(Op::PeerOnline, &member);
+                self.hub.deliver_remote(&id.0, &id.1, &online);
+                if let Some(state) = last_state {
+                    self.hub.deliver_remote(&id.0, &id.1, &state);
+                }
+            }
+        } else if let Some(remote) = link.remote.remove(&who) {
+            debug!(app = %id.0, channel = %id.1, peer = %member.client_id, mesh = %member.mesh_id, "mesh: remote peer gone");
+            link.gone.insert(who, (remote, now));
+            self.stats.mesh.remote_members.fetch_sub(1, Relaxed);
+            self.stats.mesh.remote_offline.fetch_add(1, Relaxed);
+            self.hub
+                .deliver_remote(&id.0, &id.1, &control(Op::PeerOffline, &member));
+        }
+    }
+}
+
+/// A presence message on behalf of a remote member.
+fn control(op: Op, member: &Member) -> Bytes {
+    Bytes::from(protocol::encode(&Outbound {
+        kind: Kind::Control(op),
+        channel: &member.channel,
+        peer: &member.client_id,
+        payload: None,
+        mesh: Some(&member.mesh_id),
+    }))
+}
+
+/// The sample attachment of a node's publish: msgpack `{"sid": "<sid>"}`.
+fn origin_attachment(sid: PeerId) -> Vec<u8> {
+    let mut out = Vec::with_capacity(24);
+    rmp::encode::write_map_len(&mut out, 1).expect("vec");
+    rmp::encode::write_str(&mut out, "sid").expect("vec");
+    rmp::encode::write_str(&mut out, &sid.to_string()).expect("vec");
+    out
+}
+
+/// The `sid` of an attachment, if it is a node's.
+fn parse_attachment(bytes: &[u8]) -> Option<String> {
+    let mut rd = bytes;
+    let n = rmp::decode::read_map_len(&mut rd).ok()?;
+    for _ in 0..n {
+        let mut key = [0u8; 16];
+        let key = rmp::decode::read_str(&mut rd, &mut key).ok()?.to_owned();
+        let mut value = [0u8; 64];
+        let value = rmp::decode::read_str(&mut rd, &mut value).ok()?.to_owned();
+        if key == "sid" {
+            return Some(value);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attachment_roundtrip() {
+        assert_eq!(
+            parse_attachment(&origin_attachment(123456)).as_deref(),
+            Some("123456")
+        );
+        assert_eq!(parse_attachment(b"junk"), None);
+    }
+
+    #[test]
+    fn embedded_config_is_valid_and_endpoints_override() {
+        let settings = MeshSettings {
+            listen: vec!["tcp/127.0.0.1:0".into()],
+            connect: vec!["tcp/127.0.0.2:7447".into(), "tcp/127.0.0.3:7447".into()],
+            ..MeshSettings::default()
+        };
+        let config = zenoh_config(&settings).unwrap();
+        let json = format!("{config:?}");
+        assert!(json.contains("127.0.0.3:7447"), "{json}");
+        assert!(zenoh_config(&MeshSettings {
+            config_file: Some("/nonexistent.json5".into()),
+            ..MeshSettings::default()
+        })
+        .is_err());
+    }
+}
