@@ -67,7 +67,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         TlsAcceptor::from(cert.server_config()?),
         ctx.clone(),
     ));
-    tokio::spawn(webtransport::serve(endpoint.clone(), ctx.clone()));
+    let wt_accept = tokio::spawn(webtransport::serve(endpoint.clone(), ctx.clone()));
 
     std::fs::write(&config.pid_file, format!("{}\n", std::process::id()))
         .with_context(|| format!("cannot write {}", config.pid_file.display()))?;
@@ -75,6 +75,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     wait_for_shutdown(&hub).await?;
     drain(&config, &ctx).await;
+    // The accept loop must be gone before the endpoint closes (wtransport
+    // panics in a pending accept on a closed endpoint).
+    wt_accept.abort();
+    let _ = wt_accept.await;
     webtransport::shut_down(&endpoint, Duration::from_secs(1)).await;
     mesh.close(Duration::from_secs(1)).await;
     let _ = std::fs::remove_file(&config.pid_file);

@@ -303,6 +303,13 @@ async fn sigterm_drains() {
     assert!(status.success());
     assert!(started.elapsed() < Duration::from_secs(6));
     assert!(!node.dir.join("prscd.pid").exists(), "pid file removed");
+    std::thread::sleep(Duration::from_millis(100));
+    let logs = node.logs();
+    assert!(
+        !logs.iter().any(|l| l.contains("panicked")),
+        "{}",
+        logs.join("\n")
+    );
 }
 
 #[tokio::test]

@@ -179,6 +179,9 @@ async fn watch_neighbours(session: Session, stats: Arc<Stats>) {
         stats.mesh.peers.store(peers, Relaxed);
         stats.mesh.routers.store(routers, Relaxed);
         let connected = peers + routers > 0;
+        if session.is_closed() {
+            return;
+        }
         if was_connected != Some(connected) {
             if connected {
                 info!(peers, routers, "mesh: connected");
@@ -188,9 +191,6 @@ async fn watch_neighbours(session: Session, stats: Arc<Stats>) {
                 info!("mesh: no zenoh neighbour yet (set ZENOH_CONNECT / ZENOH_LISTEN to mesh)");
             }
             was_connected = Some(connected);
-        }
-        if session.is_closed() {
-            return;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }

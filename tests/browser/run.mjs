@@ -4,10 +4,16 @@
 //   node tests/browser/run.mjs --url https://127.0.0.1:PORT/v1 --spki <base64> [--publickey dev]
 //                              [--case wt-ws|wt-pair|all|smoke] [--verbose] [--debug]
 //   node tests/browser/run.mjs [--server PATH]     # no --url: start prscd itself (PORT=0 DEBUG=true)
+//   node tests/browser/run.mjs --case mesh --url https://127.0.0.1:PORT/v1 --spki <base64>
+//                              --url2 https://127.0.0.1:PORT2/v1 --spki2 <base64> --kill-pid <pid of node B>
+//                              [--mesh1 NAME --mesh2 NAME]
+//   node tests/browser/run.mjs --case mesh [--server PATH]   # no --url: start two meshed nodes itself
 
 import { spawn } from 'node:child_process';
 import { createServer } from 'node:http';
-import { mkdtempSync, readFileSync, rmSync, existsSync } from 'node:fs';
+import { createServer as createTcpServer } from 'node:net';
+import { get as httpsGet } from 'node:https';
+import { mkdtempSync, readFileSync, rmSync, existsSync, readdirSync, readlinkSync } from 'node:fs';
 import { tmpdir, homedir } from 'node:os';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -25,6 +31,12 @@ try {
     options: {
       url: { type: 'string' },
       spki: { type: 'string' },
+      url2: { type: 'string' },
+      spki2: { type: 'string' },
+      'kill-pid': { type: 'string' },
+      mesh1: { type: 'string' },
+      mesh2: { type: 'string' },
+      'mesh-join': { type: 'string', default: 'sequential' },
       publickey: { type: 'string', default: 'dev' },
       case: { type: 'string', default: 'wt-ws' },
       server: { type: 'string' },
@@ -47,7 +59,7 @@ if (opts.help) {
   console.log(readFileSync(join(HERE, 'README.md'), 'utf8'));
   process.exit(0);
 }
-const CASES = { 'wt-ws': ['wt-ws'], 'wt-pair': ['wt-pair'], all: ['wt-ws', 'wt-pair'], smoke: ['smoke'] };
+const CASES = { 'wt-ws': ['wt-ws'], 'wt-pair': ['wt-pair'], all: ['wt-ws', 'wt-pair'], smoke: ['smoke'], mesh: ['mesh'] };
 const WAIT = Math.min(Math.max(Number(opts.timeout) || MAX_WAIT, 1000), MAX_WAIT);
 
 // ---------------------------------------------------------------------------
@@ -66,8 +78,9 @@ class Fail extends Error {}
 // ---------------------------------------------------------------------------
 // resources, cleaned up on every exit path
 
-let serverProc = null;
-let serverLog = [];
+// servers the runner started itself: { name, proc, log: [last lines], killedByTest }
+const servers = [];
+const running = (p) => p && p.exitCode === null && p.signalCode === null;
 let httpServer = null;
 let browser = null;
 let tmpDirs = [];
@@ -86,15 +99,17 @@ async function cleanup() {
       httpServer.close();
       httpServer = null;
     }
-    if (serverProc && serverProc.exitCode === null && serverProc.signalCode === null) {
-      const p = serverProc;
-      const exited = new Promise((r) => p.once('exit', r));
-      p.kill('SIGTERM');
-      if (!(await Promise.race([exited.then(() => true), sleep(3000).then(() => false)]))) {
-        p.kill('SIGKILL');
-        await Promise.race([exited, sleep(2000)]);
-      }
-    }
+    await Promise.all(
+      servers.map(async ({ proc: p }) => {
+        if (!running(p)) return;
+        const exited = new Promise((r) => p.once('exit', r));
+        p.kill('SIGTERM');
+        if (!(await Promise.race([exited.then(() => true), sleep(3000).then(() => false)]))) {
+          p.kill('SIGKILL');
+          await Promise.race([exited, sleep(2000)]);
+        }
+      }),
+    );
     for (const d of tmpDirs) rmSync(d, { recursive: true, force: true });
     tmpDirs = [];
   })();
@@ -102,8 +117,8 @@ async function cleanup() {
 }
 
 process.on('exit', () => {
-  // last resort (synchronous): never leave the server behind
-  if (serverProc && serverProc.exitCode === null && serverProc.signalCode === null) serverProc.kill('SIGKILL');
+  // last resort (synchronous): never leave a server behind
+  for (const { proc } of servers) if (running(proc)) proc.kill('SIGKILL');
 });
 for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
   process.on(sig, async () => {
@@ -176,20 +191,24 @@ function defaultServerBin() {
   return join(target, 'debug', 'prscd');
 }
 
-async function startServer(bin) {
+// name: a label for the log; extraEnv: added to the environment (mesh settings)
+async function startServer(bin, name = 'prscd', extraEnv = {}) {
   if (!existsSync(bin)) throw new Fail(`server binary not found: ${bin} (build it, or pass --url/--spki)`);
   const cwd = mkdtempSync(join(tmpdir(), 'prscd-browser-'));
   tmpDirs.push(cwd);
-  const env = { ...process.env, PORT: '0', DEBUG: 'true' };
+  const env = { ...process.env, PORT: '0', DEBUG: 'true', ...extraEnv };
+  for (const k of Object.keys(env)) if (env[k] === undefined) delete env[k];
   const p = spawn(bin, [], { cwd, env, stdio: ['ignore', 'pipe', 'pipe'] });
-  serverProc = p;
+  const serverLog = [];
+  const srv = { name, proc: p, log: serverLog, killedByTest: false };
+  servers.push(srv);
   let port = null;
   let spki = null;
   let ready = false;
   const onLine = (line) => {
     serverLog.push(line);
     if (serverLog.length > 400) serverLog.shift();
-    if (opts.verbose) console.log(`prscd: ${line}`);
+    if (opts.verbose) console.log(`${name}: ${line}`);
     const mp = line.match(/port=(\d+)/);
     if (mp && !port) port = Number(mp[1]);
     const ms = line.match(/spki=([A-Za-z0-9+/=]+)/);
@@ -224,26 +243,32 @@ async function startServer(bin) {
   // the spki line may come just before or after the ready line
   const spkiDeadline = Date.now() + 2000;
   while (!spki && Date.now() < spkiDeadline) await sleep(50);
-  say(`started ${bin} (pid ${p.pid}) on port ${port}${spki ? '' : ' (no spki= line seen)'}`);
-  return { url: `https://127.0.0.1:${port}/v1`, spki };
+  say(`started ${name === 'prscd' ? '' : `${name}: `}${bin} (pid ${p.pid}) on port ${port}${spki ? '' : ' (no spki= line seen)'}`);
+  return { url: `https://127.0.0.1:${port}/v1`, spki, pid: p.pid, server: srv };
 }
 
 // ---------------------------------------------------------------------------
 // browser and pages
 
-async function launchBrowser(target) {
+// targets: one server, or two (the mesh case): Chromium trusts every given SPKI and
+// forces QUIC for every origin (both flags take comma-separated lists).
+async function launchBrowser(targets) {
   const { chromium } = await import('playwright-core');
-  const u = new URL(target.url);
-  const port = u.port || '443';
+  const uniq = (xs) => [...new Set(xs)];
+  const origins = uniq(targets.map((t) => {
+    const u = new URL(t.url);
+    return `${u.hostname}:${u.port || '443'}`;
+  }));
+  const spkis = uniq(targets.map((t) => t.spki).filter(Boolean));
   const args = [
     '--disable-gpu',
     '--no-first-run',
     '--disable-background-networking',
     '--disable-component-update',
     '--disable-sync',
-    `--origin-to-force-quic-on=${u.hostname}:${port}`,
+    `--origin-to-force-quic-on=${origins.join(',')}`,
   ];
-  if (target.spki) args.push(`--ignore-certificate-errors-spki-list=${target.spki}`);
+  if (spkis.length) args.push(`--ignore-certificate-errors-spki-list=${spkis.join(',')}`);
   if (opts.netlog) args.push(`--log-net-log=${opts.netlog}`, '--net-log-capture-mode=Everything');
   // playwright adds --headless, --no-sandbox and a fresh --user-data-dir
   browser = await chromium.launch({
@@ -289,7 +314,8 @@ class TestPage {
   eval(fn, arg) {
     return this.page.evaluate(fn, arg);
   }
-  state() {
+  async state() {
+    if (!this.page) throw new Error(`page ${this.name} was never opened`);
     return this.page.evaluate(() => window.prscdTest.snapshot());
   }
   // wait until pred(state) holds in the page; pred is a page-side function
@@ -319,7 +345,9 @@ class TestPage {
 }
 
 function fmtWire(e) {
-  const head = `${e.dir} ${e.via} ${e.len}B`;
+  // the page's clock (UTC, like the server log), to line the wire up with the server log
+  const at = e.t ? `${new Date(e.t).toISOString().slice(11, 23)}Z ` : '';
+  const head = `${at}${e.dir} ${e.via} ${e.len}B`;
   if (e.error) return `${head} UNDECODABLE (${e.error}) ${e.hex || ''}`;
   if (e.text !== undefined) return `${head} TEXT ${JSON.stringify(e.text)}`;
   const m = e.msg || {};
@@ -331,6 +359,10 @@ function fmtWire(e) {
 async function dumpDiagnostics(pages) {
   for (const p of pages) {
     let st = null;
+    if (!p.page) {
+      detail(`--- page ${p.name} (${p.transport}) [never opened]`);
+      continue;
+    }
     if (!p.closed) st = await p.state().catch(() => null);
     detail(`--- page ${p.name} (${p.transport})${p.closed ? ' [closed]' : ''}`);
     if (st) {
@@ -348,9 +380,9 @@ async function dumpDiagnostics(pages) {
     detail(`console (last 40):`);
     for (const l of p.console.slice(-40)) detail(`  ${l}`);
   }
-  if (serverProc) {
-    detail(`--- server log (last 60 lines)`);
-    for (const l of serverLog.slice(-60)) detail(`  ${l}`);
+  for (const { name, log } of servers) {
+    detail(`--- ${name === 'prscd' ? 'server' : name} log (last 60 lines)`);
+    for (const l of log.slice(-60)) detail(`  ${l}`);
   }
 }
 
@@ -365,9 +397,12 @@ async function runChecks(caseName, pages, steps) {
       continue;
     }
     try {
-      const note = await fn();
+      // a step returns a note, or { title, note } to report under a title it measured
+      let note = await fn();
+      let title = name;
+      if (note && typeof note === 'object') ({ title = name, note } = note);
       passed++;
-      say(`ok ${caseName}: ${name}${note ? ` (${note})` : ''}`);
+      say(`ok ${caseName}: ${title}${note ? ` (${note})` : ''}`);
     } catch (e) {
       failed++;
       const msg = e instanceof Fail ? e.message : e.stack || String(e);
@@ -567,14 +602,332 @@ async function runSmoke(pageUrl) {
 }
 
 // ---------------------------------------------------------------------------
+// mesh case: two meshed nodes, a page on each (see README.md)
+
+// GET /health of a node (its dev certificate is self-signed: not verified here)
+function health(target) {
+  const u = new URL('/health', target.url);
+  return new Promise((resolve, reject) => {
+    const req = httpsGet(u, { rejectUnauthorized: false, timeout: 3000 }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (d) => (body += d));
+      res.on('end', () => {
+        try {
+          resolve(JSON.parse(body));
+        } catch {
+          reject(new Error(`GET ${u}: ${res.statusCode} ${body.slice(0, 200)}`));
+        }
+      });
+    });
+    req.on('timeout', () => req.destroy(new Error(`GET ${u}: no answer within 3 s`)));
+    req.on('error', reject);
+  });
+}
+
+// Both nodes answer /health, are meshed (mesh.state "connected"), have different
+// MESH_IDs (and the given ones, if --mesh1/--mesh2) and nobody left in them.
+async function nodesReady(tA, tB, names) {
+  const deadline = Date.now() + WAIT;
+  let last = null;
+  for (;;) {
+    let why = null;
+    try {
+      const [a, b] = await Promise.all([health(tA), health(tB)]);
+      last = { A: { mesh_id: a.mesh_id, mesh: a.mesh, peers: a.peers }, B: { mesh_id: b.mesh_id, mesh: b.mesh, peers: b.peers } };
+      if (a.mesh?.state !== 'connected' || b.mesh?.state !== 'connected') why = 'a node is not meshed';
+      else if (a.peers || b.peers || a.mesh.remote_members || b.mesh.remote_members) why = 'a node still has peers in it';
+      else {
+        if (a.mesh_id === b.mesh_id) throw new Fail(`both nodes have MESH_ID ${a.mesh_id}: the mesh case needs two different ones`);
+        if (names.a && a.mesh_id !== names.a) throw new Fail(`node A (${tA.url}) has MESH_ID ${a.mesh_id}, expected ${names.a}`);
+        if (names.b && b.mesh_id !== names.b) throw new Fail(`node B (${tB.url}) has MESH_ID ${b.mesh_id}, expected ${names.b}`);
+        return `/health: A mesh_id=${a.mesh_id} zenoh peers=${a.mesh.peers}, B mesh_id=${b.mesh_id} zenoh peers=${b.mesh.peers}, no peers in either`;
+      }
+    } catch (e) {
+      if (e instanceof Fail) throw e;
+      why = e.message;
+    }
+    if (Date.now() > deadline) throw new Fail(`nodes not ready within ${WAIT} ms: ${why}; last /health: ${JSON.stringify(last)}`);
+    await sleep(200);
+  }
+}
+
+// Is pid the process that listens on port? true / false / null (cannot tell: no /proc)
+function pidListensOn(pid, port) {
+  try {
+    const hexPort = port.toString(16).toUpperCase().padStart(4, '0');
+    const inodes = new Set();
+    for (const f of ['tcp', 'tcp6', 'udp', 'udp6']) {
+      let text = '';
+      try {
+        text = readFileSync(`/proc/net/${f}`, 'utf8');
+      } catch {
+        continue;
+      }
+      for (const line of text.split('\n').slice(1)) {
+        const cols = line.trim().split(/\s+/);
+        if (cols.length < 10) continue;
+        if (cols[1].endsWith(`:${hexPort}`) && (f.startsWith('udp') || cols[3] === '0A')) inodes.add(cols[9]);
+      }
+    }
+    if (!inodes.size) return null;
+    for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+      let link = '';
+      try {
+        link = readlinkSync(`/proc/${pid}/fd/${fd}`);
+      } catch {
+        continue;
+      }
+      const m = link.match(/^socket:\[(\d+)\]$/);
+      if (m && inodes.has(m[1])) return true;
+    }
+    return false;
+  } catch {
+    return null;
+  }
+}
+
+function cmdlineOf(pid) {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').filter(Boolean).join(' ');
+  } catch {
+    return null;
+  }
+}
+
+// The process to kill is alive and is node B (listens on B's port), so that the
+// runner never kills anything else.
+function killTargetCheck(tB) {
+  const pid = tB.pid;
+  if (!pid) throw new Fail('no --kill-pid given: the runner cannot kill node B');
+  try {
+    process.kill(pid, 0);
+  } catch (e) {
+    throw new Fail(`process ${pid} (--kill-pid) does not exist or cannot be signalled: ${e.code || e.message}`);
+  }
+  const port = Number(new URL(tB.url).port || 443);
+  const listens = pidListensOn(pid, port);
+  const cmd = cmdlineOf(pid);
+  if (listens === false) throw new Fail(`process ${pid} (${cmd}) does not listen on node B's port ${port}: refusing to kill it`);
+  return `pid ${pid}${listens ? ` listens on ${port}` : ' (could not check its port)'}: ${cmd ?? '?'}`;
+}
+
+function meshOf(p, pred) {
+  return rxOf(p, pred).map((e) => e.msg.mesh);
+}
+
+// Every message that entered the mesh at A's node carries that node's MESH_ID, and
+// every one that entered at B's node B's; the two differ; each join ack carries
+// the node's own MESH_ID.
+function meshFields(A, aId, B, bId, names) {
+  const problems = [];
+  const ops = (p, id) => [...new Set(rxOf(p, (m) => m.p === id).map((e) => e.msg.op || e.msg.t))].join('+');
+  const one = (what, values, expect) => {
+    const set = [...new Set(values)];
+    if (!values.length) {
+      problems.push(`no ${what} received`);
+      return null;
+    }
+    if (set.length !== 1 || typeof set[0] !== 'string' || !set[0]) {
+      problems.push(`${what}: mesh=${JSON.stringify(set)}, expected one non-empty string`);
+      return null;
+    }
+    if (expect && set[0] !== expect) problems.push(`${what}: mesh=${set[0]}, expected ${expect}`);
+    return set[0];
+  };
+  const mA = one(`message from ${aId} at B`, meshOf(B, (m) => m.p === aId), names.a);
+  const mB = one(`message from ${bId} at A`, meshOf(A, (m) => m.p === bId), names.b);
+  if (mA && mB && mA === mB) problems.push(`A-originated and B-originated messages both carry mesh=${mA}`);
+  const ackA = one("A's channel_join ack", meshOf(A, (m) => m.op === 'channel_join'), mA || names.a);
+  const ackB = one("B's channel_join ack", meshOf(B, (m) => m.op === 'channel_join'), mB || names.b);
+  if (problems.length) throw new Fail(problems.join('; '));
+  return `A-originated at B (${ops(B, aId)}): mesh=${mA}; B-originated at A (${ops(A, bId)}): mesh=${mB}; acks: A ${ackA}, B ${ackB}`;
+}
+
+// seesPeer, noting when p first listed `other` (the client lists a peer when its
+// peer_state arrives), counted from the later of the two join acks.
+async function seesPeerTimed(p, other, otherState, joined) {
+  const note = await seesPeer(p, other, otherState);
+  const st = await p.state();
+  const first = st.peerHistory.find((h) => h.ids.includes(other));
+  const t0 = Math.max(...joined.map((q) => (rxOf(q, (m) => m.op === 'channel_join')[0] || {}).t || 0));
+  return first && t0 ? `${first.t - t0} ms after the later join ack; ${note}` : note;
+}
+
+async function offlineThroughMesh(a, aId, b, bId, names) {
+  const t0 = Date.now();
+  const note = await offlineSeen(a, aId, b, bId);
+  const off = rxOf(a, (m) => m.t === 'control' && m.op === 'peer_offline' && m.p === bId)[0];
+  if (names.b && off.msg.mesh !== names.b) throw new Fail(`peer_offline for ${bId} has mesh=${JSON.stringify(off.msg.mesh)}, expected ${names.b}`);
+  return `after ${off.t - t0} ms, mesh=${off.msg.mesh}; ${note}`;
+}
+
+// kill -9 node B; A must get peer_offline for B, and drop B from its peer list,
+// within 10 s of the kill.
+const KILL_LIMIT = 10_000;
+function killSteps(A, aId, B, bId, tB, names) {
+  let t0 = null;
+  const offlines = () => rxOf(A, (m) => m.t === 'control' && m.op === 'peer_offline' && m.p === bId);
+  return [
+    ["kill -9 node B", () => {
+      const who = killTargetCheck(tB);
+      if (tB.server) tB.server.killedByTest = true;
+      t0 = Date.now();
+      process.kill(tB.pid, 'SIGKILL');
+      return `${who}; SIGKILL sent`;
+    }],
+    ["A sees B offline when B's node is killed", async () => {
+      const deadline = t0 + KILL_LIMIT;
+      while (!offlines().length) {
+        if (Date.now() > deadline) throw new Fail(`A got no peer_offline for ${bId} within ${KILL_LIMIT} ms of the kill`);
+        await sleep(20);
+      }
+      const off = offlines()[0];
+      if (names.b && off.msg.mesh !== names.b) throw new Fail(`peer_offline for ${bId} has mesh=${JSON.stringify(off.msg.mesh)}, expected ${names.b}`);
+      return { title: `A sees B offline after ${off.t - t0} ms when B's node is killed` };
+    }, { fatal: false }],
+    ["B leaves A's peer list after the kill", async () => {
+      const left = `!window.prscdTest.state.peers.some((x) => String(x.id) === ${JSON.stringify(bId)})`;
+      const remaining = t0 + KILL_LIMIT - Date.now();
+      try {
+        await A.page.waitForFunction(left, null, { timeout: Math.max(remaining, 1), polling: 50 });
+      } catch (e) {
+        if (/Timeout|timeout/.test(e.message)) throw new Fail(`${bId} still in A's peer list ${KILL_LIMIT} ms after the kill`);
+        throw e;
+      }
+      const st = await A.state();
+      const gone = st.peerHistory.find((h) => h.t >= t0 && !h.ids.includes(bId));
+      const off = offlines()[0];
+      const sOff = B.wire.some((e) => e.dir === 'tx' && e.msg && e.msg.op === 'peer_offline');
+      return `after ${gone ? gone.t - t0 : '?'} ms; peer_offline ${JSON.stringify({ c: off.msg.c, p: off.msg.p, mesh: off.msg.mesh })}` +
+        `${sOff ? ' (B had sent a leave itself!)' : ', B sent no leave'}; A's peers now ${JSON.stringify(st.peers)}`;
+    }, { fatal: false }],
+  ];
+}
+
+async function runMeshPhase(caseName, pageUrl, tA, tB, tb, ending, names) {
+  const suffix = rand();
+  const aId = `alice-${suffix}`;
+  const bId = `bob-${suffix}`;
+  const aState = { name: 'Alice', color: '#e33', n: 1 };
+  const bState = { name: 'Bob ✓', color: '#33e', tags: ['x', 'y'] };
+  const A = new TestPage(`A(${aId})@A`, 'wt');
+  const B = new TestPage(`B(${bId})@B`, tb);
+  const pages = [A, B];
+  const chan = opts.channel;
+  const kind = (t) => (t === 'ws' ? 'WebSocket polyfill' : 'native WebTransport');
+  const joins = opts['mesh-join'] === 'together'
+    ? [
+      ["A connects to node A over native WebTransport", () => connectAndCheck(A, tA, aId)],
+      [`B connects to node B over ${kind(tb)}`, () => connectAndCheck(B, tB, bId)],
+      [`A and B join ${chan} at the same moment`, async () => {
+        const [a, b] = await Promise.all([joinAndCheck(A, aId, chan, aState), joinAndCheck(B, bId, chan, bState)]);
+        const [ta, tbk] = [A, B].map((p) => rxOf(p, (m) => m.op === 'channel_join')[0].t);
+        return `acks ${tbk - ta} ms apart; A ${a}; B ${b}`;
+      }],
+    ]
+    : [
+      ["A connects to node A over native WebTransport", () => connectAndCheck(A, tA, aId)],
+      [`A joins ${chan}`, () => joinAndCheck(A, aId, chan, aState)],
+      [`B connects to node B over ${kind(tb)}`, () => connectAndCheck(B, tB, bId)],
+      [`B joins ${chan}`, () => joinAndCheck(B, bId, chan, bState)],
+    ];
+  const ends = ending === 'kill'
+    ? killSteps(A, aId, B, bId, tB, names)
+    : [["A gets B's offline through the mesh when B's page closes", () => offlineThroughMesh(A, aId, B, bId, names), { fatal: false }]];
+  try {
+    await runChecks(caseName, pages, [
+      ['both nodes meshed and empty', () => nodesReady(tA, tB, names)],
+      ...(ending === 'kill' ? [['node B\'s process is known', () => killTargetCheck(tB), { fatal: false }]] : []),
+      ['page A loads, native WebTransport', () => pageLoads(A, pageUrl)],
+      [`page B loads, ${kind(tb)}`, () => pageLoads(B, pageUrl)],
+      ...joins,
+      ['A sees B online with its state', () => seesPeerTimed(A, bId, bState, [A, B]), { fatal: false }],
+      ['B sees A online with its state', () => seesPeerTimed(B, aId, aState, [A, B]), { fatal: false }],
+      ["A's broadcast reaches B with sender A", () => broadcastReaches(A, aId, B, { text: 'hello from A', n: 1, u: 'héllo ✓', nested: { a: [1, 2] } }), { fatal: false }],
+      ["B's broadcast reaches A with sender B", () => broadcastReaches(B, bId, A, { text: 'hello from B', n: 2, ok: true }), { fatal: false }],
+      ['no echo of own broadcasts', () => noEcho([[A, aId], [B, bId]]), { fatal: false }],
+      ['messages carry the MESH_ID of the node where they entered', () => meshFields(A, aId, B, bId, names), { fatal: false }],
+      ['received messages are well-formed (no sid/app)', () => wireHygiene(pages), { fatal: false }],
+      ...ends,
+    ]);
+  } finally {
+    if (ending === 'close') {
+      // Leave cleanly before the next phase: close the tabs only and let the nodes see
+      // the sessions end (closing a whole context can drop a WebTransport session
+      // silently, leaving the peer on its node until the idle timeout; see README.md).
+      for (const p of pages) if (p.page && !p.closed) await p.closePage().catch(() => {});
+      const deadline = Date.now() + 5000;
+      while (Date.now() < deadline) {
+        const h = await Promise.all([health(tA), health(tB)]).catch(() => null);
+        if (h && h.every((x) => !x.peers)) break;
+        await sleep(100);
+      }
+    }
+    for (const p of pages) if (p.context) await p.close().catch(() => {});
+  }
+}
+
+function freeTcpPort() {
+  return new Promise((resolve, reject) => {
+    const s = createTcpServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+async function mainMesh(pageUrl) {
+  if (!['sequential', 'together'].includes(opts['mesh-join'])) throw new Fail(`--mesh-join must be sequential or together, got ${opts['mesh-join']}`);
+  const names = { a: opts.mesh1, b: opts.mesh2 };
+  let tA;
+  let tB;
+  if (opts.url) {
+    if (!opts.url2) throw new Fail('--case mesh with --url needs --url2 (node B) too');
+    tA = { url: opts.url.replace(/\/$/, ''), spki: opts.spki };
+    tB = { url: opts.url2.replace(/\/$/, ''), spki: opts.spki2, pid: null };
+    const k = opts['kill-pid'];
+    if (k !== undefined) {
+      if (!/^[1-9][0-9]*$/.test(k)) throw new Fail(`--kill-pid must be a process id, got ${JSON.stringify(k)}`);
+      tB.pid = Number(k);
+    }
+  } else {
+    if (opts.url2 || opts['kill-pid']) throw new Fail('--url2/--kill-pid need --url (or pass none of them: the runner starts both nodes)');
+    const bin = opts.server || defaultServerBin();
+    const z = await freeTcpPort();
+    const clean = Object.fromEntries(Object.keys(process.env).filter((k) => k.startsWith('ZENOH_')).map((k) => [k, undefined]));
+    names.a ??= 'eu';
+    names.b ??= 'us';
+    tA = await startServer(bin, 'node A', { ...clean, HOST: '127.0.0.1', MESH_ID: names.a, ZENOH_LISTEN: `tcp/127.0.0.1:${z}` });
+    tB = await startServer(bin, 'node B', { ...clean, HOST: '127.0.0.1', MESH_ID: names.b, ZENOH_CONNECT: `tcp/127.0.0.1:${z}` });
+    if (opts.spki) tA.spki = opts.spki;
+    if (opts.spki2) tB.spki = opts.spki2;
+  }
+  for (const [n, t] of [['--url', tA], ['--url2', tB]]) {
+    if (new URL(t.url).protocol !== 'https:') throw new Fail(`${n} must be https://HOST:PORT/v1, got ${t.url}`);
+  }
+  if (!tA.spki || !tB.spki) say('warning: no --spki/--spki2 given; the node certificates must then be trusted by Chromium');
+  await launchBrowser([tA, tB]);
+  say(`chromium ${browser.version()} launched; page at ${pageUrl}; node A ${tA.url}, node B ${tB.url}`);
+  // B on the polyfill first (its page closes: a clean leave through the mesh), then
+  // native on both sides, which ends with node B killed.
+  await runMeshPhase('mesh-ws', pageUrl, tA, tB, 'ws', 'close', names);
+  await runMeshPhase('mesh', pageUrl, tA, tB, 'wt', 'kill', names);
+}
+
+// ---------------------------------------------------------------------------
 // main
 
 async function main() {
   const cases = CASES[opts.case];
-  if (!cases) throw new Fail(`unknown --case ${opts.case} (wt-ws, wt-pair, all, smoke)`);
+  if (!cases) throw new Fail(`unknown --case ${opts.case} (wt-ws, wt-pair, all, smoke, mesh)`);
   const files = await buildBundle();
   say(`built dist/bundle.js (${files.js.length} bytes)`);
   const pageUrl = await serve(files);
+  if (opts.case === 'mesh') return mainMesh(pageUrl);
+  if (opts['mesh-join'] !== 'sequential') throw new Fail('--mesh-join is for --case mesh');
 
   let target = { url: 'https://127.0.0.1:1/v1', spki: opts.spki };
   if (!cases.includes('smoke')) {
@@ -588,7 +941,7 @@ async function main() {
     if (u.protocol !== 'https:') throw new Fail(`--url must be https://HOST:PORT/v1, got ${target.url}`);
     if (!target.spki) say('warning: no --spki given; the server certificate must then be trusted by Chromium');
   }
-  await launchBrowser(target);
+  await launchBrowser([target]);
   say(`chromium ${browser.version()} launched; page at ${pageUrl}; server ${cases.includes('smoke') ? '(none)' : target.url}`);
 
   for (const c of cases) {

@@ -1,0 +1,137 @@
+//! Backend services on the mesh, as YoMo source/stream functions were:
+//! `examples/backend.py` (Python `eclipse-zenoh` 1.10.2) publishes into a
+//! channel and reads its traffic and membership, against a real node.
+//!
+//! Needs the venv from `mesh/install-python.sh` (`scripts/test` makes it).
+//! Without it the test says so and passes, unless `PRSCD_REQUIRE_MESH_TOOLS`
+//! is set, as `scripts/test` and CI do.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn python() -> Option<String> {
+    let tools = std::env::var("PRSCD_TOOLS").unwrap_or_else(|_| {
+        format!(
+            "{}/.cache/prscd-tools",
+            std::env::var("HOME").unwrap_or_default()
+        )
+    });
+    let py = format!("{tools}/venv/bin/python");
+    if std::path::Path::new(&py).exists() {
+        return Some(py);
+    }
+    assert!(
+        std::env::var_os("PRSCD_REQUIRE_MESH_TOOLS").is_none(),
+        "{py} missing: run mesh/install-python.sh"
+    );
+    eprintln!("SKIPPED: {py} missing (run mesh/install-python.sh)");
+    None
+}
+
+#[tokio::test]
+async fn python_backend_writes_into_and_reads_a_channel() {
+    let Some(py) = python() else { return };
+    let zport = free_port();
+    let node = Node::start_with(&[
+        ("MESH_ID", "eu"),
+        ("ZENOH_LISTEN", &format!("tcp/127.0.0.1:{zport}")),
+    ]);
+    let mut alice = node.ws(KEY1, "alice").await;
+    alice.join("room 1/a").await; // a name that needs key-expression escaping
+
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/backend.py");
+    let mut child = Command::new(&py)
+        .arg(script)
+        .args(["--connect", &format!("tcp/127.0.0.1:{zport}")])
+        .args([
+            "--app",
+            "app1",
+            "--channel",
+            "room 1/a",
+            "--name",
+            "backend-bot",
+        ])
+        .args(["--messages", "2", "--seconds", "20"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("python");
+    let (tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            println!("backend.py: {line}");
+            if let Ok(v) = serde_json::from_str(&line) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    // It sees alice's membership token and publishes (in either order).
+    let (mut member, mut published) = (None, false);
+    while member.is_none() || !published {
+        let event = next(&mut lines, "member and published").await;
+        match event["event"].as_str() {
+            Some("member") => member = Some(event),
+            Some("ready") => {
+                assert_eq!(event["matching"], true, "a node subscribes to the channel")
+            }
+            Some("published") => published = true,
+            _ => panic!("unexpected {event}"),
+        }
+    }
+    let member = member.unwrap();
+    assert_eq!(
+        (member["client"].as_str(), member["mesh"].as_str()),
+        (Some("alice"), Some("eu"))
+    );
+    assert_eq!(member["alive"], true);
+
+    // Its message reaches the browser peer, with p = its name.
+    let got = alice.recv_op("data").await;
+    assert_eq!(field(&got, "p"), Some("backend-bot"));
+    assert_eq!(field(&got, "c"), Some("room 1/a"));
+    let pl = decode(bin(&got, "pl").expect("pl"));
+    assert_eq!(field(&pl, "event"), Some("chat"));
+
+    // And it reads the channel's traffic: state and data, with sender and mesh.
+    alice
+        .send(&control("peer_state", "room 1/a", Some(state("alice"))))
+        .await;
+    alice.send(&data("room 1/a", "cursor", r#"{"x":3}"#)).await;
+    for t in ["control", "data"] {
+        let msg = next(&mut lines, "message").await;
+        assert_eq!(msg["event"], "message");
+        assert_eq!(
+            (msg["t"].as_str(), msg["p"].as_str(), msg["mesh"].as_str()),
+            (Some(t), Some("alice"), Some("eu"))
+        );
+    }
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success());
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "backend.py did not exit"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(node.counter(&["mesh", "received"]).await, 1);
+}
+
+async fn next(
+    lines: &mut tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+    what: &str,
+) -> serde_json::Value {
+    tokio::time::timeout(Duration::from_secs(15), lines.recv())
+        .await
+        .unwrap_or_else(|_| panic!("backend.py: no {what}"))
+        .unwrap_or_else(|| panic!("backend.py ended before {what}"))
+}
