@@ -94,6 +94,9 @@ pub fn zenoh_config(settings: &MeshSettings) -> Result<zenoh::Config, MeshError>
 /// The embedded default, also in `mesh/p2p/node.json5`.
 const EMBEDDED_DEFAULTS: &[(&str, &str)] = &[
     ("mode", r#""peer""#),
+    // Listen only where told (ZENOH_LISTEN): zenoh's own default is a random
+    // port on every interface.
+    ("listen/endpoints", "[]"),
     ("scouting/multicast/enabled", "false"),
     ("scouting/gossip/enabled", "true"),
     // Lease 2 s, 4 keep-alives per lease: a silent neighbour is dropped
