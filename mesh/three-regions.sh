@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A three-region prscd mesh on this machine (loopback only):
 #
-#   region  zenohd router        prscd node (client of its router)
+#   region  zenohd router        prscd node (peer of its router)
 #   eu      127.0.0.11:7447      https://127.0.0.1:8443/v1   MESH_ID=eu
 #   us      127.0.0.12:7447      https://127.0.0.2:8443/v1   MESH_ID=us
 #   ap      127.0.0.13:7447      https://127.0.0.3:8443/v1   MESH_ID=ap
@@ -202,7 +202,7 @@ start() {
     log "zenohd: $(RUST_LOG=off "$zenohd" --version 2>/dev/null | grep -m1 "^zenohd ") ($zenohd)"
     log "prscd:  $prscd"
 
-    # routers first: a client node's session open waits (bounded) for its router
+    # routers first, so nodes find their router on their first dial
     local r name pid
     for r in "${REGIONS[@]}"; do
         name="router-$r"

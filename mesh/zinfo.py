@@ -20,7 +20,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--connect", help="router endpoint, e.g. tcp/127.0.0.11:7447")
-    src.add_argument("--config", help="zenoh JSON5 config of a client (e.g. a node's)")
+    src.add_argument("--config", help="zenoh JSON5 config to connect with (e.g. a node's); mode is forced to client")
     ap.add_argument("--timeout", type=float, default=3.0, help="query timeout, seconds")
     ap.add_argument("--json", action="store_true", help="print the raw admin JSON")
     args = ap.parse_args()
