@@ -133,6 +133,8 @@ pub struct Config {
     pub drain_grace: Duration,
     pub drain_timeout: Duration,
     pub pid_file: PathBuf,
+    /// Plain-HTTP port for `/metrics` and `/health`, besides the TLS port.
+    pub metrics_port: Option<u16>,
     pub mesh: MeshSettings,
     /// One line each, printed by `main` once logging is up.
     pub warnings: Vec<String>,
@@ -264,6 +266,10 @@ impl Config {
             drain_grace: ms("DRAIN_GRACE_MS", 2_000)?,
             drain_timeout: ms("DRAIN_TIMEOUT_MS", 5_000)?,
             pid_file: get("PID_FILE").unwrap_or_else(|| "prscd.pid".into()).into(),
+            metrics_port: get("METRICS_PORT")
+                .map(|v| v.trim().parse())
+                .transpose()
+                .map_err(|e: std::num::ParseIntError| invalid("METRICS_PORT", "", e.to_string()))?,
             mesh,
             warnings,
         })

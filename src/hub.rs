@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::protocol::{self, DecodeError, Kind, Op, Outbound};
-use crate::stats::{DropReason, Stats, Transport};
+use crate::stats::{DropReason, Gauges, Stats, Transport};
 
 /// A connection's id on this node (the original's `sid`); never sent to clients.
 pub type PeerId = u64;
@@ -142,6 +142,8 @@ pub enum MeshEvent {
         channel: Arc<str>,
         sid: PeerId,
         msg: Bytes,
+        /// The message's span: the mesh hop is traced as its child.
+        span: tracing::Span,
     },
 }
 
@@ -160,6 +162,16 @@ struct Member {
     client_id: Arc<str>,
     outbox: mpsc::Sender<Bytes>,
     ctl: Arc<PeerCtl>,
+    transport: Transport,
+}
+
+/// What one relay did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Delivery {
+    /// Members it was queued for.
+    pub sent: usize,
+    /// Members skipped because their queue was full (now disconnecting).
+    pub dropped: usize,
 }
 
 struct PeerEntry {
@@ -224,6 +236,7 @@ impl Hub {
             client_id: client_id.into(),
             outbox: tx,
             ctl: Arc::default(),
+            transport,
         };
         let app: Arc<str> = app.into();
         self.write().peers.insert(
@@ -245,38 +258,56 @@ impl Hub {
         (peer, rx)
     }
 
-    /// Sends `msg` to every member of `app/channel` except `from`.
-    /// Returns how many members it was queued for.
-    pub fn relay(&self, app: &str, channel: &str, from: Option<PeerId>, msg: &Bytes) -> usize {
+    /// Sends `msg` (of `kind`) to every member of `app/channel` except `from`.
+    pub fn relay(
+        &self,
+        app: &str,
+        channel: &str,
+        from: Option<PeerId>,
+        msg: &Bytes,
+        kind: Kind,
+    ) -> Delivery {
         let state = self.read();
         let Some(members) = state.apps.get(app).and_then(|a| a.get(channel)) else {
-            return 0;
+            return Delivery::default();
         };
-        let mut sent = 0;
+        let mut delivery = Delivery::default();
+        let mut per_transport = [0u64; 2];
         for (id, member) in members {
-            if Some(*id) != from && self.offer(member, msg.clone()) {
-                sent += 1;
+            if Some(*id) == from {
+                continue;
+            }
+            match self.offer(member, msg.clone()) {
+                Offer::Queued => {
+                    delivery.sent += 1;
+                    per_transport[member.transport as usize] += 1;
+                }
+                Offer::Full => delivery.dropped += 1,
+                Offer::Closing => {}
             }
         }
-        self.stats.messages_out(sent as u64);
-        sent
+        for t in [Transport::WebSocket, Transport::WebTransport] {
+            self.stats
+                .record_out(t, kind, per_transport[t as usize], msg.len());
+        }
+        delivery
     }
 
     /// Queues one message for one member; a full queue disconnects it.
-    fn offer(&self, member: &Member, msg: Bytes) -> bool {
+    fn offer(&self, member: &Member, msg: Bytes) -> Offer {
         if member.ctl.is_closing() {
-            return false;
+            return Offer::Closing;
         }
         match member.outbox.try_send(msg) {
-            Ok(()) => true,
+            Ok(()) => Offer::Queued,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 if member.ctl.close(CloseReason::SlowReader) {
                     self.stats.count_drop(DropReason::SlowReader);
                     tracing::debug!(peer = %member.client_id, "outbox full: disconnecting slow reader");
                 }
-                false
+                Offer::Full
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(mpsc::error::TrySendError::Closed(_)) => Offer::Closing,
         }
     }
 
@@ -295,7 +326,13 @@ impl Hub {
         let mut state = self.write();
         if remove_member(&mut state, app, channel, id) {
             drop(state);
-            self.relay(app, channel, Some(id), offline);
+            self.relay(
+                app,
+                channel,
+                Some(id),
+                offline,
+                Kind::Control(Op::PeerOffline),
+            );
         }
     }
 
@@ -334,8 +371,29 @@ impl Hub {
     }
 
     /// Delivers a message that came through the mesh to the local members.
-    pub fn deliver_remote(&self, app: &str, channel: &str, msg: &Bytes) -> usize {
-        self.relay(app, channel, None, msg)
+    pub fn deliver_remote(&self, app: &str, channel: &str, msg: &Bytes, kind: Kind) -> Delivery {
+        self.relay(app, channel, None, msg, kind)
+    }
+
+    /// (app, transport, connections) and the channel count, for `/metrics`.
+    pub fn gauges(&self) -> Gauges {
+        let state = self.read();
+        let mut connections: HashMap<(&str, Transport), usize> = HashMap::new();
+        for entry in state.peers.values() {
+            *connections
+                .entry((&entry.app, entry.transport))
+                .or_default() += 1;
+        }
+        let mut connections: Vec<_> = connections
+            .into_iter()
+            .map(|((app, t), n)| (app.to_owned(), t, n))
+            .collect();
+        connections.sort_by(|a, b| (&a.0, a.1.as_str()).cmp(&(&b.0, b.1.as_str())));
+        Gauges {
+            connections,
+            channels: state.apps.values().map(HashMap::len).sum(),
+            draining: self.is_draining(),
+        }
     }
 
     /// Starts draining: `/health` turns 503 and new connections are refused.
@@ -439,6 +497,13 @@ impl Hub {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Offer {
+    Queued,
+    Full,
+    Closing,
+}
+
 /// Returns whether the member was there.
 fn remove_member(state: &mut State, app: &str, channel: &str, id: PeerId) -> bool {
     let Some(channels) = state.apps.get_mut(app) else {
@@ -498,27 +563,42 @@ impl Peer {
     /// counted, and the reason returned for the caller's debug log; the
     /// connection lives on either way.
     pub fn handle(&mut self, frame: &[u8]) -> Result<(), DropReason> {
-        let stats = self.hub.stats.clone();
-        stats.message_in();
-        let result = self.apply(frame);
+        // One trace per message: a root span, not a child of the connection.
+        let span = tracing::info_span!(
+            target: "otel", parent: None, "message",
+            app = %self.app, peer = %self.member.client_id, sid = self.id,
+            mesh_id = %self.hub.mesh_id, transport = self.member.transport.as_str(),
+            bytes = frame.len(), op = tracing::field::Empty, channel = tracing::field::Empty,
+        );
+        let _entered = span.enter();
+        let result = self.apply(frame, &span);
         if let Err(reason) = result {
-            stats.count_drop(reason);
+            self.hub.stats.count_drop(reason);
+            tracing::info!(target: "otel", reason = reason.as_str(), "dropped");
         }
         result
     }
 
-    fn apply(&mut self, frame: &[u8]) -> Result<(), DropReason> {
+    fn apply(&mut self, frame: &[u8], span: &tracing::Span) -> Result<(), DropReason> {
+        let transport = self.member.transport;
         if !self.limiter.allow() {
+            self.hub.stats.record_in(transport, None, frame.len());
             return Err(DropReason::RateLimited);
         }
         let msg = protocol::decode(frame).map_err(|e: DecodeError| {
             tracing::debug!(error = %e, len = frame.len(), "undecodable message");
+            self.hub.stats.record_in(transport, None, frame.len());
             if e.is_unknown_kind() {
                 DropReason::UnknownType
             } else {
                 DropReason::Malformed
             }
         })?;
+        self.hub
+            .stats
+            .record_in(transport, Some(msg.kind), frame.len());
+        span.record("op", msg.kind.label());
+        span.record("channel", msg.channel);
 
         if msg.kind == Kind::Control(Op::ChannelJoin) {
             if !self.joined.contains(msg.channel) {
@@ -535,8 +615,11 @@ impl Peer {
                 });
                 self.joined.insert(channel);
             }
-            let ack = protocol::encode_join_ack(msg.channel, &self.hub.mesh_id);
-            self.hub.offer(&self.member, Bytes::from(ack));
+            let ack = Bytes::from(protocol::encode_join_ack(msg.channel, &self.hub.mesh_id));
+            let len = ack.len();
+            if self.hub.offer(&self.member, ack) == Offer::Queued {
+                self.hub.stats.record_out(transport, msg.kind, 1, len);
+            }
             return Ok(());
         }
 
@@ -561,14 +644,20 @@ impl Peer {
                 });
             }
         } else {
-            self.hub
-                .relay(&self.app, msg.channel, Some(self.id), &relayed);
+            let deliver = tracing::info_span!(target: "otel", "deliver", delivered = tracing::field::Empty, dropped_slow = tracing::field::Empty);
+            let delivery = deliver.in_scope(|| {
+                self.hub
+                    .relay(&self.app, msg.channel, Some(self.id), &relayed, msg.kind)
+            });
+            deliver.record("delivered", delivery.sent);
+            deliver.record("dropped_slow", delivery.dropped);
             if let Some(channel) = self.joined.get(msg.channel) {
                 self.hub.to_mesh(MeshEvent::Publish {
                     app: self.app.clone(),
                     channel: channel.clone(),
                     sid: self.id,
                     msg: relayed,
+                    span: span.clone(),
                 });
             }
         }
@@ -590,7 +679,13 @@ impl Drop for Peer {
         drop(state);
         for channel in left {
             let offline = offline_msg(&channel, &self.member.client_id, &self.hub.mesh_id);
-            self.hub.relay(&self.app, &channel, Some(self.id), &offline);
+            self.hub.relay(
+                &self.app,
+                &channel,
+                Some(self.id),
+                &offline,
+                Kind::Control(Op::PeerOffline),
+            );
             self.hub.to_mesh(MeshEvent::Left {
                 app: self.app.clone(),
                 channel,

@@ -17,11 +17,20 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init_logging(config.debug);
+    let telemetry = telemetry::init(telemetry::Identity {
+        mesh_id: &config.mesh_id,
+        debug: config.debug,
+    });
     if let Ok(path) = dotenv {
         tracing::info!(path = %path.display(), "loaded .env");
     }
-    match server::run(config).await {
+    for note in &telemetry.notes {
+        tracing::warn!("{note}");
+    }
+    let result = server::run(config).await;
+    // Flush batched spans before exiting.
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

@@ -69,6 +69,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     ));
     let wt_accept = tokio::spawn(webtransport::serve(endpoint.clone(), ctx.clone()));
 
+    if let Some(port) = config.metrics_port {
+        let listener = tokio::net::TcpListener::bind((config.host, port))
+            .await
+            .with_context(|| format!("cannot bind METRICS_PORT {port}"))?;
+        info!("metrics: http://{}/metrics", listener.local_addr()?);
+        tokio::spawn(transport::http::serve_plain(listener, hub.clone()));
+    }
     std::fs::write(&config.pid_file, format!("{}\n", std::process::id()))
         .with_context(|| format!("cannot write {}", config.pid_file.display()))?;
     announce(&config, &cert, port);

@@ -5,7 +5,10 @@
 //! [`DropReason`], and `/health` and `SIGUSR2` print the totals. Counters are
 //! plain relaxed atomics: they are read for reporting, never for control.
 
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crate::protocol::{Kind, Op};
 
 macro_rules! reasons {
     ($($variant:ident => $name:literal: $doc:literal,)*) => {
@@ -37,7 +40,7 @@ reasons! {
 }
 
 /// The two client transports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Transport {
     WebSocket,
     WebTransport,
@@ -61,10 +64,54 @@ pub struct Stats {
     connections: [AtomicU64; 2],
     connections_total: [AtomicU64; 2],
     rejected: [AtomicU64; 6],
-    messages_in: AtomicU64,
-    messages_out: AtomicU64,
+    /// Per transport and message kind: (messages, bytes), in and out.
+    traffic_in: [[Counter2; KINDS]; 2],
+    traffic_out: [[Counter2; KINDS]; 2],
     pub mesh: MeshStats,
 }
+
+/// Message kinds for the traffic counters: the four control ops, data, and
+/// `invalid` (what did not decode).
+pub const KIND_NAMES: [&str; KINDS] = [
+    "data",
+    "channel_join",
+    "peer_online",
+    "peer_state",
+    "peer_offline",
+    "invalid",
+];
+const KINDS: usize = 6;
+
+/// The slot of a message kind in [`KIND_NAMES`].
+pub fn kind_index(kind: Option<Kind>) -> usize {
+    match kind {
+        Some(Kind::Data) => 0,
+        Some(Kind::Control(Op::ChannelJoin)) => 1,
+        Some(Kind::Control(Op::PeerOnline)) => 2,
+        Some(Kind::Control(Op::PeerState)) => 3,
+        Some(Kind::Control(Op::PeerOffline)) => 4,
+        None => 5,
+    }
+}
+
+/// A message count and a byte count.
+#[derive(Default)]
+struct Counter2 {
+    messages: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl Counter2 {
+    fn add(&self, messages: u64, bytes: u64) {
+        self.messages.fetch_add(messages, Relaxed);
+        self.bytes.fetch_add(bytes, Relaxed);
+    }
+}
+
+/// Upper bounds (µs) of the mesh hop latency histogram buckets.
+pub const HOP_BUCKETS_US: [u64; 12] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
+];
 
 /// The mesh link, as `/health` shows it.
 #[derive(Default)]
@@ -81,9 +128,21 @@ pub struct MeshStats {
     pub remote_offline: AtomicU64,
     /// Memberships of other nodes' peers in channels this node has members in.
     pub remote_members: AtomicU64,
+    /// Publish-to-arrival time of mesh messages (sender's clock vs ours).
+    hop_buckets: [AtomicU64; HOP_BUCKETS_US.len()],
+    hop_count: AtomicU64,
+    hop_sum_us: AtomicU64,
 }
 
 impl MeshStats {
+    pub fn observe_hop(&self, micros: u64) {
+        if let Some(i) = HOP_BUCKETS_US.iter().position(|b| micros <= *b) {
+            self.hop_buckets[i].fetch_add(1, Relaxed);
+        }
+        self.hop_count.fetch_add(1, Relaxed);
+        self.hop_sum_us.fetch_add(micros, Relaxed);
+    }
+
     /// `disabled` (no session), `alone` (no zenoh neighbour) or `connected`.
     pub fn state(&self) -> &'static str {
         if !self.open.load(Relaxed) {
@@ -123,12 +182,24 @@ impl Stats {
         }
     }
 
-    pub fn message_in(&self) {
-        self.messages_in.fetch_add(1, Relaxed);
+    /// One message received from a client (`kind` None: undecodable).
+    pub fn record_in(&self, transport: Transport, kind: Option<Kind>, bytes: usize) {
+        self.traffic_in[transport as usize][kind_index(kind)].add(1, bytes as u64);
     }
 
-    pub fn messages_out(&self, n: u64) {
-        self.messages_out.fetch_add(n, Relaxed);
+    /// `n` copies of a `bytes`-long message queued for clients of `transport`.
+    pub fn record_out(&self, transport: Transport, kind: Kind, n: u64, bytes: usize) {
+        if n > 0 {
+            self.traffic_out[transport as usize][kind_index(Some(kind))].add(n, n * bytes as u64);
+        }
+    }
+
+    fn total(traffic: &[[Counter2; KINDS]; 2]) -> u64 {
+        traffic
+            .iter()
+            .flatten()
+            .map(|c| c.messages.load(Relaxed))
+            .sum()
     }
 
     /// Counts a live connection until the guard is dropped.
@@ -165,13 +236,224 @@ impl Stats {
         serde_json::json!({
             "connections": per_transport(&self.connections),
             "connections_total": per_transport(&self.connections_total),
-            "messages_in": self.messages_in.load(Relaxed),
-            "messages_out": self.messages_out.load(Relaxed),
+            "messages_in": Self::total(&self.traffic_in),
+            "messages_out": Self::total(&self.traffic_out),
             "dropped": drops,
             "handshake_rejected": rejected,
             "mesh": self.mesh.to_json(),
         })
     }
+}
+
+/// Gauges only the hub knows, for [`Stats::prometheus`].
+pub struct Gauges {
+    /// (app, transport, open connections)
+    pub connections: Vec<(String, Transport, usize)>,
+    pub channels: usize,
+    pub draining: bool,
+}
+
+/// Writes Prometheus families: header lines, then that family's samples.
+struct Exposition(String);
+
+impl Exposition {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &str, value: impl std::fmt::Display) {
+        if labels.is_empty() {
+            let _ = writeln!(self.0, "{name} {value}");
+        } else {
+            let _ = writeln!(self.0, "{name}{{{labels}}} {value}");
+        }
+    }
+}
+
+impl Stats {
+    /// `/metrics`: the Prometheus text exposition format.
+    pub fn prometheus(&self, gauges: &Gauges) -> String {
+        let mut x = Exposition(String::with_capacity(8 * 1024));
+        let transports = [Transport::WebSocket, Transport::WebTransport];
+
+        x.family(
+            "prscd_connections",
+            "gauge",
+            "Open client connections by app and transport.",
+        );
+        for (app, transport, count) in &gauges.connections {
+            let labels = format!(
+                "app=\"{}\",transport=\"{}\"",
+                escape(app),
+                transport.as_str()
+            );
+            x.sample("prscd_connections", &labels, count);
+        }
+        x.family(
+            "prscd_connections_accepted_total",
+            "counter",
+            "Client connections accepted, by transport.",
+        );
+        for t in transports {
+            let labels = format!("transport=\"{}\"", t.as_str());
+            x.sample(
+                "prscd_connections_accepted_total",
+                &labels,
+                self.connections_total[t as usize].load(Relaxed),
+            );
+        }
+        x.family(
+            "prscd_channels",
+            "gauge",
+            "Channels with at least one member on this node.",
+        );
+        x.sample("prscd_channels", "", gauges.channels);
+        x.family("prscd_draining", "gauge", "1 while the node drains.");
+        x.sample("prscd_draining", "", u8::from(gauges.draining));
+
+        for (dir, traffic) in [("in", &self.traffic_in), ("out", &self.traffic_out)] {
+            for (unit, pick) in [("messages", 0), ("bytes", 1)] {
+                let name = format!("prscd_{unit}_{dir}_total");
+                x.family(
+                    &name,
+                    "counter",
+                    &format!("{unit} {dir} (client side), by op and transport"),
+                );
+                for t in transports {
+                    for (k, op) in KIND_NAMES.iter().enumerate() {
+                        let c = &traffic[t as usize][k];
+                        let v = if pick == 0 { &c.messages } else { &c.bytes };
+                        let labels = format!("op=\"{op}\",transport=\"{}\"", t.as_str());
+                        x.sample(&name, &labels, v.load(Relaxed));
+                    }
+                }
+            }
+        }
+        x.family(
+            "prscd_dropped_total",
+            "counter",
+            "Messages dropped (or connections closed), by reason.",
+        );
+        for r in DropReason::ALL {
+            x.sample(
+                "prscd_dropped_total",
+                &format!("reason=\"{}\"", r.as_str()),
+                self.drops(*r),
+            );
+        }
+        x.family(
+            "prscd_slow_reader_disconnects_total",
+            "counter",
+            "Connections closed because their queue was full.",
+        );
+        x.sample(
+            "prscd_slow_reader_disconnects_total",
+            "",
+            self.drops(DropReason::SlowReader),
+        );
+        x.family(
+            "prscd_handshake_failures_total",
+            "counter",
+            "Refused handshakes by HTTP status.",
+        );
+        for (status, c) in REJECT_STATUSES.iter().zip(&self.rejected) {
+            x.sample(
+                "prscd_handshake_failures_total",
+                &format!("status=\"{status}\""),
+                c.load(Relaxed),
+            );
+        }
+
+        let mesh = &self.mesh;
+        x.family(
+            "prscd_mesh_state",
+            "gauge",
+            "Zenoh session: 0 disabled, 1 alone, 2 connected.",
+        );
+        let state = match mesh.state() {
+            "disabled" => 0,
+            "alone" => 1,
+            _ => 2,
+        };
+        x.sample("prscd_mesh_state", "", state);
+        x.family(
+            "prscd_mesh_neighbours",
+            "gauge",
+            "Zenoh peers and routers this node is linked to.",
+        );
+        x.sample(
+            "prscd_mesh_neighbours",
+            "kind=\"peer\"",
+            mesh.peers.load(Relaxed),
+        );
+        x.sample(
+            "prscd_mesh_neighbours",
+            "kind=\"router\"",
+            mesh.routers.load(Relaxed),
+        );
+        for (name, help, v) in [
+            (
+                "prscd_mesh_published_total",
+                "Messages published to the mesh.",
+                &mesh.published,
+            ),
+            (
+                "prscd_mesh_received_total",
+                "Messages received from the mesh.",
+                &mesh.received,
+            ),
+            (
+                "prscd_mesh_remote_offline_total",
+                "peer_offline sent for peers of other nodes.",
+                &mesh.remote_offline,
+            ),
+        ] {
+            x.family(name, "counter", help);
+            x.sample(name, "", v.load(Relaxed));
+        }
+        x.family(
+            "prscd_mesh_remote_members",
+            "gauge",
+            "Other nodes' memberships in channels with local members.",
+        );
+        x.sample(
+            "prscd_mesh_remote_members",
+            "",
+            mesh.remote_members.load(Relaxed),
+        );
+
+        let h = "prscd_mesh_hop_seconds";
+        x.family(
+            h,
+            "histogram",
+            "Publish (sender's clock) to arrival (ours) of mesh messages.",
+        );
+        let mut cumulative = 0;
+        for (bound, c) in HOP_BUCKETS_US.iter().zip(&mesh.hop_buckets) {
+            cumulative += c.load(Relaxed);
+            x.sample(
+                &format!("{h}_bucket"),
+                &format!("le=\"{}\"", *bound as f64 / 1e6),
+                cumulative,
+            );
+        }
+        let count = mesh.hop_count.load(Relaxed);
+        x.sample(&format!("{h}_bucket"), "le=\"+Inf\"", count);
+        x.sample(
+            &format!("{h}_sum"),
+            "",
+            mesh.hop_sum_us.load(Relaxed) as f64 / 1e6,
+        );
+        x.sample(&format!("{h}_count"), "", count);
+        x.0
+    }
+}
+
+fn escape(label: &str) -> String {
+    label
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 pub struct ConnectionGuard {

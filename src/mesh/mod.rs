@@ -38,7 +38,10 @@ use zenoh::Session;
 use crate::hub::{Hub, MeshEvent, PeerId};
 use crate::protocol::{self, Kind, Op, Outbound};
 use crate::stats::{DropReason, Stats};
+use crate::telemetry;
 use keys::Member;
+use std::future::IntoFuture;
+use tracing::Instrument;
 
 /// Mesh settings, from `ZENOH_CONFIG`, `ZENOH_LISTEN` and `ZENOH_CONNECT`.
 #[derive(Debug, Clone, Default)]
@@ -206,7 +209,7 @@ enum FromZenoh {
     Message {
         channel: ChannelId,
         payload: Vec<u8>,
-        origin_sid: Option<String>,
+        origin: Origin,
     },
     Membership {
         channel: ChannelId,
@@ -320,21 +323,30 @@ impl Bridge {
                 channel,
                 sid,
                 msg,
+                span,
             } => {
                 self.backlog.fetch_sub(1, Relaxed);
                 let key = keys::channel_key(&app, &channel);
-                let attachment = origin_attachment(sid);
+                let publish = tracing::info_span!(target: "otel", parent: &span, "mesh.publish", key = %key, bytes = msg.len(), mesh_id = %self.mesh_id);
+                let attachment = Origin {
+                    sid: Some(sid),
+                    sent_us: unix_micros(),
+                    traceparent: telemetry::traceparent(&publish),
+                }
+                .encode();
                 let put = self
                     .session
                     .put(&key, msg)
                     .attachment(attachment)
                     .congestion_control(CongestionControl::Block);
-                match put.await {
+                match put.into_future().instrument(publish.clone()).await {
                     Ok(()) => {
-                        tracing::trace!(%key, "mesh: published");
                         self.stats.mesh.published.fetch_add(1, Relaxed);
                     }
-                    Err(e) => debug!(%key, error = %e, "mesh: publish failed"),
+                    Err(e) => {
+                        debug!(%key, error = %e, "mesh: publish failed");
+                        publish.in_scope(|| tracing::info!(target: "otel", reason = "publish_failed", error = %e, "dropped"));
+                    }
                 }
             }
         }
@@ -350,13 +362,14 @@ impl Bridge {
             .declare_subscriber(keys::channel_key(app, channel))
             .allowed_origin(Locality::Remote)
             .callback(move |sample| {
-                let origin_sid = sample
+                let origin = sample
                     .attachment()
-                    .and_then(|a| parse_attachment(&a.to_bytes()));
+                    .map(|a| Origin::decode(&a.to_bytes()))
+                    .unwrap_or_default();
                 let _ = tx.send(FromZenoh::Message {
                     channel: cid.clone(),
                     payload: sample.payload().to_bytes().into_owned(),
-                    origin_sid,
+                    origin,
                 });
             })
             .await?;
@@ -390,8 +403,8 @@ impl Bridge {
             FromZenoh::Message {
                 channel,
                 payload,
-                origin_sid,
-            } => self.on_message(channel, &payload, origin_sid),
+                origin,
+            } => self.on_message(channel, &payload, origin),
             FromZenoh::Membership {
                 channel,
                 key,
@@ -400,32 +413,54 @@ impl Bridge {
         }
     }
 
-    fn on_message(&mut self, id: ChannelId, payload: &[u8], origin_sid: Option<String>) {
-        tracing::trace!(app = %id.0, channel = %id.1, len = payload.len(), "mesh: received");
+    fn on_message(&mut self, id: ChannelId, payload: &[u8], origin: Origin) {
         let Some(link) = self.channels.get_mut(&id) else {
             return; // unsubscribed meanwhile
         };
+        let hop_us = unix_micros().saturating_sub(origin.sent_us);
+        let span = tracing::info_span!(
+            target: "otel", parent: None, "mesh.receive",
+            app = %id.0, channel = %id.1, mesh_id = %self.mesh_id, bytes = payload.len(),
+            peer = tracing::field::Empty, op = tracing::field::Empty, origin_mesh = tracing::field::Empty,
+            hop_us = tracing::field::Empty,
+        );
+        if let Some(parent) = origin.traceparent.as_deref() {
+            telemetry::set_parent(&span, parent);
+        }
+        let _entered = span.enter();
         let relayed = match protocol::decode_relayed(payload) {
             Ok(m) if m.channel == &*id.1 && m.kind != Kind::Control(Op::ChannelJoin) => m,
             other => {
                 debug!(app = %id.0, channel = %id.1, result = ?other.err(), "mesh: invalid sample dropped");
                 self.stats.count_drop(DropReason::MeshInvalid);
+                tracing::info!(target: "otel", reason = DropReason::MeshInvalid.as_str(), "dropped");
                 return;
             }
         };
+        span.record("peer", relayed.peer);
+        span.record("op", relayed.kind.label());
+        if let Some(mesh) = relayed.mesh {
+            span.record("origin_mesh", mesh);
+        }
+        if origin.sent_us > 0 {
+            span.record("hop_us", hop_us);
+            self.stats.mesh.observe_hop(hop_us);
+        }
         // Re-encoded: whatever a backend sent, browsers get a clean map.
         let bytes = Bytes::from(protocol::encode(&relayed));
-        if let (Kind::Control(Op::PeerState), Some(mesh), Some(sid)) = (
-            relayed.kind,
-            relayed.mesh,
-            origin_sid.and_then(|s| s.parse::<u64>().ok()),
-        ) {
+        if let (Kind::Control(Op::PeerState), Some(mesh), Some(sid)) =
+            (relayed.kind, relayed.mesh, origin.sid)
+        {
             if let Some(remote) = link.remote.get_mut(&(mesh.to_owned(), sid)) {
                 remote.last_state = Some(bytes.clone());
             }
         }
         self.stats.mesh.received.fetch_add(1, Relaxed);
-        self.hub.deliver_remote(&id.0, &id.1, &bytes);
+        let deliver = tracing::info_span!(target: "otel", "deliver", delivered = tracing::field::Empty, dropped_slow = tracing::field::Empty);
+        let delivery =
+            deliver.in_scope(|| self.hub.deliver_remote(&id.0, &id.1, &bytes, relayed.kind));
+        deliver.record("delivered", delivery.sent);
+        deliver.record("dropped_slow", delivery.dropped);
     }
 
     fn on_membership(&mut self, id: ChannelId, key: &str, alive: bool) {
@@ -460,9 +495,11 @@ impl Bridge {
                 // Back after a partition: tell the local members again.
                 info!(app = %id.0, channel = %id.1, peer = %member.client_id, mesh = %member.mesh_id, "mesh: peer back after a partition");
                 let online = control(Op::PeerOnline, &member);
-                self.hub.deliver_remote(&id.0, &id.1, &online);
+                self.hub
+                    .deliver_remote(&id.0, &id.1, &online, Kind::Control(Op::PeerOnline));
                 if let Some(state) = last_state {
-                    self.hub.deliver_remote(&id.0, &id.1, &state);
+                    self.hub
+                        .deliver_remote(&id.0, &id.1, &state, Kind::Control(Op::PeerState));
                 }
             }
         } else if let Some(remote) = link.remote.remove(&who) {
@@ -470,8 +507,12 @@ impl Bridge {
             link.gone.insert(who, (remote, now));
             self.stats.mesh.remote_members.fetch_sub(1, Relaxed);
             self.stats.mesh.remote_offline.fetch_add(1, Relaxed);
-            self.hub
-                .deliver_remote(&id.0, &id.1, &control(Op::PeerOffline, &member));
+            self.hub.deliver_remote(
+                &id.0,
+                &id.1,
+                &control(Op::PeerOffline, &member),
+                Kind::Control(Op::PeerOffline),
+            );
         }
     }
 }
@@ -487,29 +528,59 @@ fn control(op: Op, member: &Member) -> Bytes {
     }))
 }
 
-/// The sample attachment of a node's publish: msgpack `{"sid": "<sid>"}`.
-fn origin_attachment(sid: PeerId) -> Vec<u8> {
-    let mut out = Vec::with_capacity(24);
-    rmp::encode::write_map_len(&mut out, 1).expect("vec");
-    rmp::encode::write_str(&mut out, "sid").expect("vec");
-    rmp::encode::write_str(&mut out, &sid.to_string()).expect("vec");
-    out
+/// The zenoh attachment of a node's publish: where it came from, when, and
+/// the W3C trace context of its publish span. msgpack map
+/// `{"ts": u64 µs since the epoch, "sid": str, "traceparent": str}`; every
+/// key optional, unknown keys ignored (backends may send their own).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Origin {
+    pub sid: Option<u64>,
+    pub sent_us: u64,
+    pub traceparent: Option<String>,
 }
 
-/// The `sid` of an attachment, if it is a node's.
-fn parse_attachment(bytes: &[u8]) -> Option<String> {
-    let mut rd = bytes;
-    let n = rmp::decode::read_map_len(&mut rd).ok()?;
-    for _ in 0..n {
-        let mut key = [0u8; 16];
-        let key = rmp::decode::read_str(&mut rd, &mut key).ok()?.to_owned();
-        let mut value = [0u8; 64];
-        let value = rmp::decode::read_str(&mut rd, &mut value).ok()?.to_owned();
-        if key == "sid" {
-            return Some(value);
+impl Origin {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(96);
+        let n = 1 + u32::from(self.sid.is_some()) + u32::from(self.traceparent.is_some());
+        rmp::encode::write_map_len(&mut out, n).expect("vec");
+        rmp::encode::write_str(&mut out, "ts").expect("vec");
+        rmp::encode::write_uint(&mut out, self.sent_us).expect("vec");
+        if let Some(sid) = self.sid {
+            rmp::encode::write_str(&mut out, "sid").expect("vec");
+            rmp::encode::write_str(&mut out, &sid.to_string()).expect("vec");
         }
+        if let Some(tp) = &self.traceparent {
+            rmp::encode::write_str(&mut out, "traceparent").expect("vec");
+            rmp::encode::write_str(&mut out, tp).expect("vec");
+        }
+        out
     }
-    None
+
+    /// Whatever can be read; a foreign or broken attachment gives defaults.
+    pub fn decode(bytes: &[u8]) -> Origin {
+        let mut origin = Origin::default();
+        let Ok(rmpv::Value::Map(entries)) = rmpv::decode::read_value(&mut &bytes[..]) else {
+            return origin;
+        };
+        for (k, v) in entries {
+            match (k.as_str(), v) {
+                (Some("sid"), rmpv::Value::String(s)) => {
+                    origin.sid = s.as_str().and_then(|s| s.parse().ok())
+                }
+                (Some("ts"), v) => origin.sent_us = v.as_u64().unwrap_or(0),
+                (Some("traceparent"), rmpv::Value::String(s)) => origin.traceparent = s.into_str(),
+                _ => {}
+            }
+        }
+        origin
+    }
+}
+
+fn unix_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 #[cfg(test)]
@@ -518,11 +589,19 @@ mod tests {
 
     #[test]
     fn attachment_roundtrip() {
-        assert_eq!(
-            parse_attachment(&origin_attachment(123456)).as_deref(),
-            Some("123456")
-        );
-        assert_eq!(parse_attachment(b"junk"), None);
+        let origin = Origin {
+            sid: Some(123456),
+            sent_us: 1_700_000_000_000_000,
+            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+        };
+        assert_eq!(Origin::decode(&origin.encode()), origin);
+        assert_eq!(Origin::decode(b"junk"), Origin::default());
+        let bare = Origin {
+            sid: None,
+            sent_us: 5,
+            traceparent: None,
+        };
+        assert_eq!(Origin::decode(&bare.encode()), bare);
     }
 
     #[test]

@@ -126,6 +126,45 @@ pub async fn respond<S: AsyncWrite + Unpin>(
     stream.flush().await
 }
 
+/// `/health` and `/metrics`, on the TLS port and on `METRICS_PORT`:
+/// (status, content type, body), or `None` for any other path.
+pub fn observability(request: &Request, hub: &Hub) -> Option<(u16, &'static str, String)> {
+    match request.path() {
+        "/health" => {
+            let (status, body) = health(hub);
+            Some((status, "application/json", body))
+        }
+        "/metrics" => Some((
+            200,
+            "text/plain; version=0.0.4",
+            hub.stats().prometheus(&hub.gauges()),
+        )),
+        _ => None,
+    }
+}
+
+/// Serves `/health` and `/metrics` in plain HTTP (for Prometheus and load
+/// balancer probes on `METRICS_PORT`), until the process exits.
+pub async fn serve_plain(listener: tokio::net::TcpListener, hub: std::sync::Arc<Hub>) {
+    loop {
+        let Ok((mut tcp, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        let hub = hub.clone();
+        tokio::spawn(async move {
+            let read = tokio::time::timeout(super::HANDSHAKE_TIMEOUT, read_request(&mut tcp)).await;
+            let Ok(Ok((request, _))) = read else { return };
+            let (status, content_type, body) = observability(&request, &hub).unwrap_or((
+                404,
+                "text/plain",
+                "not found\n".to_owned(),
+            ));
+            let _ = respond(&mut tcp, status, &[], content_type, &body).await;
+        });
+    }
+}
+
 /// `GET /health`: 200 while serving, 503 while draining, with the counters.
 pub fn health(hub: &Hub) -> (u16, String) {
     let draining = hub.is_draining();

@@ -81,7 +81,7 @@ async fn handle(incoming: IncomingSession, ctx: Arc<Context>) -> anyhow::Result<
         &admission.client_id,
         Transport::WebTransport,
     );
-    let span = info_span!("conn", transport = "webtransport", app = %admission.app, peer = %admission.client_id, sid = peer.id(), %addr);
+    let span = info_span!("connection", transport = "webtransport", app = %admission.app, peer = %admission.client_id, sid = peer.id(), mesh_id = ctx.hub.mesh_id(), %addr, close_reason = tracing::field::Empty);
     async move {
         debug!(max_datagram = ?connection.max_datagram_size(), "connected");
         run(connection, peer, outbox, &ctx).await;

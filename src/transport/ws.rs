@@ -81,9 +81,8 @@ async fn handle(
         };
     let headers = ctx.prscd_headers();
 
-    if request.path() == "/health" {
-        let (status, body) = http::health(&ctx.hub);
-        http::respond(&mut stream, status, &headers, "application/json", &body).await?;
+    if let Some((status, content_type, body)) = http::observability(&request, &ctx.hub) {
+        http::respond(&mut stream, status, &headers, content_type, &body).await?;
         return Ok(());
     }
     let refuse = |status: u16, why: &str| {
@@ -142,7 +141,7 @@ async fn handle(
     let (peer, outbox) =
         ctx.hub
             .connect(&admission.app, &admission.client_id, Transport::WebSocket);
-    let span = info_span!("conn", transport = "websocket", app = %admission.app, peer = %admission.client_id, sid = peer.id(), %addr);
+    let span = info_span!("connection", transport = "websocket", app = %admission.app, peer = %admission.client_id, sid = peer.id(), mesh_id = ctx.hub.mesh_id(), %addr, close_reason = tracing::field::Empty);
     async move {
         debug!("connected");
         run(ws, peer, outbox, &ctx).await;
@@ -279,6 +278,7 @@ async fn run(ws: Ws, mut peer: Peer, mut outbox: mpsc::Receiver<Bytes>, ctx: &Co
             1000
         };
         let _ = timeout(Duration::from_millis(grace), sink.send(close)).await;
+        tracing::Span::current().record("close_reason", reason.as_str());
         debug!(reason = reason.as_str(), "closed by server");
     };
 

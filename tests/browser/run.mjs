@@ -6,7 +6,7 @@
 //   node tests/browser/run.mjs [--server PATH]     # no --url: start prscd itself (PORT=0 DEBUG=true)
 //   node tests/browser/run.mjs --case mesh --url https://127.0.0.1:PORT/v1 --spki <base64>
 //                              --url2 https://127.0.0.1:PORT2/v1 --spki2 <base64> --kill-pid <pid of node B>
-//                              [--mesh1 NAME --mesh2 NAME]
+//                              [--mesh1 NAME --mesh2 NAME] [--mesh-join sequential|together]
 //   node tests/browser/run.mjs --case mesh [--server PATH]   # no --url: start two meshed nodes itself
 
 import { spawn } from 'node:child_process';
@@ -746,8 +746,20 @@ function meshFields(A, aId, B, bId, names) {
 
 // seesPeer, noting when p first listed `other` (the client lists a peer when its
 // peer_state arrives), counted from the later of the two join acks.
-async function seesPeerTimed(p, other, otherState, joined) {
-  const note = await seesPeer(p, other, otherState);
+async function seesPeerTimed(p, other, otherState, joined, otherPage) {
+  let note;
+  try {
+    note = await seesPeer(p, other, otherState);
+  } catch (e) {
+    if (!(e instanceof Fail)) throw e;
+    // say which presence messages were sent and which arrived (page clocks, UTC)
+    const at = (t) => new Date(t).toISOString().slice(11, 23) + 'Z';
+    const sent = otherPage.wire.filter((w) => w.dir === 'tx' && w.msg && /^(channel_join|peer_online|peer_state)$/.test(w.msg.op));
+    const got = rxOf(p, (m) => m.p === other);
+    throw new Fail(`${e.message}; ${other} sent ${sent.map((w) => `${w.msg.op}@${at(w.t)}`).join(' ') || 'nothing'}; ` +
+      `${p.name} received from it ${got.map((w) => `${w.msg.op || w.msg.t}@${at(w.t)}`).join(' ') || 'nothing'}` +
+      ' (the client sends peer_online/peer_state once, after its join ack: lost ones are not re-sent; see README.md)');
+  }
   const st = await p.state();
   const first = st.peerHistory.find((h) => h.ids.includes(other));
   const t0 = Math.max(...joined.map((q) => (rxOf(q, (m) => m.op === 'channel_join')[0] || {}).t || 0));
@@ -842,8 +854,8 @@ async function runMeshPhase(caseName, pageUrl, tA, tB, tb, ending, names) {
       ['page A loads, native WebTransport', () => pageLoads(A, pageUrl)],
       [`page B loads, ${kind(tb)}`, () => pageLoads(B, pageUrl)],
       ...joins,
-      ['A sees B online with its state', () => seesPeerTimed(A, bId, bState, [A, B]), { fatal: false }],
-      ['B sees A online with its state', () => seesPeerTimed(B, aId, aState, [A, B]), { fatal: false }],
+      ['A sees B online with its state', () => seesPeerTimed(A, bId, bState, [A, B], B), { fatal: false }],
+      ['B sees A online with its state', () => seesPeerTimed(B, aId, aState, [A, B], A), { fatal: false }],
       ["A's broadcast reaches B with sender A", () => broadcastReaches(A, aId, B, { text: 'hello from A', n: 1, u: 'héllo ✓', nested: { a: [1, 2] } }), { fatal: false }],
       ["B's broadcast reaches A with sender B", () => broadcastReaches(B, bId, A, { text: 'hello from B', n: 2, ok: true }), { fatal: false }],
       ['no echo of own broadcasts', () => noEcho([[A, aId], [B, bId]]), { fatal: false }],
