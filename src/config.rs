@@ -209,6 +209,9 @@ impl Config {
             listen: endpoints(get("ZENOH_LISTEN")),
             connect: endpoints(get("ZENOH_CONNECT")),
             max_backlog: parse(&get, "MESH_BACKLOG", 10_000usize)?,
+            presence_check: Some(parse(&get, "MESH_PRESENCE_CHECK_MS", 1_000u64)?)
+                .filter(|ms| *ms > 0)
+                .map(Duration::from_millis),
         };
 
         for name in DEPRECATED {

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use common::*;
 
-#[test]
-fn published_client_over_webtransport_and_websocket() {
+/// Chromium and the npm packages, or why the test is skipped.
+fn browser_ready() -> Option<(&'static Path, String)> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     let ready = Path::new(&chromium).exists()
@@ -29,33 +29,67 @@ fn published_client_over_webtransport_and_websocket() {
             "chromium or tests/browser/node_modules missing: run ./scripts/test"
         );
         eprintln!("SKIPPED: chromium or tests/browser/node_modules missing (run ./scripts/test)");
-        return;
+        return None;
     }
+    Some((root, chromium))
+}
 
-    let node = Node::start_with(&[
-        ("CERT_FILE", ""),
-        ("KEY_FILE", ""),
-        ("APPS", ""),
-        ("MESH_ID", "browser-node"),
-    ]);
+/// A dev node (generated certificate, dev app) and its Chromium SPKI hash.
+fn dev_node(extra: &[(&str, &str)]) -> (Node, String) {
+    let mut env = vec![("CERT_FILE", ""), ("KEY_FILE", ""), ("APPS", "")];
+    env.extend_from_slice(extra);
+    let node = Node::start_with(&env);
     let line = node.wait_log_blocking("dev certificate sha256=", Duration::from_secs(5));
     let spki = line.split("spki=").nth(1).unwrap().trim().to_owned();
+    (node, spki)
+}
 
+/// Runs `tests/browser/run.mjs` and fails with its output unless it passed.
+fn run_browser(root: &Path, chromium: &str, args: &[&str], nodes: &[&Node]) -> String {
+    // One browser run at a time: the runner bundles into one dist/ folder.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let output = Command::new("node")
         .arg(root.join("tests/browser/run.mjs"))
-        .args(["--url", &format!("https://127.0.0.1:{}/v1", node.port)])
-        .args(["--spki", &spki, "--publickey", "dev", "--case", "all"])
-        .env("CHROMIUM", &chromium)
+        .args(args)
+        .env("CHROMIUM", chromium)
         .output()
         .expect("run node");
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
     println!("{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let logs: Vec<String> = nodes.iter().map(|n| n.logs().join("\n")).collect();
     assert!(
         output.status.success(),
-        "browser test failed:\n{stdout}\nnode log:\n{}",
-        node.logs().join("\n")
+        "browser test failed:\n{stdout}\nnode logs:\n{}",
+        logs.join("\n----\n")
     );
     assert!(stdout.contains(" 0 failed"), "{stdout}");
+    stdout
+}
+
+#[test]
+fn published_client_over_webtransport_and_websocket() {
+    let Some((root, chromium)) = browser_ready() else {
+        return;
+    };
+
+    let (node, spki) = dev_node(&[("MESH_ID", "browser-node")]);
+    let url = format!("https://127.0.0.1:{}/v1", node.port);
+    run_browser(
+        root,
+        &chromium,
+        &[
+            "--url",
+            &url,
+            "--spki",
+            &spki,
+            "--publickey",
+            "dev",
+            "--case",
+            "all",
+        ],
+        &[&node],
+    );
     // Both transports were used by the browsers.
     assert!(node
         .logs()
@@ -65,4 +99,56 @@ fn published_client_over_webtransport_and_websocket() {
         .logs()
         .iter()
         .any(|l| l.contains("transport=\"websocket\"")));
+}
+
+#[test]
+fn two_browsers_on_two_meshed_nodes_and_one_node_killed() {
+    let Some((root, chromium)) = browser_ready() else {
+        return;
+    };
+    let zport = free_port();
+    let (eu, spki1) = dev_node(&[
+        ("MESH_ID", "eu"),
+        ("ZENOH_LISTEN", &format!("tcp/127.0.0.1:{zport}")),
+        ("DEV_CERT_DIR", "eu-cert"),
+    ]);
+    let (us, spki2) = dev_node(&[
+        ("MESH_ID", "us"),
+        ("ZENOH_CONNECT", &format!("tcp/127.0.0.1:{zport}")),
+        ("DEV_CERT_DIR", "us-cert"),
+    ]);
+    eu.wait_log_blocking("mesh: connected", Duration::from_secs(10));
+    us.wait_log_blocking("mesh: connected", Duration::from_secs(10));
+    let (url1, url2) = (
+        format!("https://127.0.0.1:{}/v1", eu.port),
+        format!("https://127.0.0.1:{}/v1", us.port),
+    );
+    let pid = us.pid().to_string();
+    // Both pages join at the same moment: presence must still converge.
+    let stdout = run_browser(
+        root,
+        &chromium,
+        &[
+            "--case",
+            "mesh",
+            "--url",
+            &url1,
+            "--spki",
+            &spki1,
+            "--url2",
+            &url2,
+            "--spki2",
+            &spki2,
+            "--kill-pid",
+            &pid,
+            "--mesh1",
+            "eu",
+            "--mesh2",
+            "us",
+            "--mesh-join",
+            "together",
+        ],
+        &[&eu, &us],
+    );
+    assert!(stdout.contains("A sees B offline after"), "{stdout}");
 }

@@ -136,6 +136,13 @@ async fn node_death_yields_peer_offline_elsewhere_and_a_restart_leaves_no_phanto
         node.wait_remote_members(2 + u64::from(node.port != nodes[1].port))
             .await;
     }
+    // These clients never announce themselves, so after the presence check
+    // (1 s) each node announces the silent remote members to its own: let
+    // that settle before the kill.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for client in [&mut a, &mut c] {
+        client.drain(QUIET).await;
+    }
 
     let killed = Instant::now();
     nodes[1].kill9();
@@ -285,4 +292,48 @@ async fn apps_stay_isolated_across_nodes() {
     b2.send(&data("same-channel", "e", "{}")).await;
     a1.expect_silence(QUIET).await;
     b1.expect_silence(QUIET).await;
+}
+
+#[tokio::test]
+async fn a_remote_member_never_heard_from_is_announced_after_the_presence_check() {
+    let nodes = mesh_of(&["eu", "us"], &[]);
+    wait_meshed(&nodes).await;
+    // alice announces herself while nobody on us listens: that is lost, as
+    // it is when two nodes subscribe to a channel at the same moment.
+    let mut a = nodes[0].ws(KEY1, "alice").await;
+    a.join("room").await;
+    a.send(&control("peer_online", "room", None)).await;
+    a.send(&control("peer_state", "room", Some(state("alice"))))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(nodes[0].counter(&["mesh", "published"]).await, 2);
+    let mut b = nodes[1].ws(KEY1, "bob").await;
+    b.join("room").await;
+    let joined = Instant::now();
+    b.send(&control("peer_online", "room", None)).await;
+    // eu heard bob: alice gets his real peer_online, and nothing made up.
+    assert_eq!(field(&a.recv_op("peer_online").await, "p"), Some("bob"));
+    // us never heard alice: after the check, bob is told she is online, so
+    // that his browser answers with its state.
+    let online = b
+        .recv_op_within("peer_online", Duration::from_secs(5))
+        .await;
+    assert_eq!(
+        (field(&online, "p"), field(&online, "mesh")),
+        (Some("alice"), Some("eu"))
+    );
+    let after = joined.elapsed();
+    println!(
+        "presence check: silent remote member announced after {} ms",
+        after.as_millis()
+    );
+    assert!(after >= Duration::from_millis(900), "{after:?}");
+    b.send(&control("peer_state", "room", Some(state("bob"))))
+        .await;
+    assert_eq!(
+        bin(&a.recv_op("peer_state").await, "pl"),
+        Some(state("bob").as_slice())
+    );
+    a.expect_silence(Duration::from_millis(1500)).await;
+    b.expect_silence(QUIET).await;
 }

@@ -51,6 +51,10 @@ pub struct MeshSettings {
     pub connect: Vec<String>,
     /// Publishes that may wait for zenoh before new ones are dropped.
     pub max_backlog: usize,
+    /// How long a new remote member may stay silent before the local members
+    /// are asked to announce themselves to it (see `Bridge::on_check`);
+    /// `None` turns the check off.
+    pub presence_check: Option<Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +160,7 @@ impl Mesh {
             stats: stats.clone(),
             backlog,
             inbound_tx,
+            presence_check: settings.presence_check,
             channels: HashMap::new(),
             tokens: HashMap::new(),
         };
@@ -216,12 +221,16 @@ enum FromZenoh {
         key: String,
         alive: bool,
     },
+    /// A new remote member's grace period is over.
+    Check { channel: ChannelId, member: Member },
 }
 
 /// A peer of another node in a channel this node has members in.
 struct Remote {
     /// Its last `peer_state`, replayed if it comes back after a partition.
     last_state: Option<Bytes>,
+    /// Whether any message of it reached this node.
+    heard: bool,
 }
 
 /// A channel with local members: its subscriptions and what is known of
@@ -243,6 +252,7 @@ struct Bridge {
     stats: Arc<Stats>,
     backlog: Arc<AtomicUsize>,
     inbound_tx: mpsc::UnboundedSender<FromZenoh>,
+    presence_check: Option<Duration>,
     channels: HashMap<ChannelId, ChannelLink>,
     tokens: HashMap<(ChannelId, PeerId), LivelinessToken>,
 }
@@ -410,6 +420,7 @@ impl Bridge {
                 key,
                 alive,
             } => self.on_membership(channel, &key, alive),
+            FromZenoh::Check { channel, member } => self.on_check(channel, &member),
         }
     }
 
@@ -448,11 +459,12 @@ impl Bridge {
         }
         // Re-encoded: whatever a backend sent, browsers get a clean map.
         let bytes = Bytes::from(protocol::encode(&relayed));
-        if let (Kind::Control(Op::PeerState), Some(mesh), Some(sid)) =
-            (relayed.kind, relayed.mesh, origin.sid)
-        {
+        if let (Some(mesh), Some(sid)) = (relayed.mesh, origin.sid) {
             if let Some(remote) = link.remote.get_mut(&(mesh.to_owned(), sid)) {
-                remote.last_state = Some(bytes.clone());
+                remote.heard = true;
+                if relayed.kind == Kind::Control(Op::PeerState) {
+                    remote.last_state = Some(bytes.clone());
+                }
             }
         }
         self.stats.mesh.received.fetch_add(1, Relaxed);
@@ -461,6 +473,32 @@ impl Bridge {
             deliver.in_scope(|| self.hub.deliver_remote(&id.0, &id.1, &bytes, relayed.kind));
         deliver.record("delivered", delivery.sent);
         deliver.record("dropped_slow", delivery.dropped);
+    }
+
+    /// A remote member whose token appeared a grace period ago and from
+    /// whom nothing arrived: its `peer_online` (and our members' answers) can
+    /// have been lost, if both nodes subscribed to the channel within the
+    /// time a subscription takes to cross (zenoh routes a publication only to
+    /// the subscribers its node already knows). Deliver `peer_online` on its
+    /// behalf: the local browsers answer with their state, which now reaches
+    /// it. The other node does the same for ours, so both sides converge.
+    fn on_check(&mut self, id: ChannelId, member: &Member) {
+        tracing::trace!(app = %id.0, channel = %id.1, peer = %member.client_id, "mesh: presence check");
+        let Some(remote) = self
+            .channels
+            .get_mut(&id)
+            .and_then(|link| link.remote.get_mut(&(member.mesh_id.clone(), member.sid)))
+        else {
+            return; // gone meanwhile
+        };
+        if remote.heard {
+            return;
+        }
+        remote.heard = true;
+        debug!(app = %id.0, channel = %id.1, peer = %member.client_id, mesh = %member.mesh_id, "mesh: nothing heard from new remote member; asking local members to announce");
+        let online = control(Op::PeerOnline, member);
+        self.hub
+            .deliver_remote(&id.0, &id.1, &online, Kind::Control(Op::PeerOnline));
     }
 
     fn on_membership(&mut self, id: ChannelId, key: &str, alive: bool) {
@@ -483,14 +521,23 @@ impl Bridge {
                 return;
             }
             let healed = link.gone.remove(&who);
+            debug!(app = %id.0, channel = %id.1, peer = %member.client_id, mesh = %member.mesh_id, healed = healed.is_some(), "mesh: remote member");
             let last_state = healed.as_ref().and_then(|(r, _)| r.last_state.clone());
             self.stats.mesh.remote_members.fetch_add(1, Relaxed);
             link.remote.insert(
                 who,
                 Remote {
                     last_state: last_state.clone(),
+                    heard: healed.is_some(),
                 },
             );
+            if let (None, Some(grace)) = (&healed, self.presence_check) {
+                let (tx, channel, member) = (self.inbound_tx.clone(), id.clone(), member.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(grace).await;
+                    let _ = tx.send(FromZenoh::Check { channel, member });
+                });
+            }
             if healed.is_some() {
                 // Back after a partition: tell the local members again.
                 info!(app = %id.0, channel = %id.1, peer = %member.client_id, mesh = %member.mesh_id, "mesh: peer back after a partition");

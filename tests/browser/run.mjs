@@ -78,7 +78,7 @@ class Fail extends Error {}
 // ---------------------------------------------------------------------------
 // resources, cleaned up on every exit path
 
-// servers the runner started itself: { name, proc, log: [last lines], killedByTest }
+// servers the runner started itself: { name, proc, log: [last lines] }
 const servers = [];
 const running = (p) => p && p.exitCode === null && p.signalCode === null;
 let httpServer = null;
@@ -200,7 +200,7 @@ async function startServer(bin, name = 'prscd', extraEnv = {}) {
   for (const k of Object.keys(env)) if (env[k] === undefined) delete env[k];
   const p = spawn(bin, [], { cwd, env, stdio: ['ignore', 'pipe', 'pipe'] });
   const serverLog = [];
-  const srv = { name, proc: p, log: serverLog, killedByTest: false };
+  const srv = { name, proc: p, log: serverLog };
   servers.push(srv);
   let port = null;
   let spki = null;
@@ -716,6 +716,15 @@ function meshOf(p, pred) {
   return rxOf(p, pred).map((e) => e.msg.mesh);
 }
 
+// The MESH_ID a's peer_offline for b must carry: b's node's (--mesh2, else the one
+// b's earlier messages carried).
+function checkOfflineMesh(a, bId, off, names) {
+  const want = names.b || meshOf(a, (m) => m.p === bId && m.op !== 'peer_offline')[0];
+  if (!off.msg.mesh || (want && off.msg.mesh !== want)) {
+    throw new Fail(`peer_offline for ${bId} has mesh=${JSON.stringify(off.msg.mesh)}, expected ${want || 'a non-empty string'}`);
+  }
+}
+
 // Every message that entered the mesh at A's node carries that node's MESH_ID, and
 // every one that entered at B's node B's; the two differ; each join ack carries
 // the node's own MESH_ID.
@@ -770,7 +779,7 @@ async function offlineThroughMesh(a, aId, b, bId, names) {
   const t0 = Date.now();
   const note = await offlineSeen(a, aId, b, bId);
   const off = rxOf(a, (m) => m.t === 'control' && m.op === 'peer_offline' && m.p === bId)[0];
-  if (names.b && off.msg.mesh !== names.b) throw new Fail(`peer_offline for ${bId} has mesh=${JSON.stringify(off.msg.mesh)}, expected ${names.b}`);
+  checkOfflineMesh(a, bId, off, names);
   return `after ${off.t - t0} ms, mesh=${off.msg.mesh}; ${note}`;
 }
 
@@ -783,7 +792,6 @@ function killSteps(A, aId, B, bId, tB, names) {
   return [
     ["kill -9 node B", () => {
       const who = killTargetCheck(tB);
-      if (tB.server) tB.server.killedByTest = true;
       t0 = Date.now();
       process.kill(tB.pid, 'SIGKILL');
       return `${who}; SIGKILL sent`;
@@ -795,7 +803,7 @@ function killSteps(A, aId, B, bId, tB, names) {
         await sleep(20);
       }
       const off = offlines()[0];
-      if (names.b && off.msg.mesh !== names.b) throw new Fail(`peer_offline for ${bId} has mesh=${JSON.stringify(off.msg.mesh)}, expected ${names.b}`);
+      checkOfflineMesh(A, bId, off, names);
       return { title: `A sees B offline after ${off.t - t0} ms when B's node is killed` };
     }, { fatal: false }],
     ["B leaves A's peer list after the kill", async () => {

@@ -713,6 +713,15 @@ impl Client {
         }
     }
 
+    /// Reads and discards until nothing arrives for `quiet`.
+    pub async fn drain(&mut self, quiet: Duration) -> usize {
+        let mut n = 0;
+        while self.recv_raw(quiet).await.is_some() {
+            n += 1;
+        }
+        n
+    }
+
     /// Asserts nothing arrives for `quiet`.
     pub async fn expect_silence(&mut self, quiet: Duration) {
         if let Some(raw) = self.recv_raw(quiet).await {
