@@ -136,14 +136,6 @@ async fn node_death_yields_peer_offline_elsewhere_and_a_restart_leaves_no_phanto
         node.wait_remote_members(2 + u64::from(node.port != nodes[1].port))
             .await;
     }
-    // These clients never announce themselves, so after the presence check
-    // (1 s) each node announces the silent remote members to its own: let
-    // that settle before the kill.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    for client in [&mut a, &mut c] {
-        client.drain(QUIET).await;
-    }
-
     let killed = Instant::now();
     nodes[1].kill9();
     for (name, watcher) in [("alice@eu", &mut a), ("carol@ap", &mut c)] {
@@ -196,11 +188,13 @@ async fn partition_yields_offline_within_the_lease_and_heal_restores_presence_on
     // eu listens; us reaches it only through a relay the test can cut.
     let port = free_port();
     let eu = Node::start_with(&[
+        SILENT_CLIENTS,
         ("MESH_ID", "eu"),
         ("ZENOH_LISTEN", &format!("tcp/127.0.0.1:{port}")),
     ]);
     let relay = TcpRelay::start(([127, 0, 0, 1], port).into()).await;
     let us = Node::start_with(&[
+        SILENT_CLIENTS,
         ("MESH_ID", "us"),
         ("ZENOH_CONNECT", &format!("tcp/127.0.0.1:{}", relay.port)),
     ]);
@@ -296,7 +290,7 @@ async fn apps_stay_isolated_across_nodes() {
 
 #[tokio::test]
 async fn a_remote_member_never_heard_from_is_announced_after_the_presence_check() {
-    let nodes = mesh_of(&["eu", "us"], &[]);
+    let nodes = mesh_of(&["eu", "us"], &[("MESH_PRESENCE_CHECK_MS", "1000")]);
     wait_meshed(&nodes).await;
     // alice announces herself while nobody on us listens: that is lost, as
     // it is when two nodes subscribe to a channel at the same moment.

@@ -101,6 +101,7 @@ fn node_behind(dir: &Path, mesh_id: &str, router: u16) -> Node {
     );
     let config = write_config(dir, &format!("node-{mesh_id}.json5"), &body, "");
     Node::start_with(&[
+        SILENT_CLIENTS,
         ("MESH_ID", mesh_id),
         ("ZENOH_CONFIG", config.to_str().unwrap()),
     ])
@@ -228,6 +229,7 @@ async fn tls_between_nodes_refuses_a_certificate_from_another_ca() {
     pki.issue("rogue-ca", &["rogue"]);
     let port = free_port();
     let eu = Node::start_with(&[
+        SILENT_CLIENTS,
         ("MESH_ID", "eu"),
         (
             "ZENOH_CONFIG",
@@ -235,6 +237,7 @@ async fn tls_between_nodes_refuses_a_certificate_from_another_ca() {
         ),
     ]);
     let us = Node::start_with(&[
+        SILENT_CLIENTS,
         ("MESH_ID", "us"),
         (
             "ZENOH_CONFIG",
@@ -244,6 +247,7 @@ async fn tls_between_nodes_refuses_a_certificate_from_another_ca() {
     // The rogue node trusts the real CA (so it would accept eu), but its own
     // certificate is signed by another CA: eu's mTLS must refuse it.
     let rogue = Node::start_with(&[
+        SILENT_CLIENTS,
         ("MESH_ID", "rogue"),
         (
             "ZENOH_CONFIG",

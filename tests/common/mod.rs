@@ -364,6 +364,10 @@ impl Drop for Node {
     }
 }
 
+/// For nodes whose test clients never announce themselves the way browsers
+/// do: turns the mesh presence check off (see [`mesh_of`]).
+pub const SILENT_CLIENTS: (&str, &str) = ("MESH_PRESENCE_CHECK_MS", "0");
+
 /// A TCP port free right now on 127.0.0.1.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -375,6 +379,10 @@ pub fn free_port() -> u16 {
 
 /// Nodes meshed peer to peer over zenoh TCP on loopback: node i listens on
 /// its own port and connects to every earlier node. `extra` goes to all.
+///
+/// The presence check (`MESH_PRESENCE_CHECK_MS`) is off unless `extra` sets
+/// it: these tests' clients do not announce themselves as browsers do, and
+/// check exact message sequences; the check has tests of its own.
 pub fn mesh_of(names: &[&str], extra: &[(&str, &str)]) -> Vec<Node> {
     let ports: Vec<u16> = names.iter().map(|_| free_port()).collect();
     let mut nodes = Vec::new();
@@ -389,6 +397,7 @@ pub fn mesh_of(names: &[&str], extra: &[(&str, &str)]) -> Vec<Node> {
             ("MESH_ID", *name),
             ("ZENOH_LISTEN", listen.as_str()),
             ("ZENOH_CONNECT", connect.as_str()),
+            SILENT_CLIENTS,
         ];
         env.extend_from_slice(extra);
         nodes.push(Node::start_with(&env));
