@@ -11,6 +11,7 @@
 pub mod config;
 pub mod hub;
 pub mod mesh;
+pub mod percent;
 pub mod protocol;
 pub mod server;
 pub mod stats;

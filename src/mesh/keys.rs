@@ -19,33 +19,12 @@ fn must_escape(b: u8) -> bool {
 
 /// Percent-encodes one chunk.
 pub fn encode_chunk(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for ch in s.chars() {
-        if ch.is_ascii() && must_escape(ch as u8) {
-            out.push_str(&format!("%{:02X}", ch as u8));
-        } else {
-            out.push(ch);
-        }
-    }
-    out
+    crate::percent::encode(s, must_escape)
 }
 
 /// Reverses [`encode_chunk`]; `None` on a broken escape.
 pub fn decode_chunk(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
+    crate::percent::decode(s)
 }
 
 /// `prscd/<app>/<channel>`: where a channel's messages are published.

@@ -81,7 +81,8 @@ pub fn admit(target: &str, apps: &AppTable) -> Result<Admission, Rejection> {
     let (mut id, mut public_key) = (None, None);
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let value = percent_decode(value).ok_or(reject(400, "query string cannot be parsed"))?;
+        let value =
+            crate::percent::decode(value).ok_or(reject(400, "query string cannot be parsed"))?;
         match key {
             "id" => id = Some(value),
             "publickey" => public_key = Some(value),
@@ -104,25 +105,6 @@ pub fn admit(target: &str, apps: &AppTable) -> Result<Admission, Rejection> {
         app: app.to_owned(),
         client_id,
     })
-}
-
-/// `%XX` escapes decoded; `None` on a broken escape or non-UTF-8 result.
-/// `+` stays `+`: the client does not form-encode.
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// Binds TCP and UDP on the same port. Port 0 picks a number free on both.

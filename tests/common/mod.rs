@@ -208,23 +208,31 @@ impl Node {
         self.logs.lock().unwrap().clone()
     }
 
+    fn find_log(&self, needle: &str) -> Option<String> {
+        self.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| l.contains(needle))
+            .cloned()
+    }
+
+    fn no_log_line(&self, needle: &str, within: Duration) -> ! {
+        panic!(
+            "no log line with {needle:?} within {within:?}; logs:\n{}",
+            self.logs().join("\n")
+        )
+    }
+
+    /// Waits (blocking the thread) for a log line containing `needle`.
     pub fn wait_log_blocking(&self, needle: &str, within: Duration) -> String {
         let deadline = Instant::now() + within;
         loop {
-            if let Some(line) = self
-                .logs
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|l| l.contains(needle))
-            {
-                return line.clone();
+            if let Some(line) = self.find_log(needle) {
+                return line;
             }
             if Instant::now() > deadline {
-                panic!(
-                    "no log line with {needle:?} within {within:?}; logs:\n{}",
-                    self.logs().join("\n")
-                );
+                self.no_log_line(needle, within);
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -234,20 +242,11 @@ impl Node {
     pub async fn wait_log(&self, needle: &str) -> String {
         let deadline = Instant::now() + WAIT;
         loop {
-            if let Some(line) = self
-                .logs
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|l| l.contains(needle))
-            {
-                return line.clone();
+            if let Some(line) = self.find_log(needle) {
+                return line;
             }
             if Instant::now() > deadline {
-                panic!(
-                    "no log line with {needle:?}; logs:\n{}",
-                    self.logs().join("\n")
-                );
+                self.no_log_line(needle, WAIT);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
