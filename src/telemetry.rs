@@ -77,9 +77,15 @@ pub fn init(node: Identity<'_>) -> Telemetry {
     let traces = provider.as_ref().map(|provider| {
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("prscd"))
-            .with_filter(filter_fn(|meta| {
-                meta.target() == "otel" || meta.name() == "connection"
-            }))
+            // No busy/idle time bookkeeping on every poll of every connection.
+            .with_tracked_inactivity(false)
+            // Only INFO spans are traced: without the hint, installing this
+            // layer would raise the global max level and route every
+            // TRACE/DEBUG record of every crate through the filters.
+            .with_filter(
+                filter_fn(|meta| meta.target() == "otel" || meta.name() == "connection")
+                    .with_max_level_hint(tracing::level_filters::LevelFilter::INFO),
+            )
     });
     tracing_subscriber::registry()
         .with(logs)
