@@ -169,7 +169,13 @@ fn refused(env: &[(&str, &str)]) -> String {
         .collect();
     vars.push(("APPS".into(), "k:a".into()));
     vars.push(("MESH_ID".into(), "refused".into()));
-    let mut node = Node::spawn(&vars);
+    refused_exactly(&vars)
+}
+
+/// Starts a node with exactly `vars`, which must refuse to start; returns
+/// its last log line.
+fn refused_exactly(vars: &[(String, String)]) -> String {
+    let mut node = Node::spawn(vars);
     let status = node
         .wait_exit(Duration::from_secs(10))
         .expect("should exit");
@@ -207,18 +213,8 @@ fn refuses_bad_certificates_with_a_one_line_reason() {
 
 #[test]
 fn mesh_id_is_required_outside_dev_mode() {
-    let mut node = Node::spawn(&[("APPS".into(), "k:a".into())]);
-    let status = node
-        .wait_exit(Duration::from_secs(10))
-        .expect("should exit");
-    assert!(!status.success());
-    std::thread::sleep(Duration::from_millis(100));
-    let logs = node.logs();
-    assert!(
-        logs.last()
-            .is_some_and(|l| l.contains("MESH_ID is required")),
-        "{logs:?}"
-    );
+    let line = refused_exactly(&[("APPS".into(), "k:a".into())]);
+    assert!(line.contains("MESH_ID is required"), "{line}");
 }
 
 #[tokio::test]

@@ -179,26 +179,10 @@ impl MeshPki {
 
     /// Writes `<ca>.pem` and, for each node, `<node>.pem`/`<node>.key`.
     fn issue(&self, ca: &str, nodes: &[&str]) {
-        let now = time::OffsetDateTime::now_utc();
-        let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "prscd mesh CA");
-        params.not_before = now - time::Duration::hours(1);
-        params.not_after = now + time::Duration::days(30);
-        let ca_cert = params.self_signed(&ca_key).unwrap();
-        std::fs::write(self.dir.join(format!("{ca}.pem")), ca_cert.pem()).unwrap();
-        let issuer = rcgen::Issuer::new(params, &ca_key);
+        let authority = TestCa::new("prscd mesh CA");
+        std::fs::write(self.dir.join(format!("{ca}.pem")), authority.cert.pem()).unwrap();
         for node in nodes {
-            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-            let mut p = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
-                .unwrap();
-            p.distinguished_name.push(rcgen::DnType::CommonName, *node);
-            p.not_before = now - time::Duration::hours(1);
-            p.not_after = now + time::Duration::days(30);
-            let cert = p.signed_by(&key, &issuer).unwrap();
+            let (cert, key) = authority.issue(node, 30);
             std::fs::write(self.dir.join(format!("{node}.pem")), cert.pem()).unwrap();
             std::fs::write(self.dir.join(format!("{node}.key")), key.serialize_pem()).unwrap();
         }

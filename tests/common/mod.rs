@@ -50,38 +50,60 @@ pub struct Pki {
     pub leaf: CertificateDer<'static>,
 }
 
+/// A test certificate authority (ECDSA P-256, valid 30 days).
+pub struct TestCa {
+    pub cert: rcgen::Certificate,
+    params: rcgen::CertificateParams,
+    key: rcgen::KeyPair,
+}
+
+impl TestCa {
+    pub fn new(common_name: &str) -> TestCa {
+        let now = time::OffsetDateTime::now_utc();
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, common_name);
+        params.not_before = now - time::Duration::hours(1);
+        params.not_after = now + time::Duration::days(30);
+        let cert = params.self_signed(&key).unwrap();
+        TestCa { cert, params, key }
+    }
+
+    /// An ECDSA P-256 certificate for localhost and 127.0.0.1, valid `days`
+    /// (at most 14 lets WebTransport clients pin its hash), and its key.
+    pub fn issue(&self, common_name: &str, days: i64) -> (rcgen::Certificate, rcgen::KeyPair) {
+        let now = time::OffsetDateTime::now_utc();
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+                .unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, common_name);
+        params.not_before = now - time::Duration::hours(1);
+        params.not_after = now + time::Duration::days(days);
+        let issuer = rcgen::Issuer::new(self.params.clone(), &self.key);
+        (params.signed_by(&key, &issuer).unwrap(), key)
+    }
+}
+
 pub fn pki() -> &'static Pki {
     static PKI: OnceLock<Pki> = OnceLock::new();
     PKI.get_or_init(|| {
         let dir = scratch_dir("pki");
-        let now = time::OffsetDateTime::now_utc();
-        let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "prscd test CA");
-        ca_params.not_before = now - time::Duration::hours(1);
-        ca_params.not_after = now + time::Duration::days(30);
-        let ca = ca_params.self_signed(&ca_key).unwrap();
-        let issuer = rcgen::Issuer::new(ca_params, &ca_key);
-
-        let leaf_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut leaf_params =
-            rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-                .unwrap();
-        leaf_params.not_before = now - time::Duration::hours(1);
-        leaf_params.not_after = now + time::Duration::days(10);
-        let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
-
+        let ca = TestCa::new("prscd test CA");
+        let (leaf, leaf_key) = ca.issue("127.0.0.1", 10);
         let chain_pem = dir.join("chain.pem");
         let key_pem = dir.join("key.pem");
-        std::fs::write(&chain_pem, format!("{}{}", leaf.pem(), ca.pem())).unwrap();
+        std::fs::write(&chain_pem, format!("{}{}", leaf.pem(), ca.cert.pem())).unwrap();
         std::fs::write(&key_pem, leaf_key.serialize_pem()).unwrap();
         Pki {
             chain_pem,
             key_pem,
-            ca: ca.der().clone(),
+            ca: ca.cert.der().clone(),
             leaf: leaf.der().clone(),
         }
     })
