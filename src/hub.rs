@@ -523,13 +523,12 @@ fn remove_member(state: &mut State, app: &str, channel: &str, id: PeerId) -> boo
 }
 
 fn offline_msg(channel: &str, client_id: &str, mesh_id: &str) -> Bytes {
-    Bytes::from(protocol::encode(&Outbound {
-        kind: Kind::Control(Op::PeerOffline),
+    Bytes::from(protocol::encode_control(
+        Op::PeerOffline,
         channel,
-        peer: client_id,
-        payload: None,
-        mesh: Some(mesh_id),
-    }))
+        client_id,
+        mesh_id,
+    ))
 }
 
 /// One connected client, owned by its transport's reader.

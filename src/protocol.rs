@@ -245,16 +245,21 @@ pub fn encode(msg: &Outbound<'_>) -> Vec<u8> {
     out
 }
 
-/// The join acknowledgement, sent to the joiner only. `p` is empty, as the
-/// original sent it: the client drops presence ops whose `p` is its own id.
-pub fn encode_join_ack(channel: &str, mesh: &str) -> Vec<u8> {
+/// A control message without payload: presence a node emits itself.
+pub fn encode_control(op: Op, channel: &str, peer: &str, mesh: &str) -> Vec<u8> {
     encode(&Outbound {
-        kind: Kind::Control(Op::ChannelJoin),
+        kind: Kind::Control(op),
         channel,
-        peer: "",
+        peer,
         payload: None,
         mesh: Some(mesh),
     })
+}
+
+/// The join acknowledgement, sent to the joiner only. `p` is empty, as the
+/// original sent it: the client drops presence ops whose `p` is its own id.
+pub fn encode_join_ack(channel: &str, mesh: &str) -> Vec<u8> {
+    encode_control(Op::ChannelJoin, channel, "", mesh)
 }
 
 fn write_pair(out: &mut Vec<u8>, key: &str, value: &str) {

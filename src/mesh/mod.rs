@@ -36,7 +36,7 @@ use zenoh::sample::{Locality, SampleKind};
 use zenoh::Session;
 
 use crate::hub::{Hub, MeshEvent, PeerId};
-use crate::protocol::{self, Kind, Op, Outbound};
+use crate::protocol::{self, Kind, Op};
 use crate::stats::{DropReason, Stats};
 use crate::telemetry;
 use keys::Member;
@@ -566,13 +566,12 @@ impl Bridge {
 
 /// A presence message on behalf of a remote member.
 fn control(op: Op, member: &Member) -> Bytes {
-    Bytes::from(protocol::encode(&Outbound {
-        kind: Kind::Control(op),
-        channel: &member.channel,
-        peer: &member.client_id,
-        payload: None,
-        mesh: Some(&member.mesh_id),
-    }))
+    Bytes::from(protocol::encode_control(
+        op,
+        &member.channel,
+        &member.client_id,
+        &member.mesh_id,
+    ))
 }
 
 /// The zenoh attachment of a node's publish: where it came from, when, and
