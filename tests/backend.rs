@@ -9,28 +9,18 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
 
-fn python() -> Option<String> {
-    let tools = std::env::var("PRSCD_TOOLS").unwrap_or_else(|_| {
-        format!(
-            "{}/.cache/prscd-tools",
-            std::env::var("HOME").unwrap_or_default()
-        )
-    });
-    let py = format!("{tools}/venv/bin/python");
-    if std::path::Path::new(&py).exists() {
-        return Some(py);
-    }
-    assert!(
-        std::env::var_os("PRSCD_REQUIRE_MESH_TOOLS").is_none(),
-        "{py} missing: run mesh/install-python.sh"
-    );
-    eprintln!("SKIPPED: {py} missing (run mesh/install-python.sh)");
-    None
+fn python() -> Option<PathBuf> {
+    installed_tool(
+        "venv/bin/python",
+        "PRSCD_REQUIRE_MESH_TOOLS",
+        "mesh/install-python.sh",
+    )
 }
 
 #[tokio::test]

@@ -17,26 +17,11 @@ use common::*;
 const QUIET: Duration = Duration::from_millis(400);
 
 fn zenohd() -> Option<PathBuf> {
-    let tools = std::env::var("PRSCD_TOOLS").unwrap_or_else(|_| {
-        format!(
-            "{}/.cache/prscd-tools",
-            std::env::var("HOME").unwrap_or_default()
-        )
-    });
-    let bin = PathBuf::from(format!("{tools}/bin/zenohd"));
-    if bin.exists() {
-        return Some(bin);
-    }
-    assert!(
-        std::env::var_os("PRSCD_REQUIRE_MESH_TOOLS").is_none(),
-        "{} missing: run mesh/install-zenohd.sh",
-        bin.display()
-    );
-    eprintln!(
-        "SKIPPED: {} missing (run mesh/install-zenohd.sh)",
-        bin.display()
-    );
-    None
+    installed_tool(
+        "bin/zenohd",
+        "PRSCD_REQUIRE_MESH_TOOLS",
+        "mesh/install-zenohd.sh",
+    )
 }
 
 struct Router(Child);

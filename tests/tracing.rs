@@ -27,20 +27,11 @@ struct Phoenix {
 
 impl Phoenix {
     fn start() -> Option<Phoenix> {
-        let tools = std::env::var("PRSCD_TOOLS").unwrap_or_else(|_| {
-            format!(
-                "{}/.cache/prscd-tools",
-                std::env::var("HOME").unwrap_or_default()
-            )
-        });
-        if !PathBuf::from(format!("{tools}/phoenix-venv/bin/phoenix")).exists() {
-            assert!(
-                std::env::var_os("PRSCD_REQUIRE_TRACE_BACKEND").is_none(),
-                "phoenix missing: run deploy/observability/install-phoenix.sh"
-            );
-            eprintln!("SKIPPED: phoenix missing (run deploy/observability/install-phoenix.sh)");
-            return None;
-        }
+        installed_tool(
+            "phoenix-venv/bin/phoenix",
+            "PRSCD_REQUIRE_TRACE_BACKEND",
+            "deploy/observability/install-phoenix.sh",
+        )?;
         let phoenix = Phoenix {
             dir: scratch_dir("phoenix"),
             grpc: free_port(),

@@ -50,6 +50,30 @@ pub struct Pki {
     pub leaf: CertificateDer<'static>,
 }
 
+/// A tool installed under `$PRSCD_TOOLS` (default `~/.cache/prscd-tools`)
+/// by one of the project's install scripts. Missing: the test fails when
+/// `require_var` is set (as `scripts/test` and CI set it), else it says it
+/// is skipped and gets `None`.
+pub fn installed_tool(relative: &str, require_var: &str, install: &str) -> Option<PathBuf> {
+    let tools = std::env::var("PRSCD_TOOLS").unwrap_or_else(|_| {
+        format!(
+            "{}/.cache/prscd-tools",
+            std::env::var("HOME").unwrap_or_default()
+        )
+    });
+    let path = PathBuf::from(tools).join(relative);
+    if path.exists() {
+        return Some(path);
+    }
+    assert!(
+        std::env::var_os(require_var).is_none(),
+        "{} missing: run {install}",
+        path.display()
+    );
+    eprintln!("SKIPPED: {} missing (run {install})", path.display());
+    None
+}
+
 /// A test certificate authority (ECDSA P-256, valid 30 days).
 pub struct TestCa {
     pub cert: rcgen::Certificate,
