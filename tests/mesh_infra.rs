@@ -247,6 +247,9 @@ async fn tls_between_nodes_refuses_a_certificate_from_another_ca() {
     assert_eq!(eu.counter(&["mesh", "peers"]).await, 1, "only us joined eu");
     r.expect_silence(QUIET).await;
     r.send(&data("room", "spoof", "{}")).await;
-    a.expect_silence(QUIET).await;
-    b.expect_silence(QUIET).await;
+    // Only what comes from the rogue matters here: zenoh 1.10.2 was seen to
+    // reset a fresh TLS link once, a few seconds after start, which shows
+    // up as a peer_offline/peer_online of bob on eu.
+    a.expect_nothing_from("mallory", QUIET).await;
+    b.expect_nothing_from("mallory", QUIET).await;
 }

@@ -776,6 +776,19 @@ impl Client {
         n
     }
 
+    /// Asserts nothing from `peer` (as `p`) arrives for `quiet`; other
+    /// traffic is read and ignored.
+    pub async fn expect_nothing_from(&mut self, peer: &str, quiet: Duration) {
+        let deadline = Instant::now() + quiet;
+        while let Some(raw) = self
+            .recv_raw(deadline.saturating_duration_since(Instant::now()))
+            .await
+        {
+            let v = decode(&raw);
+            assert_ne!(field(&v, "p"), Some(peer), "{}: got {v}", self.id);
+        }
+    }
+
     /// Asserts nothing arrives for `quiet`.
     pub async fn expect_silence(&mut self, quiet: Duration) {
         if let Some(raw) = self.recv_raw(quiet).await {
