@@ -85,9 +85,6 @@ fn parse_delay(s: &str) -> anyhow::Result<Duration> {
         None => (s, "ms"),
     };
     let v: f64 = num.trim().parse().with_context(|| format!("delay {s:?}"))?;
-    if !(0.0..=3600.0).contains(&v) {
-        bail!("delay {s:?} out of range");
-    }
     let secs = match unit {
         "s" => v,
         "ms" => v / 1e3,
@@ -95,6 +92,9 @@ fn parse_delay(s: &str) -> anyhow::Result<Duration> {
         "ns" => v / 1e9,
         _ => bail!("delay {s:?}: unit must be s, ms, us or ns"),
     };
+    if !(0.0..=3600.0).contains(&secs) {
+        bail!("delay {s:?} out of range (0 to 1 hour)");
+    }
     Ok(Duration::from_secs_f64(secs))
 }
 
@@ -589,6 +589,8 @@ mod tests {
         assert_eq!(parse_delay("30").unwrap(), Duration::from_millis(30));
         assert_eq!(parse_delay("0.5ms").unwrap(), Duration::from_micros(500));
         assert_eq!(parse_delay("250us").unwrap(), Duration::from_micros(250));
+        assert_eq!(parse_delay("30000us").unwrap(), Duration::from_millis(30));
+        assert!(parse_delay("2h").is_err() && parse_delay("3601s").is_err());
         assert_eq!(parse_delay("1s").unwrap(), Duration::from_secs(1));
         assert!(parse_delay("-1ms").is_err());
         assert!(parse_delay("3min").is_err());
