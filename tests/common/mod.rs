@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod netns;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -141,6 +143,8 @@ pub struct Node {
     logs: Arc<Mutex<Vec<String>>>,
     /// What it was started with, to start it again.
     vars: Vec<(String, String)>,
+    /// A command prefix it runs under (e.g. `ip netns exec NS`), if any.
+    wrapper: Vec<String>,
 }
 
 pub fn binary() -> &'static str {
@@ -155,6 +159,11 @@ impl Node {
 
     /// As [`Node::start`], with `env` added or overriding.
     pub fn start_with(env: &[(&str, &str)]) -> Node {
+        Node::start_in(&[], env)
+    }
+
+    /// As [`Node::start_with`], run under the command prefix `wrapper`.
+    pub fn start_in(wrapper: &[String], env: &[(&str, &str)]) -> Node {
         let pki = pki();
         let mut vars: Vec<(String, String)> = vec![
             ("APPS".into(), format!("{KEY1}:app1,{KEY2}:app2")),
@@ -167,16 +176,29 @@ impl Node {
             vars.retain(|(name, _)| name != k);
             vars.push((k.to_string(), v.to_string()));
         }
-        let mut node = Node::spawn(&vars);
+        let mut node = Node::spawn_in(wrapper, &vars);
         node.port = node.wait_ready();
         node
     }
 
     /// Spawns with exactly `vars` (plus HOST/PORT defaults) and does not wait.
     pub fn spawn(vars: &[(String, String)]) -> Node {
+        Node::spawn_in(&[], vars)
+    }
+
+    /// As [`Node::spawn`], run under the command prefix `wrapper`, which
+    /// must exec the binary in the same process (as `ip netns exec` does).
+    pub fn spawn_in(wrapper: &[String], vars: &[(String, String)]) -> Node {
         crypto();
         let dir = scratch_dir("node");
-        let mut cmd = Command::new(binary());
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(binary());
+                cmd
+            }
+            None => Command::new(binary()),
+        };
         cmd.current_dir(&dir)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -215,12 +237,13 @@ impl Node {
             dir,
             logs,
             vars: vars.to_vec(),
+            wrapper: wrapper.to_vec(),
         }
     }
 
     /// A new process with the same settings (after [`Node::kill9`]).
     pub fn restart(&self) -> Node {
-        let mut node = Node::spawn(&self.vars);
+        let mut node = Node::spawn_in(&self.wrapper, &self.vars);
         node.port = node.wait_ready();
         node
     }
