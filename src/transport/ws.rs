@@ -128,12 +128,7 @@ async fn handle(
     head.push_str("\r\n");
     tokio::io::AsyncWriteExt::write_all(&mut stream, head.as_bytes()).await?;
 
-    let config = WebSocketConfig::default()
-        .max_message_size(Some(ctx.max_message_size))
-        .max_frame_size(Some(ctx.max_message_size))
-        .read_buffer_size(4096)
-        .write_buffer_size(0)
-        .max_write_buffer_size(ctx.max_message_size * 2);
+    let config = websocket_config(ctx.max_message_size);
     let ws =
         WebSocketStream::from_partially_read(stream, leftover, Role::Server, Some(config)).await;
 
@@ -150,6 +145,27 @@ async fn handle(
     .instrument(span)
     .await
 }
+
+/// Buffer sizes of every node WebSocket (and of the bench's ceiling server,
+/// so the comparison is like for like).
+///
+/// - Reads: a small buffer. Frames are read out of rustls' plaintext, so a
+///   small read costs a copy, not a syscall, and an idle connection holds
+///   only this much (a frame larger than it gets a buffer of its own size).
+/// - Writes: frames accumulate up to 16 KiB and go out on the writer's flush
+///   at the end of each batch, so a burst becomes one TLS record and one
+///   syscall instead of one of each per message.
+pub fn websocket_config(max_message_size: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(max_message_size))
+        .max_frame_size(Some(max_message_size))
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_write_buffer_size(max_message_size.saturating_mul(2).max(2 * WRITE_BUFFER))
+}
+
+const READ_BUFFER: usize = 4096;
+const WRITE_BUFFER: usize = 16 * 1024;
 
 /// `Sec-WebSocket-Accept` for a valid upgrade request, else `None`.
 fn websocket_accept_key(request: &Request) -> Option<String> {

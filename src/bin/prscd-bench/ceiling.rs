@@ -23,7 +23,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
@@ -99,12 +98,7 @@ async fn connection(tcp: TcpStream, tls: TlsAcceptor, rooms: Rooms, id: u64) {
         room = query_param(req.uri().query().unwrap_or(""), "room").unwrap_or_default();
         Ok(resp)
     };
-    let config = WebSocketConfig::default()
-        .max_message_size(Some(MAX_MESSAGE_SIZE))
-        .max_frame_size(Some(MAX_MESSAGE_SIZE))
-        .read_buffer_size(4096)
-        .write_buffer_size(0)
-        .max_write_buffer_size(MAX_MESSAGE_SIZE * 2);
+    let config = prscd::transport::ws::websocket_config(MAX_MESSAGE_SIZE);
     let handshake =
         tokio_tungstenite::accept_hdr_async_with_config(stream, read_room, Some(config));
     let Ok(Ok(ws)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await else {

@@ -1,0 +1,292 @@
+//! Client connections the bench opens: TLS WebSocket (any [`Wire`]) or
+//! WebTransport datagrams (prscd only), with client source addresses spread
+//! over 127.0.0.x so one machine can hold more than one address's worth of
+//! ephemeral ports.
+//!
+//! TLS: the client accepts ANY server certificate ([`AcceptAnyCert`]). That
+//! is for benchmarking a node on loopback only; never point it at a network
+//! you do not control.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context as _};
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_rustls::TlsConnector;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+use crate::wire::Wire;
+
+/// `wss://host:port/path`, split.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+    pub path: String,
+}
+
+impl Endpoint {
+    pub fn parse(url: &str) -> anyhow::Result<Endpoint> {
+        let rest = url
+            .strip_prefix("wss://")
+            .or_else(|| url.strip_prefix("https://"))
+            .context("the URL must start with wss:// (or https://)")?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/v1"),
+        };
+        if path.contains('?') {
+            bail!("the URL must not carry a query: the tool adds its own");
+        }
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) => (h.to_owned(), p.parse().context("bad port in the URL")?),
+            None => (authority.to_owned(), 443),
+        };
+        Ok(Endpoint {
+            host,
+            port,
+            path: path.to_owned(),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Ws,
+    /// WebTransport session, Signalling in datagrams (prscd only).
+    Datagram,
+}
+
+/// Opens connections; shared by every client task.
+pub struct Dialer {
+    tls: TlsConnector,
+    /// Client addresses 127.0.0.1 ..= 127.0.0.N, used round robin (1: let
+    /// the kernel choose).
+    source_ips: u8,
+    next: AtomicUsize,
+    wt_endpoints: Vec<wtransport::Endpoint<wtransport::endpoint::endpoint_side::Client>>,
+}
+
+/// One open client connection.
+pub enum Conn {
+    Ws(Box<WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>>),
+    Wt(wtransport::Connection),
+}
+
+impl Dialer {
+    pub fn new(source_ips: u8, transport: Transport) -> anyhow::Result<Dialer> {
+        let provider = CryptoProvider::get_default()
+            .cloned()
+            .context("no rustls crypto provider")?;
+        let config = rustls::ClientConfig::builder()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
+            .with_no_client_auth();
+        // QUIC endpoints each own one UDP socket and its driver task: a few,
+        // so a thousand sessions do not all queue on one socket.
+        let wt_endpoints = if transport == Transport::Datagram {
+            (0..4)
+                .map(|_| {
+                    let config = wtransport::ClientConfig::builder()
+                        .with_bind_default()
+                        .with_no_cert_validation()
+                        .keep_alive_interval(Some(std::time::Duration::from_secs(3)))
+                        .build();
+                    wtransport::Endpoint::client(config).context("QUIC client endpoint")
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?
+        } else {
+            Vec::new()
+        };
+        Ok(Dialer {
+            tls: TlsConnector::from(Arc::new(config)),
+            source_ips: source_ips.max(1),
+            next: AtomicUsize::new(0),
+            wt_endpoints,
+        })
+    }
+
+    fn next_index(&self) -> usize {
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// TCP + TLS to the endpoint, from the next source address.
+    pub async fn tls(
+        &self,
+        ep: &Endpoint,
+    ) -> anyhow::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let addr: SocketAddr = tokio::net::lookup_host((ep.host.as_str(), ep.port))
+            .await?
+            .next()
+            .context("host did not resolve")?;
+        let socket = match addr.ip() {
+            IpAddr::V4(_) => TcpSocket::new_v4()?,
+            IpAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        if self.source_ips > 1 && addr.ip().is_loopback() && addr.is_ipv4() {
+            let last = 1 + (self.next_index() % self.source_ips as usize) as u8;
+            socket.bind(SocketAddr::new(Ipv4Addr::new(127, 0, 0, last).into(), 0))?;
+        }
+        let tcp = socket.connect(addr).await.context("tcp connect")?;
+        tcp.set_nodelay(true)?;
+        let name = ServerName::try_from(ep.host.clone()).context("bad host")?;
+        self.tls.connect(name, tcp).await.context("tls handshake")
+    }
+
+    /// A WebSocket for client `id` in `room`, handshake done (not joined).
+    pub async fn ws(
+        &self,
+        ep: &Endpoint,
+        wire: &dyn Wire,
+        id: &str,
+        room: &str,
+    ) -> anyhow::Result<Conn> {
+        let tls = self.tls(ep).await?;
+        let url = format!("wss://{}:{}{}", ep.host, ep.port, wire.ws_path(id, room));
+        // Small buffers: 100k idle clients must fit next to the server.
+        let config = WebSocketConfig::default()
+            .read_buffer_size(4096)
+            .write_buffer_size(0);
+        let (ws, _) = tokio_tungstenite::client_async_with_config(url, tls, Some(config))
+            .await
+            .context("websocket handshake")?;
+        Ok(Conn::Ws(Box::new(ws)))
+    }
+
+    /// A WebTransport session to a prscd node (`/v1?publickey=&id=`).
+    pub async fn wt(&self, ep: &Endpoint, query: &str) -> anyhow::Result<Conn> {
+        let endpoint = &self.wt_endpoints[self.next_index() % self.wt_endpoints.len()];
+        let url = format!("https://{}:{}{}?{}", ep.host, ep.port, ep.path, query);
+        let conn = endpoint
+            .connect(url)
+            .await
+            .context("webtransport connect")?;
+        Ok(Conn::Wt(conn))
+    }
+
+    /// `GET path` over TLS, the body (the node's `/health`).
+    pub async fn get(&self, ep: &Endpoint, path: &str) -> anyhow::Result<String> {
+        let mut tls = self.tls(ep).await?;
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            ep.host
+        );
+        tls.write_all(req.as_bytes()).await?;
+        let mut raw = Vec::new();
+        // The node may close without close_notify: keep what was read.
+        let _ = tls.read_to_end(&mut raw).await;
+        let text = String::from_utf8_lossy(&raw);
+        let (_, body) = text.split_once("\r\n\r\n").context("no HTTP response")?;
+        Ok(body.to_owned())
+    }
+}
+
+impl Conn {
+    pub async fn send(&mut self, frames: Vec<Message>) -> anyhow::Result<()> {
+        match self {
+            Conn::Ws(ws) => {
+                let n = frames.len();
+                for (i, f) in frames.into_iter().enumerate() {
+                    if i + 1 < n {
+                        ws.feed(f).await?;
+                    } else {
+                        ws.send(f).await?;
+                    }
+                }
+            }
+            Conn::Wt(c) => {
+                for f in frames {
+                    c.send_datagram(f.into_data()).context("send datagram")?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The next frame; `Ok(None)` when the connection ended.
+    pub async fn recv(&mut self) -> anyhow::Result<Option<Message>> {
+        match self {
+            Conn::Ws(ws) => match ws.next().await {
+                Some(Ok(Message::Close(f))) => bail!("closed by the server: {f:?}"),
+                Some(Ok(m)) => Ok(Some(m)),
+                Some(Err(e)) => Err(e.into()),
+                None => Ok(None),
+            },
+            Conn::Wt(c) => match c.receive_datagram().await {
+                Ok(d) => Ok(Some(Message::Binary(Bytes::copy_from_slice(&d)))),
+                Err(e) => bail!("session ended: {e}"),
+            },
+        }
+    }
+
+    pub async fn close(self) {
+        match self {
+            Conn::Ws(mut ws) => {
+                let _ = WebSocketStream::close(&mut ws, None).await;
+            }
+            Conn::Wt(c) => c.close(0u32.into(), b""),
+        }
+    }
+}
+
+/// Accepts every server certificate. FOR LOOPBACK BENCHMARKING ONLY: the
+/// dev node's certificate is self-signed, and the benchmark measures the
+/// server, not the PKI. Handshake signatures are still checked (so TLS does
+/// its real work), only the chain and the name are not.
+#[derive(Debug)]
+pub struct AcceptAnyCert(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnyCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
