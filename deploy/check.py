@@ -512,7 +512,8 @@ def terraform_validate(root: Path) -> None:
     with tempfile.TemporaryDirectory(prefix="prscd-tf-") as tmp:
         tmp = Path(tmp)
         shutil.copytree(root / "terraform", tmp / "terraform", ignore=shutil.ignore_patterns(".terraform*", "*.tfstate*"))
-        shutil.copytree(root / "deploy", tmp / "deploy", ignore=shutil.ignore_patterns("__pycache__"))
+        for sub in ("zenoh", "systemd"):  # what the region module reads with file()
+            shutil.copytree(root / "deploy" / sub, tmp / "deploy" / sub)
         rc = tmp / "terraform.rc"
         rc.write_text(f'provider_installation {{\n  filesystem_mirror {{\n    path = "{mirror}"\n  }}\n'
                       '  direct {\n    exclude = ["*/*/*"]\n  }\n}\n')
@@ -667,6 +668,9 @@ def check_k8s_rendered(root: Path, name: str, docs: list, drain: dict, region: s
             if ref is None:
                 continue
             cm = cms.get(ref)
+            if cm is None and region is None:
+                R.note(f"{name}: router ConfigMap {ref} comes from the overlays (not rendered without kubectl)")
+                continue
             if not R.check(cm is not None, f"{name}: router ConfigMap {ref} rendered"):
                 continue
             for key, text in cm.get("data", {}).items():
