@@ -311,13 +311,29 @@ impl Wan {
             if ok(&health["mesh"]) {
                 return;
             }
-            assert!(
-                Instant::now() < deadline,
-                "{}: {what} not reached within {within:?}: {}",
-                REGIONS[r],
-                health["mesh"]
-            );
+            if Instant::now() > deadline {
+                self.dump_logs();
+                panic!(
+                    "{}: {what} not reached within {within:?}: {}",
+                    REGIONS[r], health["mesh"]
+                );
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The end of every process's log, for a failure's diagnosis.
+    fn dump_logs(&self) {
+        let tail = |lines: Vec<String>| {
+            let from = lines.len().saturating_sub(60);
+            lines[from..].join("\n")
+        };
+        eprintln!(
+            "--- prscd-netem log:\n{}",
+            tail(self.netem.logs.lock().unwrap().clone())
+        );
+        for (r, node) in self.nodes.iter().enumerate() {
+            eprintln!("--- node {} log:\n{}", REGIONS[r], tail(node.logs()));
         }
     }
 
