@@ -528,7 +528,7 @@ def terraform_validate(root: Path) -> None:
         out = (r.stdout + r.stderr).strip().splitlines()
         errors = [ln.strip("│ ").strip() for ln in out if "Error:" in ln or ln.strip("│ ").startswith("on ")]
         R.check(r.returncode == 0, f"terraform validate (provider schema: {', '.join(versions) or 'mirror'})",
-                "; ".join(errors[:6]) or "\n".join(out[-20:]))
+                "; ".join(list(dict.fromkeys(errors))[:6]) or "\n".join(out[-20:]))
 
 
 # ----------------------------------------------------------------------------
