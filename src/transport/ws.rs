@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -26,7 +27,7 @@ use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, info_span, Instrument};
 
 use super::http::{self, Request};
-use super::{admit, Context, HANDSHAKE_TIMEOUT};
+use super::{admit, Admission, Context, HANDSHAKE_TIMEOUT};
 use crate::hub::{CloseReason, Peer};
 use crate::stats::{DropReason, Transport};
 
@@ -61,6 +62,34 @@ async fn handle(
     tls: TlsAcceptor,
     ctx: Arc<Context>,
 ) -> anyhow::Result<()> {
+    // Boxed: the handshake's state (TLS accept, request parsing) is freed
+    // once it is done instead of sizing the connection's task for good.
+    let Some((ws, admission)) = Box::pin(upgrade(tcp, addr, tls, &ctx)).await? else {
+        return Ok(());
+    };
+    let _live = ctx.hub.stats().connection(Transport::WebSocket);
+    let (peer, outbox) =
+        ctx.hub
+            .connect(&admission.app, &admission.client_id, Transport::WebSocket);
+    let span = info_span!("connection", transport = "websocket", app = %admission.app, peer = %admission.client_id, sid = peer.id(), mesh_id = ctx.hub.mesh_id(), %addr, close_reason = tracing::field::Empty);
+    span.in_scope(|| debug!("connected"));
+    // Split here and box the session: the task then holds pointers, not a
+    // second copy of the WebSocket state (idle memory per connection).
+    let (sink, stream) = ws.split();
+    Box::pin(run(sink, stream, peer, outbox, &ctx))
+        .instrument(span)
+        .await;
+    Ok(())
+}
+
+/// TLS, the HTTP request, admission and the 101: the connection's
+/// WebSocket, or `None` when it was answered otherwise (health, refusal).
+async fn upgrade(
+    tcp: TcpStream,
+    addr: SocketAddr,
+    tls: TlsAcceptor,
+    ctx: &Context,
+) -> anyhow::Result<Option<(Ws, Admission)>> {
     let mut stream = timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await??;
     let (request, leftover) =
         match timeout(HANDSHAKE_TIMEOUT, http::read_request(&mut stream)).await? {
@@ -75,7 +104,7 @@ async fn handle(
                     &e.to_string(),
                 )
                 .await?;
-                return Ok(());
+                return Ok(None);
             }
             Err(e) => return Err(e.into()),
         };
@@ -83,7 +112,7 @@ async fn handle(
 
     if let Some((status, content_type, body)) = http::observability(&request, &ctx.hub) {
         http::respond(&mut stream, status, &headers, content_type, &body).await?;
-        return Ok(());
+        return Ok(None);
     }
     let refuse = |status: u16, why: &str| {
         ctx.hub.stats().reject(status);
@@ -92,7 +121,7 @@ async fn handle(
     if ctx.hub.is_draining() {
         refuse(503, "draining");
         http::respond(&mut stream, 503, &headers, "text/plain", "draining\n").await?;
-        return Ok(());
+        return Ok(None);
     }
     let admission = match admit(&request.target, &ctx.apps) {
         Ok(a) => a,
@@ -100,7 +129,7 @@ async fn handle(
             refuse(rejection.status, rejection.why);
             let body = format!("{}\n", rejection.why);
             http::respond(&mut stream, rejection.status, &headers, "text/plain", &body).await?;
-            return Ok(());
+            return Ok(None);
         }
     };
     let Some(accept_key) = websocket_accept_key(&request) else {
@@ -115,7 +144,7 @@ async fn handle(
             "websocket upgrade required\n",
         )
         .await?;
-        return Ok(());
+        return Ok(None);
     };
 
     let mut head = String::from(
@@ -132,18 +161,7 @@ async fn handle(
     let ws =
         WebSocketStream::from_partially_read(stream, leftover, Role::Server, Some(config)).await;
 
-    let _live = ctx.hub.stats().connection(Transport::WebSocket);
-    let (peer, outbox) =
-        ctx.hub
-            .connect(&admission.app, &admission.client_id, Transport::WebSocket);
-    let span = info_span!("connection", transport = "websocket", app = %admission.app, peer = %admission.client_id, sid = peer.id(), mesh_id = ctx.hub.mesh_id(), %addr, close_reason = tracing::field::Empty);
-    async move {
-        debug!("connected");
-        run(ws, peer, outbox, &ctx).await;
-        Ok(())
-    }
-    .instrument(span)
-    .await
+    Ok(Some((ws, admission)))
 }
 
 /// Buffer sizes of every node WebSocket (and of the bench's ceiling server,
@@ -164,7 +182,7 @@ pub fn websocket_config(max_message_size: usize) -> WebSocketConfig {
         .max_write_buffer_size(max_message_size.saturating_mul(2).max(2 * WRITE_BUFFER))
 }
 
-const READ_BUFFER: usize = 4096;
+const READ_BUFFER: usize = 512;
 const WRITE_BUFFER: usize = 16 * 1024;
 
 /// `Sec-WebSocket-Accept` for a valid upgrade request, else `None`.
@@ -179,10 +197,15 @@ fn websocket_accept_key(request: &Request) -> Option<String> {
 
 type Ws = WebSocketStream<tokio_rustls::server::TlsStream<TcpStream>>;
 
-async fn run(ws: Ws, mut peer: Peer, mut outbox: mpsc::Receiver<Bytes>, ctx: &Context) {
+async fn run(
+    mut sink: SplitSink<Ws, Message>,
+    mut stream: SplitStream<Ws>,
+    mut peer: Peer,
+    mut outbox: mpsc::Receiver<Bytes>,
+    ctx: &Context,
+) {
     let ctl = peer.ctl().clone();
     let stats = ctx.hub.stats().clone();
-    let (mut sink, mut stream) = ws.split();
 
     let reader = async {
         let mut deadline = Instant::now() + ctx.idle_timeout;
