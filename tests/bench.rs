@@ -1,0 +1,260 @@
+//! Smoke runs of every `prscd-bench` scenario, seconds each, so the load
+//! tool cannot rot: against prscd (WebSocket and WebTransport datagrams,
+//! one node and two meshed nodes), the Node `ws` and socket.io comparison
+//! servers of `bench/servers/`, and the tokio-tungstenite ceiling. They
+//! check that each run completes without loss and reports its numbers; the
+//! numbers themselves are for BENCHMARKS.md, never asserted here.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{pki, Node, ReadyProcess, KEY1};
+
+fn bench(args: &[&str]) -> serde_json::Value {
+    let dir = common::scratch_dir("bench");
+    let out = dir.join("result.json");
+    let status = Command::new(env!("CARGO_BIN_EXE_prscd-bench"))
+        .args(args)
+        .args(["--quiet", "--duration-limit", "60", "--json"])
+        .arg(&out)
+        .status()
+        .expect("run prscd-bench");
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    eprintln!("prscd-bench {}: {text}", args.join(" "));
+    assert!(status.success(), "prscd-bench {args:?} exited {status}");
+    let result: serde_json::Value = serde_json::from_str(&text).expect("JSON result");
+    assert_eq!(result["complete"], true, "{result}");
+    result
+}
+
+fn url(port: u16, path: &str) -> String {
+    format!("wss://127.0.0.1:{port}{path}")
+}
+
+fn assert_delivered(r: &serde_json::Value) {
+    let d = &r["delivery"];
+    assert!(d["delivered"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(d["delivered"], d["expected"], "{r}");
+    assert!(r["latency_us"]["p99"].as_u64().is_some(), "{r}");
+}
+
+#[test]
+fn every_client_scenario_against_prscd() {
+    let node = Node::start_with(&[("PEER_MSG_RATE", "0")]);
+    let (u, pid) = (url(node.port, "/v1"), node.pid().to_string());
+    let common = ["--url", &u, "--publickey", KEY1, "--server-pid", &pid];
+    let r = bench(
+        &[
+            &["fanout", "--subscribers", "20", "--messages", "100"],
+            &common[..],
+        ]
+        .concat(),
+    );
+    assert_delivered(&r);
+    assert!(r["server_process"]["cpu_s"].as_f64().is_some(), "{r}");
+    let r = bench(
+        &[
+            &[
+                "fanout",
+                "--subscribers",
+                "10",
+                "--messages",
+                "50",
+                "--rate",
+                "500",
+            ],
+            &common[..],
+        ]
+        .concat(),
+    );
+    assert_delivered(&r);
+    let r = bench(
+        &[
+            &[
+                "fanout",
+                "--transport",
+                "datagram",
+                "--subscribers",
+                "10",
+                "--messages",
+                "50",
+                "--rate",
+                "500",
+            ],
+            &common[..],
+        ]
+        .concat(),
+    );
+    assert_delivered(&r);
+    let r = bench(
+        &[
+            &[
+                "rooms",
+                "--rooms",
+                "10",
+                "--room-size",
+                "4",
+                "--rate",
+                "5",
+                "--duration",
+                "1",
+            ],
+            &common[..],
+        ]
+        .concat(),
+    );
+    assert_delivered(&r);
+    let r = bench(
+        &[
+            &[
+                "idle",
+                "--connections",
+                "100",
+                "--settle",
+                "0.5",
+                "--source-ips",
+                "4",
+            ],
+            &common[..],
+        ]
+        .concat(),
+    );
+    assert_eq!(r["setup"]["joined"], 100, "{r}");
+    assert!(
+        r["server_process"]["rss_kb_per_conn"].as_f64().is_some(),
+        "{r}"
+    );
+    let r = bench(
+        &[
+            &[
+                "storm",
+                "--connections",
+                "200",
+                "--connect-concurrency",
+                "32",
+            ],
+            &common[..],
+        ]
+        .concat(),
+    );
+    assert_eq!(r["setup"]["joined"], 200, "{r}");
+    assert!(r["setup"]["conn_per_s"].as_f64().unwrap() > 0.0, "{r}");
+}
+
+#[test]
+fn cross_node_and_node_death() {
+    let nodes = common::mesh_of(&["a", "b"], &[("PEER_MSG_RATE", "0")]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        nodes[0].wait_mesh_state("connected").await;
+        nodes[1].wait_mesh_state("connected").await;
+    });
+    let (sub, publ) = (url(nodes[1].port, "/v1"), url(nodes[0].port, "/v1"));
+    let r = bench(&[
+        "cross-node",
+        "--url",
+        &sub,
+        "--pub-url",
+        &publ,
+        "--publickey",
+        KEY1,
+        "--subscribers",
+        "10",
+        "--messages",
+        "50",
+        "--rate",
+        "200",
+    ]);
+    assert_delivered(&r);
+    drop(nodes);
+    let r = bench(&[
+        "node-death",
+        "--prscd",
+        common::binary(),
+        "--nodes",
+        "3",
+        "--clients",
+        "2",
+        "--trials",
+        "2",
+    ]);
+    assert_eq!(r["kill_to_last_peer_offline_ms"]["trials"], 2, "{r}");
+}
+
+/// The comparison servers, each with the fan-out and many-rooms scenarios.
+#[test]
+fn comparison_servers() {
+    let pki = pki();
+    let mut servers = vec![("ceiling", {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_prscd-bench"));
+        c.args(["serve-ceiling", "--cert"])
+            .arg(&pki.chain_pem)
+            .arg("--key")
+            .arg(&pki.key_pem);
+        c
+    })];
+    let node_servers = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/servers");
+    if node_servers.join("node_modules/ws").exists()
+        && node_servers.join("node_modules/socket.io").exists()
+    {
+        for (kind, script) in [
+            ("node-ws", "ws-broadcast.js"),
+            ("socketio", "socketio-rooms.js"),
+        ] {
+            let mut c = Command::new("node");
+            c.arg(node_servers.join(script))
+                .env("CERT_FILE", &pki.chain_pem)
+                .env("KEY_FILE", &pki.key_pem)
+                .env("PORT", "0");
+            servers.push((kind, c));
+        }
+    } else {
+        assert!(
+            std::env::var_os("PRSCD_REQUIRE_BENCH_SERVERS").is_none(),
+            "bench/servers/node_modules missing: run bench/servers/install.sh"
+        );
+        eprintln!("SKIPPED: Node comparison servers (run bench/servers/install.sh)");
+    }
+    for (kind, cmd) in servers {
+        let server = ReadyProcess::start(cmd);
+        let (u, pid) = (url(server.port, "/"), server.pid().to_string());
+        let common = ["--server", kind, "--url", &u, "--server-pid", &pid];
+        let r = bench(
+            &[
+                &["fanout", "--subscribers", "20", "--messages", "100"],
+                &common[..],
+            ]
+            .concat(),
+        );
+        assert_eq!(r["server"], kind);
+        assert_delivered(&r);
+        let r = bench(
+            &[
+                &[
+                    "rooms",
+                    "--rooms",
+                    "5",
+                    "--room-size",
+                    "4",
+                    "--rate",
+                    "5",
+                    "--duration",
+                    "1",
+                ],
+                &common[..],
+            ]
+            .concat(),
+        );
+        assert_delivered(&r);
+        let r = bench(
+            &[
+                &["idle", "--connections", "50", "--settle", "0.5"],
+                &common[..],
+            ]
+            .concat(),
+        );
+        assert_eq!(r["setup"]["joined"], 50, "{r}");
+    }
+}
