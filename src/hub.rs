@@ -111,8 +111,10 @@ impl PeerCtl {
         self.reason.get().copied()
     }
 
+    /// Lock-free (the token's own check takes a mutex; this runs once per
+    /// delivery): `close` sets the reason before cancelling.
     pub fn is_closing(&self) -> bool {
-        self.token.is_cancelled()
+        self.reason.get().is_some()
     }
 
     pub async fn closing(&self) {

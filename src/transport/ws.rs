@@ -208,18 +208,31 @@ async fn run(
     let stats = ctx.hub.stats().clone();
 
     let reader = async {
-        let mut deadline = Instant::now() + ctx.idle_timeout;
+        // One cancellation future and one idle timer for the whole session:
+        // re-creating them per frame costs a waiter registration and a
+        // timer-wheel insertion each time. The timer is pushed back only
+        // when it fires early.
+        let closing = ctl.closing();
+        tokio::pin!(closing);
+        let idle = tokio::time::sleep(ctx.idle_timeout);
+        tokio::pin!(idle);
+        let mut last_frame = Instant::now();
         loop {
             let frame = tokio::select! {
-                _ = ctl.closing() => break,
-                _ = tokio::time::sleep_until(deadline) => {
+                _ = &mut closing => break,
+                _ = &mut idle => {
+                    let quiet_until = last_frame + ctx.idle_timeout;
+                    if Instant::now() < quiet_until {
+                        idle.as_mut().reset(quiet_until);
+                        continue;
+                    }
                     debug!("no frame or pong within the idle timeout");
                     ctl.close(CloseReason::Idle);
                     break;
                 }
                 frame = stream.next() => frame,
             };
-            deadline = Instant::now() + ctx.idle_timeout;
+            last_frame = Instant::now();
             match frame {
                 Some(Ok(Message::Binary(bytes))) => {
                     if let Err(reason) = peer.handle(&bytes) {
@@ -265,20 +278,27 @@ async fn run(
             Instant::now() + ctx.keepalive_interval,
             ctx.keepalive_interval,
         );
+        // As in the reader: one cancellation future, one batch buffer.
+        let closing = ctl.closing();
+        tokio::pin!(closing);
+        let mut batch = Vec::new();
         loop {
             let sent = tokio::select! {
                 biased;
-                _ = ctl.closing() => break,
+                _ = &mut closing => break,
                 msg = outbox.recv() => match msg {
                     Some(first) => {
-                        let mut batch = vec![first];
+                        batch.push(first);
                         while batch.len() < WRITE_BATCH {
                             match outbox.try_recv() {
                                 Ok(m) => batch.push(m),
                                 Err(_) => break,
                             }
                         }
-                        write_batch(&mut sink, batch, &ctl).await
+                        tokio::select! {
+                            r = feed_all(&mut sink, batch.drain(..)) => r,
+                            _ = &mut closing => false,
+                        }
                     }
                     None => break,
                 },
@@ -286,7 +306,7 @@ async fn run(
                     let payload = Bytes::copy_from_slice(&unix_ms().to_be_bytes());
                     tokio::select! {
                         r = sink.send(Message::Ping(payload)) => r.is_ok(),
-                        _ = ctl.closing() => false,
+                        _ = &mut closing => false,
                     }
                 }
             };
@@ -324,17 +344,7 @@ async fn run(
     tokio::join!(reader, writer);
 }
 
-async fn write_batch<S>(sink: &mut S, batch: Vec<Bytes>, ctl: &crate::hub::PeerCtl) -> bool
-where
-    S: futures_util::Sink<Message> + Unpin,
-{
-    tokio::select! {
-        r = feed_all(sink, batch) => r,
-        _ = ctl.closing() => false,
-    }
-}
-
-async fn feed_all<S>(sink: &mut S, batch: Vec<Bytes>) -> bool
+async fn feed_all<S>(sink: &mut S, batch: impl IntoIterator<Item = Bytes>) -> bool
 where
     S: futures_util::Sink<Message> + Unpin,
 {

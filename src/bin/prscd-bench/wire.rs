@@ -87,8 +87,14 @@ impl Wire for Prscd {
     }
 }
 
-/// Reads a prscd frame (WebSocket message or WebTransport datagram).
-pub fn prscd_frame(frame: &[u8]) -> Incoming {
+/// Reads a prscd frame (WebSocket message or WebTransport datagram). The
+/// payload is a slice of the frame, not a copy.
+pub fn prscd_frame(frame: &Bytes) -> Incoming {
+    // Most frames under load are data: find `pl` without the full decoder
+    // (which validates every string), so the client is not the bottleneck.
+    if let Some(range) = data_payload(frame) {
+        return Incoming::Data(frame.slice(range));
+    }
     if let Ok(m) = protocol::decode_relayed(frame) {
         if m.kind == Kind::Data {
             let Some(mut raw) = m.payload else {
@@ -97,8 +103,9 @@ pub fn prscd_frame(frame: &[u8]) -> Incoming {
             let Ok(len) = rmp::decode::read_bin_len(&mut raw) else {
                 return Incoming::Other;
             };
-            return match raw.get(..len as usize) {
-                Some(body) => Incoming::Data(Bytes::copy_from_slice(body)),
+            let start = raw.as_ptr() as usize - frame.as_ptr() as usize;
+            return match frame.get(start..start + len as usize) {
+                Some(_) => Incoming::Data(frame.slice(start..start + len as usize)),
                 None => Incoming::Other,
             };
         }
@@ -111,6 +118,39 @@ pub fn prscd_frame(frame: &[u8]) -> Incoming {
         Ok(m) if m.kind == Kind::Control(Op::ChannelJoin) => Incoming::Joined,
         _ => Incoming::Other,
     }
+}
+
+/// Where the `pl` bin of a `t: "data"` message is, by a quick walk of the
+/// map: keys are strings, other values are skipped by their length. `None`
+/// for anything else (the full decoder then decides).
+fn data_payload(frame: &[u8]) -> Option<std::ops::Range<usize>> {
+    let mut rd = frame;
+    let fields = rmp::decode::read_map_len(&mut rd).ok()?;
+    let (mut is_data, mut payload) = (false, None);
+    for _ in 0..fields {
+        let key_len = rmp::decode::read_str_len(&mut rd).ok()? as usize;
+        let key = rd.get(..key_len)?;
+        rd = &rd[key_len..];
+        match key {
+            b"t" => {
+                let n = rmp::decode::read_str_len(&mut rd).ok()? as usize;
+                is_data = rd.get(..n)? == b"data";
+                rd = &rd[n..];
+            }
+            b"pl" => {
+                let n = rmp::decode::read_bin_len(&mut rd).ok()? as usize;
+                let start = frame.len() - rd.len();
+                rd.get(..n)?;
+                payload = Some(start..start + n);
+                rd = &rd[n..];
+            }
+            _ => {
+                let n = protocol::value_len(rd).ok()?;
+                rd = rd.get(n..)?;
+            }
+        }
+    }
+    (is_data && rd.is_empty()).then_some(payload).flatten()
 }
 
 /// msgpack `{t:"control", op:"channel_join", c, pl:<bin: msgpack {id}>}`.
@@ -191,10 +231,13 @@ mod tests {
         rmp::encode::write_str(&mut relayed, "pl").unwrap();
         rmp::encode::write_bin(&mut relayed, b"12345678").unwrap();
         assert_eq!(
-            prscd_frame(&relayed),
+            prscd_frame(&Bytes::from(relayed)),
             Incoming::Data(Bytes::from_static(b"12345678"))
         );
-        assert_eq!(prscd_frame(&join_frame("room", "a")), Incoming::Joined);
-        assert_eq!(prscd_frame(b"\xc1"), Incoming::Other);
+        assert_eq!(
+            prscd_frame(&Bytes::from(join_frame("room", "a"))),
+            Incoming::Joined
+        );
+        assert_eq!(prscd_frame(&Bytes::from_static(b"\xc1")), Incoming::Other);
     }
 }
