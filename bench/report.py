@@ -255,11 +255,11 @@ def main(out):
             if rs:
                 hop[(kind, where)] = (med([r["latency_us"]["p50"] for r in rs if r["latency_us"]]),
                                       med([r["latency_us"]["p99"] for r in rs if r["latency_us"]]),
-                                      rs[0]["params"]["rate"], len(rs))
+                                      rs[0]["params"]["rate"], len(rs), rs[0]["params"]["members"])
     for kind in ["light", ""]:
         if (kind, "same") in hop and (kind, "cross") in hop:
             s, c = hop[(kind, "same")], hop[(kind, "cross")]
-            rows.append([f"{s[2]} msg/s" + (" (50% of max)" if not kind else ""), c[3], fmt(ms(s[0]), 2), fmt(ms(c[0]), 2),
+            rows.append([f"{s[2]:g} msg/s to {s[4]:,}" + (" (50% of max)" if not kind else ""), c[3], fmt(ms(s[0]), 2), fmt(ms(c[0]), 2),
                          fmt(ms(c[0] - s[0]), 2), fmt(ms(s[1]), 2), fmt(ms(c[1]), 2), fmt(ms(c[1] - s[1]), 2)])
     if rows:
         md.append("### The zenoh hop: subscribers on node B; publisher on B (same node) or on A (cross node)\n")
@@ -292,7 +292,7 @@ def main(out):
         rows.append(["zenoh hop adds ≤ 1 ms p99 at that load", f"{v:.2f} ms", "met" if v <= 1 else "NOT met"])
     if ("light", "same") in hop and ("light", "cross") in hop:
         v = (hop[("light", "cross")][1] - hop[("light", "same")][1]) / 1000
-        rows.append(["(zenoh hop p99 at 100 msg/s, for reference)", f"{v:.2f} ms", "met" if v <= 1 else "NOT met"])
+        rows.append(["zenoh hop adds ≤ 1 ms p99 (light load: 100 msg/s to 10 subscribers)", f"{v:.2f} ms", "met" if v <= 1 else "NOT met"])
     for s in ["prscd"]:
         r = load(os.path.join(out, f"idle-{s}.json"))
         if r and (r.get("server_process") or {}).get("rss_kb_per_conn") is not None:

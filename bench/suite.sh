@@ -121,7 +121,11 @@ stop
 } >"$OUT/machine.txt"
 
 SERVERS="prscd ceiling node-ws socketio"
+# BENCH_ONLY="rooms hop" runs only those sections (fanout load rooms idle storm
+# transport hop death); results of earlier runs in $OUT are kept.
+want() { [ -z "${BENCH_ONLY:-}" ] || [[ " $BENCH_ONLY " == *" $1 "* ]]; }
 
+if want fanout; then
 echo "==> fan-out at max rate: 1 publisher -> $SUBS subscribers, 100-byte payloads"
 for kind in $SERVERS; do
   for rep in $(seq 1 "$REPS"); do
@@ -131,6 +135,8 @@ for kind in $SERVERS; do
     stop
   done
 done
+
+fi
 
 # Offered loads: fractions of prscd's median max rate (messages/s).
 PRSCD_MAX=$(python3 - "$OUT" "$REPS" "$SUBS" <<'EOF'
@@ -146,6 +152,8 @@ for rep in range(1, reps + 1):
 print(round(statistics.median(rates)) if rates else 100)
 EOF
 )
+
+if want load; then
 echo "==> fan-out latency vs offered load (prscd max: $PRSCD_MAX msg/s to $SUBS subscribers)"
 for kind in $SERVERS; do
   for f in $FRACTIONS; do
@@ -159,6 +167,9 @@ for kind in $SERVERS; do
   done
 done
 
+fi
+
+if want rooms; then
 echo "==> many rooms: $ROOMS rooms of 10, each member publishing 1 msg/s for $ROOM_SECS s"
 for kind in $SERVERS; do
   start "$kind" "rooms-$kind"
@@ -167,6 +178,9 @@ for kind in $SERVERS; do
   stop
 done
 
+fi
+
+if want idle; then
 echo "==> idle connections: $IDLE per server (RSS vs connections)"
 for kind in $SERVERS; do
   start "$kind" "idle-$kind"
@@ -175,6 +189,9 @@ for kind in $SERVERS; do
   stop
 done
 
+fi
+
+if want storm; then
 echo "==> connect storm: $STORM TLS connect+join, 256 at a time"
 for kind in $SERVERS; do
   start "$kind" "storm-$kind"
@@ -183,6 +200,9 @@ for kind in $SERVERS; do
   stop
 done
 
+fi
+
+if want transport; then
 echo "==> prscd over WebTransport datagrams vs WebSocket ($WT_SUBS subscribers, 200 msg/s)"
 for t in datagram ws; do
   start prscd "fanout-transport-$t"
@@ -191,7 +211,10 @@ for t in datagram ws; do
   stop
 done
 
-echo "==> the zenoh hop: subscribers on node B, publisher on B (same node) or A (cross node), at 100 msg/s and at 50% of max"
+fi
+
+if want hop; then
+echo "==> the zenoh hop: subscribers on node B, publisher on B (same node) or A (cross node), at 100 msg/s to 10 subscribers and at 50% of max to $SUBS"
 HOP_RATE=$(python3 -c "print(max(1, round($PRSCD_MAX * 0.5)))")
 HOP_MSGS=$(python3 -c "print(max(200, min(20000, round($HOP_RATE * 4))))")
 ZA=$(python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])")
@@ -203,10 +226,10 @@ URL_B=$URL
 PID_B=$SPID
 sleep 2
 for rep in $(seq 1 "$HOP_REPS"); do
-  bench "hop-light-same-$rep" fanout --url "$URL_B" --server-pid "$PID_B" --subscribers "$SUBS" \
-    --messages 500 --rate 100 --channel "light-same-$rep" --duration-limit 90
+  bench "hop-light-same-$rep" fanout --url "$URL_B" --server-pid "$PID_B" --subscribers 10 \
+    --messages 1000 --rate 100 --channel "light-same-$rep" --duration-limit 90
   bench "hop-light-cross-$rep" cross-node --url "$URL_B" --pub-url "$URL_A" --server-pid "$PID_B" \
-    --subscribers "$SUBS" --messages 500 --rate 100 --channel "light-cross-$rep" --duration-limit 90
+    --subscribers 10 --messages 1000 --rate 100 --channel "light-cross-$rep" --duration-limit 90
   bench "hop-same-$rep" fanout --url "$URL_B" --server-pid "$PID_B" --subscribers "$SUBS" \
     --messages "$HOP_MSGS" --rate "$HOP_RATE" --channel "same-$rep" --duration-limit 90
   bench "hop-cross-$rep" cross-node --url "$URL_B" --pub-url "$URL_A" --server-pid "$PID_B" \
@@ -215,8 +238,13 @@ done
 cleanup
 PIDS=()
 
+fi
+
+if want death; then
 echo "==> node death: 3 meshed nodes, kill -9 one, $DEATH_TRIALS trials"
 bench node-death node-death --prscd "$BIN/prscd" --nodes 3 --clients 5 --trials "$DEATH_TRIALS" --duration-limit 600
+
+fi
 
 echo "loadavg after: $(cat /proc/loadavg)" >>"$OUT/machine.txt"
 echo "==> report"

@@ -344,10 +344,14 @@ impl Bridge {
                     traceparent: telemetry::traceparent(&publish),
                 }
                 .encode();
+                // Remote only: this node's own subscribers take remote samples
+                // only, and a local destination would make zenoh match every
+                // put against every local subscriber (one per channel).
                 let put = self
                     .session
                     .put(&key, msg)
                     .attachment(attachment)
+                    .allowed_destination(Locality::Remote)
                     .congestion_control(CongestionControl::Block);
                 match put.into_future().instrument(publish.clone()).await {
                     Ok(()) => {
