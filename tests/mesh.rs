@@ -331,3 +331,42 @@ async fn a_remote_member_never_heard_from_is_announced_after_the_presence_check(
     a.expect_silence(Duration::from_millis(1500)).await;
     b.expect_silence(QUIET).await;
 }
+
+#[tokio::test]
+async fn a_remote_member_first_heard_by_its_state_is_announced_at_once() {
+    // Two nodes subscribed at once and one side's presence check fired
+    // first: the first thing us hears of alice is her state (her answer to
+    // that check). us's own check stands down once anything is heard, so us
+    // must announce her right away, before her state: bob's browser then
+    // answers with his, and alice learns of bob too.
+    let nodes = mesh_of(&["eu", "us"], &[("MESH_PRESENCE_CHECK_MS", "10000")]);
+    wait_meshed(&nodes).await;
+    let mut a = nodes[0].ws(KEY1, "alice").await;
+    let mut b = nodes[1].ws(KEY1, "bob").await;
+    a.join("room").await;
+    b.join("room").await;
+    nodes[0].wait_remote_members(1).await;
+    nodes[1].wait_remote_members(1).await;
+    a.send(&control("peer_state", "room", Some(state("alice"))))
+        .await;
+    let online = decode(&b.recv_raw(WAIT).await.expect("bob hears of alice"));
+    assert_eq!(
+        (
+            field(&online, "op"),
+            field(&online, "p"),
+            field(&online, "mesh")
+        ),
+        (Some("peer_online"), Some("alice"), Some("eu"))
+    );
+    let her_state = b.recv_op("peer_state").await;
+    assert_eq!(bin(&her_state, "pl"), Some(state("alice").as_slice()));
+    b.send(&control("peer_state", "room", Some(state("bob"))))
+        .await;
+    assert_eq!(
+        bin(&a.recv_op("peer_state").await, "pl"),
+        Some(state("bob").as_slice())
+    );
+    // Heard now, both ways: nothing more is made up.
+    a.expect_silence(QUIET).await;
+    b.expect_silence(QUIET).await;
+}

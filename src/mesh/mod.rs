@@ -463,13 +463,37 @@ impl Bridge {
         }
         // Re-encoded: whatever a backend sent, browsers get a clean map.
         let bytes = Bytes::from(protocol::encode(&relayed));
+        let mut missed_announcement = None;
         if let (Some(mesh), Some(sid)) = (relayed.mesh, origin.sid) {
             if let Some(remote) = link.remote.get_mut(&(mesh.to_owned(), sid)) {
+                // The first thing heard from a new member is not its
+                // peer_online: its announcement was lost (both nodes
+                // subscribed at once), so ours may have been too. The
+                // presence check stands down once anything is heard, so do
+                // its work now: peer_online on its behalf, first, and the
+                // local members answer with their state.
+                if !remote.heard
+                    && relayed.kind != Kind::Control(Op::PeerOnline)
+                    && self.presence_check.is_some()
+                {
+                    missed_announcement = Some(mesh);
+                }
                 remote.heard = true;
                 if relayed.kind == Kind::Control(Op::PeerState) {
                     remote.last_state = Some(bytes.clone());
                 }
             }
+        }
+        if let Some(mesh) = missed_announcement {
+            debug!(app = %id.0, channel = %id.1, peer = relayed.peer, %mesh, "mesh: new remote member's announcement missed; asking local members to announce");
+            let online = Bytes::from(protocol::encode_control(
+                Op::PeerOnline,
+                &id.1,
+                relayed.peer,
+                mesh,
+            ));
+            self.hub
+                .deliver_remote(&id.0, &id.1, &online, Kind::Control(Op::PeerOnline));
         }
         self.stats.mesh.received.fetch_add(1, Relaxed);
         let deliver = tracing::info_span!(target: "otel", "deliver", delivered = tracing::field::Empty, dropped_slow = tracing::field::Empty);
