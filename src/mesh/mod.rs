@@ -486,14 +486,7 @@ impl Bridge {
         }
         if let Some(mesh) = missed_announcement {
             debug!(app = %id.0, channel = %id.1, peer = relayed.peer, %mesh, "mesh: new remote member's announcement missed; asking local members to announce");
-            let online = Bytes::from(protocol::encode_control(
-                Op::PeerOnline,
-                &id.1,
-                relayed.peer,
-                mesh,
-            ));
-            self.hub
-                .deliver_remote(&id.0, &id.1, &online, Kind::Control(Op::PeerOnline));
+            deliver_presence(&self.hub, &id, Op::PeerOnline, relayed.peer, mesh);
         }
         self.stats.mesh.received.fetch_add(1, Relaxed);
         let deliver = tracing::info_span!(target: "otel", "deliver", delivered = tracing::field::Empty, dropped_slow = tracing::field::Empty);
@@ -524,9 +517,13 @@ impl Bridge {
         }
         remote.heard = true;
         debug!(app = %id.0, channel = %id.1, peer = %member.client_id, mesh = %member.mesh_id, "mesh: nothing heard from new remote member; asking local members to announce");
-        let online = control(Op::PeerOnline, member);
-        self.hub
-            .deliver_remote(&id.0, &id.1, &online, Kind::Control(Op::PeerOnline));
+        deliver_presence(
+            &self.hub,
+            &id,
+            Op::PeerOnline,
+            &member.client_id,
+            &member.mesh_id,
+        );
     }
 
     fn on_membership(&mut self, id: ChannelId, key: &str, alive: bool) {
@@ -569,9 +566,13 @@ impl Bridge {
             if healed.is_some() {
                 // Back after a partition: tell the local members again.
                 info!(app = %id.0, channel = %id.1, peer = %member.client_id, mesh = %member.mesh_id, "mesh: peer back after a partition");
-                let online = control(Op::PeerOnline, &member);
-                self.hub
-                    .deliver_remote(&id.0, &id.1, &online, Kind::Control(Op::PeerOnline));
+                deliver_presence(
+                    &self.hub,
+                    &id,
+                    Op::PeerOnline,
+                    &member.client_id,
+                    &member.mesh_id,
+                );
                 if let Some(state) = last_state {
                     self.hub
                         .deliver_remote(&id.0, &id.1, &state, Kind::Control(Op::PeerState));
@@ -582,24 +583,22 @@ impl Bridge {
             link.gone.insert(who, (remote, now));
             self.stats.mesh.remote_members.fetch_sub(1, Relaxed);
             self.stats.mesh.remote_offline.fetch_add(1, Relaxed);
-            self.hub.deliver_remote(
-                &id.0,
-                &id.1,
-                &control(Op::PeerOffline, &member),
-                Kind::Control(Op::PeerOffline),
+            deliver_presence(
+                &self.hub,
+                &id,
+                Op::PeerOffline,
+                &member.client_id,
+                &member.mesh_id,
             );
         }
     }
 }
 
-/// A presence message on behalf of a remote member.
-fn control(op: Op, member: &Member) -> Bytes {
-    Bytes::from(protocol::encode_control(
-        op,
-        &member.channel,
-        &member.client_id,
-        &member.mesh_id,
-    ))
+/// Delivers a node-made presence message (`op` on behalf of the remote
+/// member `client_id` of node `mesh_id`) to the channel's local members.
+fn deliver_presence(hub: &Hub, id: &ChannelId, op: Op, client_id: &str, mesh_id: &str) {
+    let msg = Bytes::from(protocol::encode_control(op, &id.1, client_id, mesh_id));
+    hub.deliver_remote(&id.0, &id.1, &msg, Kind::Control(op));
 }
 
 /// The zenoh attachment of a node's publish: where it came from, when, and
