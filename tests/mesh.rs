@@ -200,12 +200,7 @@ async fn partition_yields_offline_within_the_lease_and_heal_restores_presence_on
     ]);
     let nodes = [eu, us];
     wait_meshed(&nodes).await;
-    let mut a = nodes[0].ws(KEY1, "alice").await;
-    let mut b = nodes[1].ws(KEY1, "bob").await;
-    a.join("room").await;
-    b.join("room").await;
-    nodes[0].wait_remote_members(1).await;
-    nodes[1].wait_remote_members(1).await;
+    let (mut a, mut b) = alice_and_bob_in_room(&nodes).await;
     let bob_state = state("bob");
     b.send(&control("peer_state", "room", Some(bob_state.clone())))
         .await;
@@ -341,12 +336,7 @@ async fn a_remote_member_first_heard_by_its_state_is_announced_at_once() {
     // answers with his, and alice learns of bob too.
     let nodes = mesh_of(&["eu", "us"], &[("MESH_PRESENCE_CHECK_MS", "10000")]);
     wait_meshed(&nodes).await;
-    let mut a = nodes[0].ws(KEY1, "alice").await;
-    let mut b = nodes[1].ws(KEY1, "bob").await;
-    a.join("room").await;
-    b.join("room").await;
-    nodes[0].wait_remote_members(1).await;
-    nodes[1].wait_remote_members(1).await;
+    let (mut a, mut b) = alice_and_bob_in_room(&nodes).await;
     a.send(&control("peer_state", "room", Some(state("alice"))))
         .await;
     let online = decode(&b.recv_raw(WAIT).await.expect("bob hears of alice"));
@@ -369,4 +359,16 @@ async fn a_remote_member_first_heard_by_its_state_is_announced_at_once() {
     // Heard now, both ways: nothing more is made up.
     a.expect_silence(QUIET).await;
     b.expect_silence(QUIET).await;
+}
+
+/// alice on `nodes[0]` and bob on `nodes[1]`, both in `room`, each node
+/// knowing the other's member.
+async fn alice_and_bob_in_room(nodes: &[Node]) -> (Client, Client) {
+    let mut a = nodes[0].ws(KEY1, "alice").await;
+    let mut b = nodes[1].ws(KEY1, "bob").await;
+    a.join("room").await;
+    b.join("room").await;
+    nodes[0].wait_remote_members(1).await;
+    nodes[1].wait_remote_members(1).await;
+    (a, b)
 }

@@ -259,14 +259,7 @@ impl Node {
     /// Waits for the ready line and returns the port it announces.
     pub fn wait_ready(&self) -> u16 {
         let line = self.wait_log_blocking("ready: port=", Duration::from_secs(20));
-        let port = line
-            .split("port=")
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap();
-        port.parse().unwrap()
+        ready_port(&line).unwrap_or_else(|| panic!("no port in {line:?}"))
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -346,27 +339,7 @@ impl Node {
 
     /// `GET path` over TLS: (status, headers lower-cased, body).
     pub async fn get(&self, path: &str) -> (u16, Vec<(String, String)>, String) {
-        let mut tls = tls_connect(self.addr()).await;
-        let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-        tls.write_all(req.as_bytes()).await.unwrap();
-        let mut raw = Vec::new();
-        let _ = tokio::time::timeout(WAIT, tls.read_to_end(&mut raw)).await;
-        let text = String::from_utf8_lossy(&raw).to_string();
-        let (head, body) = text.split_once("\r\n\r\n").expect("http response");
-        let mut lines = head.lines();
-        let status = lines
-            .next()
-            .unwrap()
-            .split_whitespace()
-            .nth(1)
-            .unwrap()
-            .parse()
-            .unwrap();
-        let headers = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-            .collect();
-        (status, headers, body.to_owned())
+        http_get(&mut tls_connect(self.addr()).await, path).await
     }
 
     pub async fn health(&self) -> (u16, serde_json::Value) {
@@ -569,6 +542,34 @@ async fn pipe(
             return;
         }
     }
+}
+
+/// `GET path` on an open TLS stream to a node: (status, headers lower-cased,
+/// body), bounded by [`WAIT`].
+pub async fn http_get<S>(tls: &mut S, path: &str) -> (u16, Vec<(String, String)>, String)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    tls.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(WAIT, tls.read_to_end(&mut raw)).await;
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").expect("http response");
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, headers, body.to_owned())
 }
 
 pub async fn tls_connect(addr: SocketAddr) -> tokio_rustls::client::TlsStream<TcpStream> {
@@ -955,6 +956,14 @@ pub fn tempfile(dir: &Path, name: &str, contents: &str) -> PathBuf {
     path
 }
 
+/// The port of a `ready: port=N …` line (prscd's, and the comparison
+/// servers').
+pub fn ready_port(line: &str) -> Option<u16> {
+    let rest = line.split("ready: port=").nth(1)?;
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
 /// A process that prints `ready: port=N` on stderr when it listens: the
 /// benchmark's comparison servers. Killed on drop.
 pub struct ReadyProcess {
@@ -974,9 +983,8 @@ impl ReadyProcess {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("ready: port=").nth(1) {
-                    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-                    let _ = tx.send(digits.parse::<u16>().ok());
+                if line.contains("ready: port=") {
+                    let _ = tx.send(ready_port(&line));
                 }
             }
         });

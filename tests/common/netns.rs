@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use super::{tls_wrap, Client, WAIT};
+use super::{http_get, tls_wrap, Client, WAIT};
 
 /// `ip`, from PATH or the usual sbin directories.
 pub fn ip_binary() -> Option<PathBuf> {
@@ -216,24 +216,12 @@ impl Netns {
 
     /// `GET path` over TLS from inside this namespace: (status, body).
     pub async fn get(&self, port: u16, path: &str) -> (u16, String) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let tcp = self
             .connect(SocketAddr::from(([127, 0, 0, 1], port)))
             .await
             .expect("connect for GET");
-        let mut tls = tls_wrap(tcp).await;
-        let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-        tls.write_all(req.as_bytes()).await.unwrap();
-        let mut raw = Vec::new();
-        let _ = tokio::time::timeout(WAIT, tls.read_to_end(&mut raw)).await;
-        let text = String::from_utf8_lossy(&raw).to_string();
-        let (head, body) = text.split_once("\r\n\r\n").expect("http response");
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .expect("http status");
-        (status, body.to_owned())
+        let (status, _, body) = http_get(&mut tls_wrap(tcp).await, path).await;
+        (status, body)
     }
 
     /// `/health` of the node on 127.0.0.1:`port` inside this namespace.
