@@ -11,6 +11,7 @@ PY="$VENV/bin/python"
 # exact pins, dependencies included
 PINS=(python-hcl2==8.1.4 lark==1.3.1 regex==2026.11.19 PyYAML==6.0.4 json5==0.17.3)
 
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/python-venv.sh"
 log() { echo "install-checkers: $*" >&2; }
 
 check() {
@@ -41,25 +42,7 @@ if check 2>/dev/null; then
     exit 0
 fi
 
-BASE_PY="${PYTHON:-}"
-if [ -z "$BASE_PY" ]; then
-    for c in python3.11 python3 python; do
-        if command -v "$c" >/dev/null 2>&1; then BASE_PY="$c"; break; fi
-    done
-fi
-if [ -z "$BASE_PY" ] || ! "$BASE_PY" -c 'import sys, venv, ensurepip; assert sys.version_info >= (3, 11)' >/dev/null 2>&1; then
-    log "no python3 >= 3.11 with venv/ensurepip; installing python3-venv with apt"
-    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo -n"
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3 python3-venv
-    BASE_PY=/usr/bin/python3
-fi
-
-if [ ! -x "$PY" ]; then
-    log "creating venv $VENV (with $("$BASE_PY" --version 2>&1))"
-    mkdir -p "$TOOLS"
-    "$BASE_PY" -m venv "$VENV"
-fi
+make_venv "$VENV" 11 python3.11 python3 python
 log "installing ${PINS[*]}"
 "$PY" -m pip install --disable-pip-version-check -q "${PINS[@]}" >&2
 

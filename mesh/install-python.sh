@@ -10,6 +10,7 @@ TOOLS="${PRSCD_TOOLS:-$HOME/.cache/prscd-tools}"
 VENV="$TOOLS/venv"
 PY="$VENV/bin/python"
 
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/python-venv.sh"
 log() { echo "install-python: $*" >&2; }
 
 check() {
@@ -33,26 +34,7 @@ if check; then
     exit 0
 fi
 
-# Pick a Python >= 3.8 to build the venv with.
-BASE_PY="${PYTHON:-}"
-if [ -z "$BASE_PY" ]; then
-    for c in python3 python; do
-        if command -v "$c" >/dev/null 2>&1; then BASE_PY="$c"; break; fi
-    done
-fi
-if [ -z "$BASE_PY" ] || ! "$BASE_PY" -c 'import venv, ensurepip' >/dev/null 2>&1; then
-    log "no python3 with venv/ensurepip; installing python3-venv with apt"
-    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo -n"
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3 python3-venv
-    BASE_PY=/usr/bin/python3
-fi
-
-if [ ! -x "$PY" ]; then
-    log "creating venv $VENV (with $("$BASE_PY" --version 2>&1))"
-    mkdir -p "$TOOLS"
-    "$BASE_PY" -m venv "$VENV"
-fi
+make_venv "$VENV" 8 python3 python
 log "installing eclipse-zenoh==$ZENOH_VERSION msgpack"
 "$PY" -m pip install --disable-pip-version-check -q --upgrade pip >&2 || true
 "$PY" -m pip install --disable-pip-version-check -q "eclipse-zenoh==$ZENOH_VERSION" msgpack >&2
