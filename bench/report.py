@@ -157,11 +157,9 @@ def main(out):
 
     # 2. Latency vs offered load.
     load_rows, series = [], []
-    base = None
     for s in SERVERS:
         pts50, pts99 = [], []
         for r in runs(out, f"fanout-load-{s}-*.json"):
-            pct = int(os.path.basename(r.get("_path", "")) or 0) if False else None
             rate = r["params"]["rate"]
             subs = r["params"]["members"]
             l = r["latency_us"] or {}

@@ -38,7 +38,7 @@ pub enum Publish {
 }
 
 pub struct LoadSpec {
-    pub scenario: &'static str,
+    pub scenario: String,
     pub wire: Arc<dyn Wire>,
     pub transport: Transport,
     pub url: Endpoint,
@@ -68,6 +68,11 @@ pub struct LoadSpec {
 impl LoadSpec {
     fn clients(&self) -> usize {
         self.rooms * self.members
+    }
+
+    /// With [`Publish::Members`]: how many messages each member sends.
+    fn messages_per_member(&self) -> u64 {
+        (self.rate.unwrap_or(1.0) * self.duration.as_secs_f64()).round() as u64
     }
 
     fn room(&self, r: usize) -> String {
@@ -225,7 +230,7 @@ async fn member(sh: Arc<Shared>, index: usize, permits: Arc<Semaphore>) -> Outco
     let windowed = spec.publish == Publish::Dedicated && spec.rate.is_none();
     let rate = spec.rate.unwrap_or(1.0);
     let total = if publishes {
-        (rate * spec.duration.as_secs_f64()).round() as u64
+        spec.messages_per_member()
     } else {
         0
     };
@@ -563,7 +568,7 @@ pub async fn run(spec: LoadSpec) -> anyhow::Result<(serde_json::Value, bool)> {
         spec.connect_concurrency
     ));
     let progress = Progress::start(
-        spec.scenario.to_owned(),
+        spec.scenario.clone(),
         n as u64,
         sh.counters.clone(),
         spec.quiet,
@@ -713,9 +718,7 @@ pub async fn run(spec: LoadSpec) -> anyhow::Result<(serde_json::Value, bool)> {
     };
     let want_sent = match spec.publish {
         Publish::Dedicated => spec.messages * spec.rooms as u64,
-        Publish::Members => {
-            n as u64 * (spec.rate.unwrap_or(1.0) * spec.duration.as_secs_f64()).round() as u64
-        }
+        Publish::Members => n as u64 * spec.messages_per_member(),
         Publish::Nobody => 0,
     };
     let complete = stopped_by.is_none() && lost == 0 && disconnected == 0 && sent == want_sent;

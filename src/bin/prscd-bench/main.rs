@@ -219,13 +219,7 @@ fn prepare(scenario: &str, o: &Opts) -> anyhow::Result<Job> {
         _ => (32, 1),
     };
     let mut spec = LoadSpec {
-        scenario: match scenario {
-            "fanout" => "fanout",
-            "cross-node" => "cross-node",
-            "rooms" => "rooms",
-            "idle" => "idle",
-            _ => "storm",
-        },
+        scenario: scenario.to_owned(),
         wire,
         transport,
         url,
