@@ -141,7 +141,7 @@ pub async fn run(spec: DeathSpec) -> anyhow::Result<(serde_json::Value, bool)> {
             spec.step_timeout,
         )?);
     }
-    let dialer = Arc::new(Dialer::new(1, Transport::Ws)?);
+    let dialer = Arc::new(Dialer::new(1, Transport::Ws, false)?);
     let wire = Prscd {
         base_path: "/v1".into(),
         publickey: "dev".into(),

@@ -70,6 +70,9 @@ common options:
   --duration-limit S      stop everything after S seconds [120]
   --server-pid PID        read the server's RSS and CPU from /proc/PID
   --json PATH             write the result as JSON
+  --tls-resume            resume TLS sessions from earlier connections (a
+                          reconnect storm); without it every connection is a
+                          full handshake, as from a new browser
   --quiet                 no progress on stderr
 
 Exit status: 0 complete; 2 incomplete (limit hit, loss, failures); 1 usage error.
@@ -87,7 +90,7 @@ fn main() {
         return;
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let opts = match Opts::parse(&argv[1..], &["quiet"]) {
+    let opts = match Opts::parse(&argv[1..], &["quiet", "tls-resume"]) {
         Ok(o) => o,
         Err(e) => usage_error(e),
     };
@@ -235,6 +238,7 @@ fn prepare(scenario: &str, o: &Opts) -> anyhow::Result<Job> {
         payload,
         connect_concurrency: o.num::<usize>("connect-concurrency", default_cc)?.max(1),
         source_ips: o.num("source-ips", default_ips)?,
+        tls_resume: o.flag("tls-resume"),
         settle: Duration::ZERO,
         step_timeout,
         duration_limit,

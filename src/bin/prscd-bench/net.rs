@@ -84,14 +84,20 @@ pub enum Conn {
 }
 
 impl Dialer {
-    pub fn new(source_ips: u8, transport: Transport) -> anyhow::Result<Dialer> {
-        let provider = CryptoProvider::get_default()
-            .cloned()
-            .context("no rustls crypto provider")?;
-        let config = rustls::ClientConfig::builder()
+    pub fn new(source_ips: u8, transport: Transport, tls_resume: bool) -> anyhow::Result<Dialer> {
+        let provider = Arc::new(browser_like(
+            CryptoProvider::get_default().context("no rustls crypto provider")?,
+        ));
+        let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
             .with_no_client_auth();
+        // rustls resumes by default; a benchmark of new clients must not
+        // (a full handshake costs the server ~2x a resumed one).
+        if !tls_resume {
+            config.resumption = rustls::client::Resumption::disabled();
+        }
         // QUIC endpoints each own one UDP socket and its driver task: a few,
         // so a thousand sessions do not all queue on one socket.
         let wt_endpoints = if transport == Transport::Datagram {
@@ -237,6 +243,25 @@ impl Conn {
             Conn::Wt(c) => c.close(0u32.into(), b""),
         }
     }
+}
+
+/// The provider with its TLS 1.3 suites in a browser's order: Chrome and
+/// Firefox offer AES-128-GCM first, and rustls' server follows the client.
+fn browser_like(provider: &CryptoProvider) -> CryptoProvider {
+    use rustls::crypto::ring::cipher_suite::{
+        TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384, TLS13_CHACHA20_POLY1305_SHA256,
+    };
+    let mut provider = provider.clone();
+    let first = [
+        TLS13_AES_128_GCM_SHA256,
+        TLS13_CHACHA20_POLY1305_SHA256,
+        TLS13_AES_256_GCM_SHA384,
+    ];
+    provider
+        .cipher_suites
+        .retain(|s| !first.iter().any(|f| f.suite() == s.suite()));
+    provider.cipher_suites.splice(0..0, first);
+    provider
 }
 
 /// Accepts every server certificate. FOR LOOPBACK BENCHMARKING ONLY: the
