@@ -23,6 +23,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::outbox::{outbox, Outbox, OutboxReceiver, SendError};
 use crate::protocol::{self, DecodeError, Kind, Op, Outbound};
 use crate::stats::{DropReason, Gauges, Stats, Transport};
 
@@ -162,7 +163,7 @@ struct Uplink {
 #[derive(Clone)]
 struct Member {
     client_id: Arc<str>,
-    outbox: mpsc::Sender<Bytes>,
+    outbox: Outbox,
     ctl: Arc<PeerCtl>,
     transport: Transport,
 }
@@ -231,8 +232,8 @@ impl Hub {
         app: &str,
         client_id: &str,
         transport: Transport,
-    ) -> (Peer, mpsc::Receiver<Bytes>) {
-        let (tx, rx) = mpsc::channel(self.limits.outbox);
+    ) -> (Peer, OutboxReceiver) {
+        let (tx, rx) = outbox(self.limits.outbox);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let member = Member {
             client_id: client_id.into(),
@@ -302,14 +303,14 @@ impl Hub {
         }
         match member.outbox.try_send(msg) {
             Ok(()) => Offer::Queued,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(SendError::Full) => {
                 if member.ctl.close(CloseReason::SlowReader) {
                     self.stats.count_drop(DropReason::SlowReader);
                     tracing::debug!(peer = %member.client_id, "outbox full: disconnecting slow reader");
                 }
                 Offer::Full
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => Offer::Closing,
+            Err(SendError::Closed) => Offer::Closing,
         }
     }
 
@@ -752,9 +753,8 @@ mod tests {
         frame(json!({"t": "control", "op": "channel_join", "c": c}))
     }
 
-    fn recv(rx: &mut mpsc::Receiver<Bytes>) -> Option<Value> {
-        rx.try_recv()
-            .ok()
+    fn recv(rx: &mut OutboxReceiver) -> Option<Value> {
+        rx.try_recv_one()
             .map(|b| rmp_serde::from_slice(&b).unwrap())
     }
 

@@ -3,6 +3,7 @@
 //!
 //! - [`protocol`]: the msgpack Signalling message, pure.
 //! - [`hub`]: apps, channels, peers; the one path every message takes.
+//! - [`outbox`]: the bounded queue from the hub to one peer's writer.
 //! - [`transport`]: WebSocket (TLS/TCP) and WebTransport (QUIC/UDP).
 //! - [`mesh`]: the zenoh bridge that makes several nodes one service.
 //! - [`config`], [`tls`], [`stats`], [`telemetry`]: the node's set-up.
@@ -11,6 +12,7 @@
 pub mod config;
 pub mod hub;
 pub mod mesh;
+pub mod outbox;
 pub mod percent;
 pub mod protocol;
 pub mod server;

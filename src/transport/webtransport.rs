@@ -30,6 +30,7 @@ use wtransport::{Connection, Endpoint, RecvStream, SendStream, VarInt};
 
 use super::{admit, Context, HANDSHAKE_TIMEOUT};
 use crate::hub::{CloseReason, Peer, PeerCtl};
+use crate::outbox::OutboxReceiver;
 use crate::protocol::{self, DecodeError};
 use crate::stats::{DropReason, Stats, Transport};
 
@@ -91,7 +92,7 @@ async fn handle(incoming: IncomingSession, ctx: Arc<Context>) -> anyhow::Result<
     .await
 }
 
-async fn run(conn: Connection, mut peer: Peer, mut outbox: mpsc::Receiver<Bytes>, ctx: &Context) {
+async fn run(conn: Connection, mut peer: Peer, mut outbox: OutboxReceiver, ctx: &Context) {
     let ctl = peer.ctl().clone();
     let stats = ctx.hub.stats().clone();
     let (stream_tx, stream_rx) = mpsc::channel::<Bytes>(STREAM_INBOX);
@@ -140,6 +141,7 @@ async fn run(conn: Connection, mut peer: Peer, mut outbox: mpsc::Receiver<Bytes>
     let writer = async {
         let mut reply_rx = reply_rx;
         let mut reply: Option<SendStream> = None;
+        let mut batch = Vec::new();
         loop {
             let ok = tokio::select! {
                 biased;
@@ -148,10 +150,16 @@ async fn run(conn: Connection, mut peer: Peer, mut outbox: mpsc::Receiver<Bytes>
                     reply = send.ok();
                     true
                 }
-                msg = outbox.recv() => match msg {
-                    Some(msg) => deliver(&conn, reply.as_mut(), msg, &ctl, &stats).await,
-                    None => false,
-                },
+                open = outbox.recv(&mut batch) => {
+                    let mut ok = open;
+                    for msg in batch.drain(..) {
+                        if !deliver(&conn, reply.as_mut(), msg, &ctl, &stats).await {
+                            ok = false;
+                            break;
+                        }
+                    }
+                    ok
+                }
             };
             if !ok {
                 ctl.close(CloseReason::PeerGone);
@@ -163,7 +171,9 @@ async fn run(conn: Connection, mut peer: Peer, mut outbox: mpsc::Receiver<Bytes>
         };
         if reason == CloseReason::GoingAway {
             let flush = async {
-                while let Ok(msg) = outbox.try_recv() {
+                batch.clear();
+                outbox.try_recv(&mut batch);
+                for msg in batch.drain(..) {
                     if !deliver(&conn, reply.as_mut(), msg, &ctl, &stats).await {
                         break;
                     }

@@ -15,7 +15,6 @@ use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
 use tokio::time::{timeout, Instant};
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
@@ -29,10 +28,8 @@ use tracing::{debug, info_span, Instrument};
 use super::http::{self, Request};
 use super::{admit, Admission, Context, HANDSHAKE_TIMEOUT};
 use crate::hub::{CloseReason, Peer};
+use crate::outbox::OutboxReceiver;
 use crate::stats::{DropReason, Transport};
-
-/// Messages written before one flush.
-const WRITE_BATCH: usize = 64;
 
 /// Accepts TCP connections until the process exits.
 pub async fn serve(listener: TcpListener, tls: TlsAcceptor, ctx: Arc<Context>) {
@@ -201,7 +198,7 @@ async fn run(
     mut sink: SplitSink<Ws, Message>,
     mut stream: SplitStream<Ws>,
     mut peer: Peer,
-    mut outbox: mpsc::Receiver<Bytes>,
+    mut outbox: OutboxReceiver,
     ctx: &Context,
 ) {
     let ctl = peer.ctl().clone();
@@ -286,22 +283,15 @@ async fn run(
             let sent = tokio::select! {
                 biased;
                 _ = &mut closing => break,
-                msg = outbox.recv() => match msg {
-                    Some(first) => {
-                        batch.push(first);
-                        while batch.len() < WRITE_BATCH {
-                            match outbox.try_recv() {
-                                Ok(m) => batch.push(m),
-                                Err(_) => break,
-                            }
-                        }
-                        tokio::select! {
-                            r = feed_all(&mut sink, batch.drain(..)) => r,
-                            _ = &mut closing => false,
-                        }
+                open = outbox.recv(&mut batch) => {
+                    if !open {
+                        break;
                     }
-                    None => break,
-                },
+                    tokio::select! {
+                        r = feed_all(&mut sink, batch.drain(..)) => r,
+                        _ = &mut closing => false,
+                    }
+                }
                 _ = ping.tick() => {
                     let payload = Bytes::copy_from_slice(&unix_ms().to_be_bytes());
                     tokio::select! {
@@ -321,9 +311,7 @@ async fn run(
         if reason == CloseReason::GoingAway {
             // Draining: what was queued (the peer_offline of the others) goes out first.
             let mut rest = Vec::new();
-            while let Ok(m) = outbox.try_recv() {
-                rest.push(m);
-            }
+            outbox.try_recv(&mut rest);
             let _ = timeout(Duration::from_secs(1), feed_all(&mut sink, rest)).await;
         }
         let close = Message::Close(Some(CloseFrame {
