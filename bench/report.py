@@ -218,18 +218,19 @@ def main(out):
 
     # 5. Connect storm.
     rows = []
-    for s in SERVERS:
-        r = load(os.path.join(out, f"storm-{s}.json"))
-        if not r:
-            continue
-        sp = r.get("server_process") or {}
-        joined = r["setup"]["joined"] or 1
-        cpu = sp.get("cpu_s")
-        rows.append([s, r["setup"]["joined"], fmt(r["setup"]["conn_per_s"]),
-                     fmt(None if cpu is None else cpu * 1e6 / joined), fmt(r["client"]["cpu_s"], 2)])
+    for tls, prefix in [("full handshake", "storm"), ("resumed", "storm-resume")]:
+        for s in SERVERS:
+            r = load(os.path.join(out, f"{prefix}-{s}.json"))
+            if not r:
+                continue
+            sp = r.get("server_process") or {}
+            joined = r["setup"]["joined"] or 1
+            cpu = sp.get("cpu_s")
+            rows.append([s, tls, r["setup"]["joined"], fmt(r["setup"]["conn_per_s"]),
+                         fmt(None if cpu is None else cpu * 1e6 / joined), fmt(r["client"]["cpu_s"], 2)])
     if rows:
         md.append("### Connect storm: TLS connect + join, 256 at a time (client: 2 threads)\n")
-        md.append(table(["server", "connections", "connect+join /s", "server CPU µs per connection", "client CPU s"], rows))
+        md.append(table(["server", "TLS", "connections", "connect+join /s", "server CPU µs per connection", "client CPU s"], rows))
 
     # 6. Transports.
     rows = []

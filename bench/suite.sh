@@ -192,11 +192,18 @@ done
 fi
 
 if want storm; then
-echo "==> connect storm: $STORM TLS connect+join, 256 at a time"
+echo "==> connect storm: $STORM TLS connect+join, 256 at a time (full handshakes: new clients)"
 for kind in $SERVERS; do
   start "$kind" "storm-$kind"
   bench "storm-$kind" storm --server "$kind" --url "$URL" --server-pid "$SPID" \
     --connections "$STORM" --connect-concurrency 256 --threads 2 --duration-limit 300
+  stop
+done
+echo "==> reconnect storm: the same with TLS session resumption (prscd, ceiling)"
+for kind in prscd ceiling; do
+  start "$kind" "storm-resume-$kind"
+  bench "storm-resume-$kind" storm --server "$kind" --url "$URL" --server-pid "$SPID" \
+    --connections "$STORM" --connect-concurrency 256 --threads 2 --duration-limit 300 --tls-resume
   stop
 done
 
