@@ -254,7 +254,8 @@ def main(out):
             if rs:
                 hop[(kind, where)] = (med([r["latency_us"]["p50"] for r in rs if r["latency_us"]]),
                                       med([r["latency_us"]["p99"] for r in rs if r["latency_us"]]),
-                                      rs[0]["params"]["rate"], len(rs), rs[0]["params"]["members"])
+                                      rs[0]["params"]["rate"], len(rs), rs[0]["params"]["members"],
+                                      [r["latency_us"]["p99"] for r in rs if r["latency_us"]])
     for kind in ["light", ""]:
         if (kind, "same") in hop and (kind, "cross") in hop:
             s, c = hop[(kind, "same")], hop[(kind, "cross")]
@@ -286,12 +287,18 @@ def main(out):
     if half and half[0]["latency_us"]:
         v = half[0]["latency_us"]["p99"] / 1000
         rows.append(["same-node p99 at 50% of max ≤ 2 ms", f"{v:.2f} ms", "met" if v <= 2 else "NOT met"])
-    if ("", "same") in hop and ("", "cross") in hop:
-        v = (hop[("", "cross")][1] - hop[("", "same")][1]) / 1000
-        rows.append(["zenoh hop adds ≤ 1 ms p99 at that load", f"{v:.2f} ms", "met" if v <= 1 else "NOT met"])
-    if ("light", "same") in hop and ("light", "cross") in hop:
-        v = (hop[("light", "cross")][1] - hop[("light", "same")][1]) / 1000
-        rows.append(["zenoh hop adds ≤ 1 ms p99 (light load: 100 msg/s to 10 subscribers)", f"{v:.2f} ms", "met" if v <= 1 else "NOT met"])
+    for kind, label in [("", "zenoh hop adds ≤ 1 ms p99 at that load"),
+                        ("light", "zenoh hop adds ≤ 1 ms p99 (light load: 100 msg/s to 10 subscribers)")]:
+        if (kind, "same") in hop and (kind, "cross") in hop:
+            s, c = hop[(kind, "same")], hop[(kind, "cross")]
+            v = (c[1] - s[1]) / 1000
+            # The difference of two medians means little when single runs
+            # of the same side differ by more than it.
+            spread = max((max(x[5]) - min(x[5])) / 1000 for x in (s, c))
+            verdict = "met" if v <= 1 else "NOT met"
+            if abs(v) < spread:
+                verdict += f" (within noise: single runs' p99 spread {spread:.2f} ms)"
+            rows.append([label, f"{v:.2f} ms", verdict])
     for s in ["prscd"]:
         r = load(os.path.join(out, f"idle-{s}.json"))
         if r and (r.get("server_process") or {}).get("rss_kb_per_conn") is not None:
