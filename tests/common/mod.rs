@@ -410,12 +410,32 @@ impl Drop for Node {
 pub const SILENT_CLIENTS: (&str, &str) = ("MESH_PRESENCE_CHECK_MS", "0");
 
 /// A TCP port free right now on 127.0.0.1.
+///
+/// Below the kernel's ephemeral range (32768 and up by default): a port the
+/// kernel handed out for bind(0) is free again once checked, and an outgoing
+/// connection of a concurrent test (a browser, a zenoh link) could take it
+/// before the node binds it ("Address already in use", seen in CI).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+    // One walk per process, starting where other test processes are unlikely to be.
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    static SEED: OnceLock<u32> = OnceLock::new();
+    let seed = *SEED.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        std::process::id().wrapping_mul(2_654_435_761) ^ nanos
+    });
+    for _ in 0..1000 {
+        let n = NEXT.fetch_add(1, Relaxed);
+        let port = 20_000 + (seed.wrapping_add(n.wrapping_mul(7_919)) % 12_000) as u16;
+        let tcp = std::net::TcpListener::bind(("127.0.0.1", port));
+        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
+        if tcp.is_ok() && udp.is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 20000..32000");
 }
 
 /// Nodes meshed peer to peer over zenoh TCP on loopback: node i listens on
