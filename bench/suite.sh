@@ -104,6 +104,16 @@ bench() {
   "$BIN/prscd-bench" "$@" --quiet --json "$OUT/$name.json" | sed 's/^/    /' || echo "    (incomplete: see $name.json)"
 }
 
+# fresh KIND NAME SCENARIO ARGS...: one `bench NAME` run of SCENARIO against
+# a fresh KIND server, stopped after it.
+fresh() {
+  local kind=$1 name=$2 scenario=$3
+  shift 3
+  start "$kind" "$name"
+  bench "$name" "$scenario" --server "$kind" --url "$URL" --server-pid "$SPID" "$@"
+  stop
+}
+
 # The dev certificate every server uses: prscd writes it on first start.
 start prscd cert-maker
 stop
@@ -129,10 +139,8 @@ if want fanout; then
 echo "==> fan-out at max rate: 1 publisher -> $SUBS subscribers, 100-byte payloads"
 for kind in $SERVERS; do
   for rep in $(seq 1 "$REPS"); do
-    start "$kind" "fanout-max-$kind-$rep"
-    bench "fanout-max-$kind-$rep" fanout --server "$kind" --url "$URL" --server-pid "$SPID" \
+    fresh "$kind" "fanout-max-$kind-$rep" fanout \
       --subscribers "$SUBS" --messages "$MSGS" --duration-limit 120
-    stop
   done
 done
 
@@ -160,10 +168,8 @@ for kind in $SERVERS; do
     rate=$(python3 -c "print(max(1, round($PRSCD_MAX * $f)))")
     msgs=$(python3 -c "print(max(200, min(20000, round($rate * 4))))")
     pct=$(python3 -c "print(round($f * 100))")
-    start "$kind" "fanout-load-$kind-$pct"
-    bench "fanout-load-$kind-$pct" fanout --server "$kind" --url "$URL" --server-pid "$SPID" \
+    fresh "$kind" "fanout-load-$kind-$pct" fanout \
       --subscribers "$SUBS" --messages "$msgs" --rate "$rate" --duration-limit 90
-    stop
   done
 done
 
@@ -172,10 +178,8 @@ fi
 if want rooms; then
 echo "==> many rooms: $ROOMS rooms of 10, each member publishing 1 msg/s for $ROOM_SECS s"
 for kind in $SERVERS; do
-  start "$kind" "rooms-$kind"
-  bench "rooms-$kind" rooms --server "$kind" --url "$URL" --server-pid "$SPID" \
+  fresh "$kind" "rooms-$kind" rooms \
     --rooms "$ROOMS" --room-size 10 --rate 1 --duration "$ROOM_SECS" --connect-concurrency 64 --duration-limit 300
-  stop
 done
 
 fi
@@ -183,10 +187,8 @@ fi
 if want idle; then
 echo "==> idle connections: $IDLE per server (RSS vs connections)"
 for kind in $SERVERS; do
-  start "$kind" "idle-$kind"
-  bench "idle-$kind" idle --server "$kind" --url "$URL" --server-pid "$SPID" \
+  fresh "$kind" "idle-$kind" idle \
     --connections "$IDLE" --settle 5 --duration-limit 600 --step-timeout 30
-  stop
 done
 
 fi
@@ -194,17 +196,13 @@ fi
 if want storm; then
 echo "==> connect storm: $STORM TLS connect+join, 256 at a time (full handshakes: new clients)"
 for kind in $SERVERS; do
-  start "$kind" "storm-$kind"
-  bench "storm-$kind" storm --server "$kind" --url "$URL" --server-pid "$SPID" \
+  fresh "$kind" "storm-$kind" storm \
     --connections "$STORM" --connect-concurrency 256 --threads 2 --duration-limit 300
-  stop
 done
 echo "==> reconnect storm: the same with TLS session resumption (prscd, ceiling)"
 for kind in prscd ceiling; do
-  start "$kind" "storm-resume-$kind"
-  bench "storm-resume-$kind" storm --server "$kind" --url "$URL" --server-pid "$SPID" \
+  fresh "$kind" "storm-resume-$kind" storm \
     --connections "$STORM" --connect-concurrency 256 --threads 2 --duration-limit 300 --tls-resume
-  stop
 done
 
 fi
@@ -212,10 +210,8 @@ fi
 if want transport; then
 echo "==> prscd over WebTransport datagrams vs WebSocket ($WT_SUBS subscribers, 200 msg/s)"
 for t in datagram ws; do
-  start prscd "fanout-transport-$t"
-  bench "fanout-transport-$t" fanout --url "$URL" --server-pid "$SPID" --transport "$t" \
+  fresh prscd "fanout-transport-$t" fanout --transport "$t" \
     --subscribers "$WT_SUBS" --messages 1000 --rate 200 --duration-limit 120
-  stop
 done
 
 fi

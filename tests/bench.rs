@@ -29,6 +29,13 @@ fn bench(args: &[&str]) -> serde_json::Value {
     result
 }
 
+/// [`bench`] with `args` given as one string, then `common`.
+fn bench_with(args: &str, common: &[&str]) -> serde_json::Value {
+    let mut all: Vec<&str> = args.split_whitespace().collect();
+    all.extend_from_slice(common);
+    bench(&all)
+}
+
 fn url(port: u16, path: &str) -> String {
     format!("wss://127.0.0.1:{port}{path}")
 }
@@ -45,100 +52,31 @@ fn every_client_scenario_against_prscd() {
     let node = Node::start_with(&[("PEER_MSG_RATE", "0")]);
     let (u, pid) = (url(node.port, "/v1"), node.pid().to_string());
     let common = ["--url", &u, "--publickey", KEY1, "--server-pid", &pid];
-    let r = bench(
-        &[
-            &["fanout", "--subscribers", "20", "--messages", "100"],
-            &common[..],
-        ]
-        .concat(),
-    );
+    let r = bench_with("fanout --subscribers 20 --messages 100", &common);
     assert_delivered(&r);
     assert!(r["server_process"]["cpu_s"].as_f64().is_some(), "{r}");
-    let r = bench(
-        &[
-            &[
-                "fanout",
-                "--subscribers",
-                "10",
-                "--messages",
-                "50",
-                "--rate",
-                "500",
-            ],
-            &common[..],
-        ]
-        .concat(),
+    let r = bench_with("fanout --subscribers 10 --messages 50 --rate 500", &common);
+    assert_delivered(&r);
+    let r = bench_with(
+        "fanout --transport datagram --subscribers 10 --messages 50 --rate 500",
+        &common,
     );
     assert_delivered(&r);
-    let r = bench(
-        &[
-            &[
-                "fanout",
-                "--transport",
-                "datagram",
-                "--subscribers",
-                "10",
-                "--messages",
-                "50",
-                "--rate",
-                "500",
-            ],
-            &common[..],
-        ]
-        .concat(),
+    let r = bench_with(
+        "rooms --rooms 10 --room-size 4 --rate 5 --duration 1",
+        &common,
     );
     assert_delivered(&r);
-    let r = bench(
-        &[
-            &[
-                "rooms",
-                "--rooms",
-                "10",
-                "--room-size",
-                "4",
-                "--rate",
-                "5",
-                "--duration",
-                "1",
-            ],
-            &common[..],
-        ]
-        .concat(),
-    );
-    assert_delivered(&r);
-    let r = bench(
-        &[
-            &[
-                "idle",
-                "--connections",
-                "100",
-                "--settle",
-                "0.5",
-                "--source-ips",
-                "4",
-            ],
-            &common[..],
-        ]
-        .concat(),
+    let r = bench_with(
+        "idle --connections 100 --settle 0.5 --source-ips 4",
+        &common,
     );
     assert_eq!(r["setup"]["joined"], 100, "{r}");
     assert!(
         r["server_process"]["rss_kb_per_conn"].as_f64().is_some(),
         "{r}"
     );
-    let r = bench(
-        &[
-            &[
-                "storm",
-                "--connections",
-                "200",
-                "--connect-concurrency",
-                "32",
-            ],
-            &common[..],
-        ]
-        .concat(),
-    );
+    let r = bench_with("storm --connections 200 --connect-concurrency 32", &common);
     assert_eq!(r["setup"]["joined"], 200, "{r}");
     assert!(r["setup"]["conn_per_s"].as_f64().unwrap() > 0.0, "{r}");
 }
@@ -221,40 +159,15 @@ fn comparison_servers() {
         let server = ReadyProcess::start(cmd);
         let (u, pid) = (url(server.port, "/"), server.pid().to_string());
         let common = ["--server", kind, "--url", &u, "--server-pid", &pid];
-        let r = bench(
-            &[
-                &["fanout", "--subscribers", "20", "--messages", "100"],
-                &common[..],
-            ]
-            .concat(),
-        );
+        let r = bench_with("fanout --subscribers 20 --messages 100", &common);
         assert_eq!(r["server"], kind);
         assert_delivered(&r);
-        let r = bench(
-            &[
-                &[
-                    "rooms",
-                    "--rooms",
-                    "5",
-                    "--room-size",
-                    "4",
-                    "--rate",
-                    "5",
-                    "--duration",
-                    "1",
-                ],
-                &common[..],
-            ]
-            .concat(),
+        let r = bench_with(
+            "rooms --rooms 5 --room-size 4 --rate 5 --duration 1",
+            &common,
         );
         assert_delivered(&r);
-        let r = bench(
-            &[
-                &["idle", "--connections", "50", "--settle", "0.5"],
-                &common[..],
-            ]
-            .concat(),
-        );
+        let r = bench_with("idle --connections 50 --settle 0.5", &common);
         assert_eq!(r["setup"]["joined"], 50, "{r}");
     }
 }
