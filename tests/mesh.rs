@@ -283,6 +283,36 @@ async fn apps_stay_isolated_across_nodes() {
     b1.expect_silence(QUIET).await;
 }
 
+/// A node watches every membership of an app it serves (one watch per app,
+/// not per channel): the memberships of channels it has no member in are
+/// ignored, and joining one of those later picks up who is already there.
+#[tokio::test]
+async fn memberships_of_other_channels_are_ignored_until_joined() {
+    let nodes = mesh_of(&["eu", "us"], &[]);
+    wait_meshed(&nodes).await;
+    let mut alice = nodes[0].ws(KEY1, "alice").await;
+    let mut bob = nodes[1].ws(KEY1, "bob").await;
+    alice.join("room-a").await;
+    bob.join("room-b").await;
+    // Each node has heard the other's token by now (bob's join crossed
+    // after alice's), yet neither counts a remote member.
+    tokio::time::sleep(QUIET).await;
+    for node in &nodes {
+        assert_eq!(node.counter(&["mesh", "remote_members"]).await, 0);
+    }
+    let mut carol = nodes[1].ws(KEY1, "carol").await;
+    carol.join("room-a").await;
+    nodes[1].wait_remote_members(1).await; // alice, already there
+    nodes[0].wait_remote_members(1).await; // carol
+    alice.send(&data("room-a", "hi", "{}")).await;
+    assert_eq!(field(&carol.recv_op("data").await, "p"), Some("alice"));
+    bob.expect_silence(QUIET).await;
+    // Bob leaving room-b is nothing to eu.
+    drop(bob);
+    alice.expect_silence(QUIET).await;
+    nodes[0].wait_remote_members(1).await;
+}
+
 #[tokio::test]
 async fn a_remote_member_never_heard_from_is_announced_after_the_presence_check() {
     let nodes = mesh_of(&["eu", "us"], &[("MESH_PRESENCE_CHECK_MS", "1000")]);

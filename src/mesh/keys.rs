@@ -48,6 +48,11 @@ pub fn members_of(app: &str, channel: &str) -> String {
     format!("{}/*/*/*", channel_key(app, channel))
 }
 
+/// Matches every membership token of an app, in any channel.
+pub fn members_of_app(app: &str) -> String {
+    format!("{ROOT}/{}/*/*/*/*", encode_chunk(app))
+}
+
 /// One peer's membership of one channel on one node.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Member {
@@ -128,6 +133,15 @@ mod tests {
         assert!(pattern.intersects(&k));
         let other = zenoh::key_expr::KeyExpr::try_from(members_of("acme", "room")).unwrap();
         assert!(!other.intersects(&k));
+        let app = zenoh::key_expr::KeyExpr::try_from(members_of_app("acme")).unwrap();
+        assert!(app.intersects(&k));
+        let message = zenoh::key_expr::KeyExpr::try_from(channel_key("acme", "room/1")).unwrap();
+        assert!(
+            !app.intersects(&message),
+            "the app watch sees tokens, not messages"
+        );
+        let other_app = zenoh::key_expr::KeyExpr::try_from(members_of_app("acme2")).unwrap();
+        assert!(!other_app.intersects(&k));
         assert_eq!(parse_member("prscd/acme/room"), None);
         assert_eq!(parse_member("other/a/b/c/1/d"), None);
         assert_eq!(parse_member("prscd/a/b/c/notanumber/d"), None);

@@ -3,8 +3,10 @@
 //!
 //! Out: the hub's [`MeshEvent`]s, in order. A local join declares the
 //! membership's liveliness token (and, for the channel's first local member,
-//! the channel's subscribers); a local message is published on the channel's
-//! key with the sender's sid in the attachment; a leave drops the token.
+//! the channel's subscriber, plus the app's membership watch if it is the
+//! app's first linked channel); a local message is published on the
+//! channel's key with the sender's sid in the attachment; a leave drops the
+//! token.
 //!
 //! In: a sample on a joined channel's key is checked, re-encoded without
 //! `sid`/`app`, and handed to the hub for the local members (never back to
@@ -162,6 +164,7 @@ impl Mesh {
             inbound_tx,
             presence_check: settings.presence_check,
             channels: HashMap::new(),
+            apps: HashMap::new(),
             tokens: HashMap::new(),
         };
         let task = tokio::spawn(bridge.run(events, inbound));
@@ -216,11 +219,8 @@ enum FromZenoh {
         payload: Vec<u8>,
         origin: Origin,
     },
-    Membership {
-        channel: ChannelId,
-        key: String,
-        alive: bool,
-    },
+    /// A membership token of the app appeared (`alive`) or went away.
+    Membership { key: String, alive: bool },
     /// A new remote member's grace period is over.
     Check { channel: ChannelId, member: Member },
 }
@@ -233,12 +233,11 @@ struct Remote {
     heard: bool,
 }
 
-/// A channel with local members: its subscriptions and what is known of
+/// A channel with local members: its subscription and what is known of
 /// the other nodes' members.
 struct ChannelLink {
     local_members: usize,
     _messages: Subscriber<()>,
-    _memberships: Subscriber<()>,
     /// (mesh_id, sid) → peer, while its token lives.
     remote: HashMap<(String, u64), Remote>,
     /// Tokens that went away, to recognise a heal.
@@ -254,7 +253,21 @@ struct Bridge {
     inbound_tx: mpsc::UnboundedSender<FromZenoh>,
     presence_check: Option<Duration>,
     channels: HashMap<ChannelId, ChannelLink>,
+    /// One membership watch per app with linked channels (see [`AppWatch`]).
+    apps: HashMap<Arc<str>, AppWatch>,
     tokens: HashMap<(ChannelId, PeerId), LivelinessToken>,
+}
+
+/// Watches every membership token of an app with one liveliness subscriber,
+/// while at least one of its channels is linked; tokens of channels without
+/// local members are ignored. Why not one per channel: in zenoh 1.10 each
+/// liveliness subscriber is an interest that every token declaration is
+/// matched against, so a join cost grew with the number of channels on the
+/// node (`examples/zenoh-tokens.rs`, 5,000 channels: 1.4 ms per join with a
+/// watch per channel, 0.56 ms with one per app; BENCHMARKS.md fix 8).
+struct AppWatch {
+    linked_channels: usize,
+    _memberships: Subscriber<()>,
 }
 
 impl Bridge {
@@ -320,10 +333,11 @@ impl Bridge {
                 if let Some(link) = self.channels.get_mut(&id) {
                     link.local_members = link.local_members.saturating_sub(1);
                     if link.local_members == 0 {
-                        // Dropping the link undeclares both subscribers.
+                        // Dropping the link undeclares its subscriber.
                         let remote = link.remote.len() as u64;
                         self.stats.mesh.remote_members.fetch_sub(remote, Relaxed);
                         self.channels.remove(&id);
+                        self.unwatch(&id.0);
                         debug!(app = %id.0, channel = %id.1, "mesh: last local member left, unsubscribed");
                     }
                 }
@@ -366,8 +380,11 @@ impl Bridge {
         }
     }
 
-    /// Subscribes to a channel's messages and membership tokens.
-    async fn link(&self, id: &ChannelId) -> zenoh::Result<ChannelLink> {
+    /// Subscribes to a channel's messages, watches its app's membership
+    /// tokens, and asks for the channel's current ones: their replies come
+    /// in as memberships, after the link exists, and before any later change
+    /// of the same token (zenoh keeps each link's order).
+    async fn link(&mut self, id: &ChannelId) -> zenoh::Result<ChannelLink> {
         let (app, channel) = id;
         let tx = self.inbound_tx.clone();
         let cid = id.clone();
@@ -387,29 +404,72 @@ impl Bridge {
                 });
             })
             .await?;
+        self.watch(app).await?;
         let tx = self.inbound_tx.clone();
-        let cid = id.clone();
+        let current = self
+            .session
+            .liveliness()
+            .get(keys::members_of(app, channel))
+            .callback(move |reply| {
+                if let Ok(sample) = reply.result() {
+                    let _ = tx.send(FromZenoh::Membership {
+                        key: sample.key_expr().as_str().to_owned(),
+                        alive: true,
+                    });
+                }
+            })
+            .await;
+        if let Err(e) = current {
+            self.unwatch(app);
+            return Err(e);
+        }
+        debug!(%app, %channel, "mesh: subscribed to channel");
+        Ok(ChannelLink {
+            local_members: 0,
+            _messages: messages,
+            remote: HashMap::new(),
+            gone: HashMap::new(),
+        })
+    }
+
+    /// Counts one more linked channel of `app`, watching its tokens first.
+    async fn watch(&mut self, app: &Arc<str>) -> zenoh::Result<()> {
+        if let Some(watch) = self.apps.get_mut(app) {
+            watch.linked_channels += 1;
+            return Ok(());
+        }
+        let tx = self.inbound_tx.clone();
         let memberships = self
             .session
             .liveliness()
-            .declare_subscriber(keys::members_of(app, channel))
-            .history(true)
+            .declare_subscriber(keys::members_of_app(app))
             .callback(move |sample| {
                 let _ = tx.send(FromZenoh::Membership {
-                    channel: cid.clone(),
                     key: sample.key_expr().as_str().to_owned(),
                     alive: sample.kind() == SampleKind::Put,
                 });
             })
             .await?;
-        debug!(%app, %channel, "mesh: subscribed to channel");
-        Ok(ChannelLink {
-            local_members: 0,
-            _messages: messages,
-            _memberships: memberships,
-            remote: HashMap::new(),
-            gone: HashMap::new(),
-        })
+        debug!(%app, "mesh: watching the app's memberships");
+        self.apps.insert(
+            app.clone(),
+            AppWatch {
+                linked_channels: 1,
+                _memberships: memberships,
+            },
+        );
+        Ok(())
+    }
+
+    /// Counts one linked channel of `app` less; the last one ends the watch.
+    fn unwatch(&mut self, app: &str) {
+        if let Some(watch) = self.apps.get_mut(app) {
+            watch.linked_channels -= 1;
+            if watch.linked_channels == 0 {
+                self.apps.remove(app);
+                debug!(%app, "mesh: no linked channel left, stopped watching the app");
+            }
+        }
     }
 
     fn on_remote(&mut self, msg: FromZenoh) {
@@ -419,11 +479,7 @@ impl Bridge {
                 payload,
                 origin,
             } => self.on_message(channel, &payload, origin),
-            FromZenoh::Membership {
-                channel,
-                key,
-                alive,
-            } => self.on_membership(channel, &key, alive),
+            FromZenoh::Membership { key, alive } => self.on_membership(&key, alive),
             FromZenoh::Check { channel, member } => self.on_check(channel, &member),
         }
     }
@@ -526,7 +582,7 @@ impl Bridge {
         );
     }
 
-    fn on_membership(&mut self, id: ChannelId, key: &str, alive: bool) {
+    fn on_membership(&mut self, key: &str, alive: bool) {
         let Some(member) = keys::parse_member(key) else {
             debug!(%key, "mesh: not a membership key");
             return;
@@ -534,8 +590,9 @@ impl Bridge {
         if member.mesh_id == self.mesh_id {
             return; // our own token
         }
+        let id: ChannelId = (member.app.as_str().into(), member.channel.as_str().into());
         let Some(link) = self.channels.get_mut(&id) else {
-            return;
+            return; // a channel without local members
         };
         let who = (member.mesh_id.clone(), member.sid);
         let now = Instant::now();
