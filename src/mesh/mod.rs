@@ -264,7 +264,9 @@ struct Bridge {
 /// liveliness subscriber is an interest that every token declaration is
 /// matched against, so a join cost grew with the number of channels on the
 /// node (`examples/zenoh-tokens.rs`, 5,000 channels: 1.4 ms per join with a
-/// watch per channel, 0.56 ms with one per app; BENCHMARKS.md fix 8).
+/// watch per channel, 0.56 ms with one per app; BENCHMARKS.md fix 8). The
+/// watch's own cost grows with the app's tokens, so with few channels and
+/// many members the two layouts cost the same.
 struct AppWatch {
     linked_channels: usize,
     _memberships: Subscriber<()>,
