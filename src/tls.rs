@@ -162,6 +162,8 @@ impl Certificate {
             .with_no_client_auth()
             .with_single_cert(self.chain.clone(), self.key.clone_key())?;
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // TLS 1.3 WebSockets hand their keys to `transport::records` after the upgrade.
+        config.enable_secret_extraction = true;
         Ok(Arc::new(config))
     }
 

@@ -26,6 +26,7 @@ use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, info_span, Instrument};
 
 use super::http::{self, Request};
+use super::records;
 use super::{admit, Admission, Context, HANDSHAKE_TIMEOUT};
 use crate::hub::{CloseReason, Peer};
 use crate::outbox::OutboxReceiver;
@@ -88,7 +89,7 @@ async fn upgrade(
     ctx: &Context,
 ) -> anyhow::Result<Option<(Ws, Admission)>> {
     let mut stream = timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await??;
-    let (request, leftover) =
+    let (request, mut leftover) =
         match timeout(HANDSHAKE_TIMEOUT, http::read_request(&mut stream)).await? {
             Ok(read) => read,
             Err(e @ (http::HttpError::Parse(_) | http::HttpError::TooLarge)) => {
@@ -152,6 +153,8 @@ async fn upgrade(
         head.push_str(&format!("{name}: {value}\r\n"));
     }
     head.push_str("\r\n");
+    // From here on a TLS 1.3 connection holds its keys, not rustls' buffers.
+    let mut stream = records::take_over(stream, &mut leftover).await?;
     tokio::io::AsyncWriteExt::write_all(&mut stream, head.as_bytes()).await?;
 
     let config = websocket_config(ctx.max_message_size);
@@ -192,7 +195,7 @@ fn websocket_accept_key(request: &Request) -> Option<String> {
     upgrade.then(|| derive_accept_key(key.as_bytes()))
 }
 
-type Ws = WebSocketStream<tokio_rustls::server::TlsStream<TcpStream>>;
+type Ws = WebSocketStream<records::Stream>;
 
 async fn run(
     mut sink: SplitSink<Ws, Message>,

@@ -597,12 +597,17 @@ pub async fn tls_connect(addr: SocketAddr) -> tokio_rustls::client::TlsStream<Tc
     tls_wrap(tcp).await
 }
 
-pub async fn tls_wrap(tcp: TcpStream) -> tokio_rustls::client::TlsStream<TcpStream> {
+/// Roots that trust the test PKI.
+pub fn test_roots() -> rustls::RootCertStore {
     crypto();
     let mut roots = rustls::RootCertStore::empty();
     roots.add(pki().ca.clone()).unwrap();
+    roots
+}
+
+pub async fn tls_wrap(tcp: TcpStream) -> tokio_rustls::client::TlsStream<TcpStream> {
     let config = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
+        .with_root_certificates(test_roots())
         .with_no_client_auth();
     TlsConnector::from(Arc::new(config))
         .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)

@@ -1,0 +1,268 @@
+//! `transport::records`: TLS 1.3 records sealed and opened by prscd after
+//! rustls' handshake, against a real rustls client on loopback TCP.
+//!
+//! Each test does a real handshake, reads a request through rustls as the
+//! WebSocket upgrade does, takes the connection over, then checks one thing
+//! the record layer must get right: bulk both ways, records cut into many
+//! TCP segments, the client's close_notify, what it refuses (a tampered
+//! record, a key update), and TLS 1.2 staying with rustls.
+
+mod common;
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use prscd::transport::records::{self, Stream};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::timeout;
+
+use common::WAIT;
+
+/// A client's TCP stream that writes at most `max` bytes per call, so TLS
+/// records reach the server in pieces, and can flip a bit of the next write.
+struct Dribble {
+    tcp: TcpStream,
+    max: usize,
+    corrupt_next: Arc<AtomicBool>,
+}
+
+impl AsyncRead for Dribble {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Dribble {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let n = data.len().min(self.max);
+        if self.corrupt_next.swap(false, Ordering::SeqCst) {
+            let mut bad = data[..n].to_vec();
+            *bad.last_mut().unwrap() ^= 1;
+            return Pin::new(&mut self.tcp).poll_write(cx, &bad);
+        }
+        Pin::new(&mut self.tcp).poll_write(cx, &data[..n])
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+}
+
+type Client = tokio_rustls::client::TlsStream<Dribble>;
+
+/// A handshake; the server reads `hello` through rustls, takes the
+/// connection over (with whatever else rustls had opened) and says `go`.
+async fn connect(
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    max_write: usize,
+) -> (Client, Stream, Vec<u8>, Arc<AtomicBool>) {
+    let pki = common::pki();
+    let server_config = prscd::tls::Certificate::load(&pki.chain_pem, &pki.key_pem)
+        .unwrap()
+        .server_config()
+        .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut tls = tokio_rustls::TlsAcceptor::from(server_config)
+            .accept(tcp)
+            .await
+            .unwrap();
+        let mut hello = [0u8; 5];
+        tls.read_exact(&mut hello).await.unwrap();
+        assert_eq!(&hello, b"hello");
+        let mut leftover = Vec::new();
+        let mut stream = records::take_over(tls, &mut leftover).await.unwrap();
+        stream.write_all(b"go").await.unwrap();
+        stream.flush().await.unwrap();
+        (stream, leftover)
+    });
+    let corrupt_next = Arc::new(AtomicBool::new(false));
+    let dribble = Dribble {
+        tcp: TcpStream::connect(addr).await.unwrap(),
+        max: max_write,
+        corrupt_next: corrupt_next.clone(),
+    };
+    let config = rustls::ClientConfig::builder_with_protocol_versions(versions)
+        .with_root_certificates(common::test_roots())
+        .with_no_client_auth();
+    let mut client = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("127.0.0.1").unwrap(), dribble)
+        .await
+        .unwrap();
+    // Sent with the request, as a pipelining client would: rustls has
+    // opened it before the take-over, so it must come back as leftover.
+    client.write_all(b"hello+extra").await.unwrap();
+    client.flush().await.unwrap();
+    let (stream, leftover) = timeout(WAIT, server).await.unwrap().unwrap();
+    let mut go = [0u8; 2];
+    timeout(WAIT, client.read_exact(&mut go))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&go, b"go");
+    (client, stream, leftover, corrupt_next)
+}
+
+/// Pseudo-random bytes, the same every run.
+fn pattern(len: usize) -> Vec<u8> {
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Reads what the server receives until end of stream or an error.
+async fn read_to_end(stream: &mut Stream) -> (Vec<u8>, io::Result<()>) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 700];
+    loop {
+        match timeout(WAIT, stream.read(&mut buf)).await.expect("read") {
+            Ok(0) => return (got, Ok(())),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => return (got, Err(e)),
+        }
+    }
+}
+
+#[tokio::test]
+async fn bulk_both_ways_in_records_cut_into_small_segments() {
+    let (mut client, mut server, leftover, _) = connect(&[&rustls::version::TLS13], 7).await;
+    assert!(
+        matches!(server, Stream::Records(_)),
+        "TLS 1.3 is taken over"
+    );
+    assert_eq!(leftover, b"+extra");
+
+    // Up: writes of many sizes (one record each, some over 16 KiB), each
+    // reaching the server 7 bytes per TCP write.
+    let up = pattern(150_000);
+    let sizes = [1, 2, 100, 16_384, 16_385, 40_000];
+    let writer = async {
+        let mut at = 0;
+        for size in sizes.iter().cycle() {
+            if at == up.len() {
+                break;
+            }
+            let end = (at + size).min(up.len());
+            client.write_all(&up[at..end]).await.unwrap();
+            client.flush().await.unwrap();
+            at = end;
+        }
+        client
+    };
+    let reader = async {
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 3000];
+        while got.len() < up.len() {
+            let n = timeout(WAIT, server.read(&mut buf)).await.unwrap().unwrap();
+            assert_ne!(n, 0, "early end of stream");
+            got.extend_from_slice(&buf[..n]);
+        }
+        (got, server)
+    };
+    let (mut client, (got, mut server)) = tokio::join!(writer, reader);
+    assert!(got == up, "the server read what the client wrote");
+
+    // Down: one large write and many small ones, read back by rustls.
+    let down = pattern(300_000);
+    let writer = async {
+        server.write_all(&down[..200_000]).await.unwrap();
+        for piece in down[200_000..].chunks(999) {
+            server.write_all(piece).await.unwrap();
+        }
+        server.flush().await.unwrap();
+        server
+    };
+    let reader = async {
+        let mut got = vec![0u8; down.len()];
+        timeout(WAIT, client.read_exact(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        got
+    };
+    let (mut server, got) = tokio::join!(writer, reader);
+    assert!(got == down, "the client read what the server wrote");
+
+    // The server's close_notify reaches the client as end of stream.
+    server.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    let n = timeout(WAIT, client.read_to_end(&mut rest)).await.unwrap();
+    assert_eq!(n.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn close_notify_from_the_client_is_end_of_stream() {
+    let (mut client, mut server, _, _) = connect(&[&rustls::version::TLS13], usize::MAX).await;
+    client.write_all(b"last words").await.unwrap();
+    client.shutdown().await.unwrap();
+    let (got, end) = read_to_end(&mut server).await;
+    assert_eq!(got, b"last words");
+    end.expect("a clean end of stream");
+}
+
+#[tokio::test]
+async fn a_tampered_record_is_an_error_not_data() {
+    let (mut client, mut server, _, corrupt) =
+        connect(&[&rustls::version::TLS13], usize::MAX).await;
+    client.write_all(b"fine").await.unwrap();
+    client.flush().await.unwrap();
+    corrupt.store(true, Ordering::SeqCst);
+    client.write_all(b"tampered").await.unwrap();
+    client.flush().await.unwrap();
+    let (got, end) = read_to_end(&mut server).await;
+    assert_eq!(got, b"fine", "nothing of the bad record is read");
+    let e = end.expect_err("the bad record is refused");
+    assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+}
+
+#[tokio::test]
+async fn a_client_key_update_ends_the_connection_with_an_error() {
+    let (mut client, mut server, _, _) = connect(&[&rustls::version::TLS13], usize::MAX).await;
+    client.write_all(b"before").await.unwrap();
+    client.get_mut().1.refresh_traffic_keys().unwrap();
+    client.write_all(b"after").await.unwrap();
+    client.flush().await.unwrap();
+    let (got, end) = read_to_end(&mut server).await;
+    assert_eq!(got, b"before");
+    let e = end.expect_err("a key update cannot be followed");
+    assert_eq!(e.kind(), io::ErrorKind::Unsupported, "{e}");
+}
+
+#[tokio::test]
+async fn tls12_stays_with_rustls() {
+    let (mut client, mut server, leftover, _) = connect(&[&rustls::version::TLS12], 7).await;
+    assert!(
+        matches!(server, Stream::Rustls(_)),
+        "TLS 1.2 is not taken over"
+    );
+    assert!(leftover.is_empty(), "rustls keeps its plaintext");
+    let data = pattern(50_000);
+    client.write_all(&data).await.unwrap();
+    client.shutdown().await.unwrap();
+    let (got, end) = read_to_end(&mut server).await;
+    end.unwrap();
+    assert!(got == [b"+extra".as_slice(), &data].concat());
+}
