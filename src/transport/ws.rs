@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{timeout, Instant};
 use tokio_rustls::TlsAcceptor;
@@ -182,7 +182,7 @@ pub fn websocket_config(max_message_size: usize) -> WebSocketConfig {
         .max_write_buffer_size(max_message_size.saturating_mul(2).max(2 * WRITE_BUFFER))
 }
 
-const READ_BUFFER: usize = 512;
+const READ_BUFFER: usize = 256;
 const WRITE_BUFFER: usize = 16 * 1024;
 
 /// `Sec-WebSocket-Accept` for a valid upgrade request, else `None`.
@@ -197,17 +197,24 @@ fn websocket_accept_key(request: &Request) -> Option<String> {
 
 type Ws = WebSocketStream<records::Stream>;
 
-async fn run(
+/// The session: the reader and the writer, joined.
+///
+/// A plain function returning the join of two `async move` blocks, not an
+/// `async fn` that awaits `join!`: the latter holds each half twice (as a
+/// local and inside the join), ~500 bytes more per idle connection.
+fn run(
     mut sink: SplitSink<Ws, Message>,
     mut stream: SplitStream<Ws>,
     mut peer: Peer,
     mut outbox: OutboxReceiver,
     ctx: &Context,
-) {
-    let ctl = peer.ctl().clone();
+) -> impl std::future::Future<Output = ()> + '_ {
+    let reader_ctl = peer.ctl().clone();
+    let writer_ctl = reader_ctl.clone();
     let stats = ctx.hub.stats().clone();
 
-    let reader = async {
+    let reader = async move {
+        let ctl = reader_ctl;
         // One cancellation future and one idle timer for the whole session:
         // re-creating them per frame costs a waiter registration and a
         // timer-wheel insertion each time. The timer is pushed back only
@@ -273,7 +280,8 @@ async fn run(
         drop(peer); // peer_offline to every channel, now
     };
 
-    let writer = async {
+    let writer = async move {
+        let ctl = writer_ctl;
         let mut ping = tokio::time::interval_at(
             Instant::now() + ctx.keepalive_interval,
             ctx.keepalive_interval,
@@ -308,31 +316,43 @@ async fn run(
                 break;
             }
         }
-        let Some(reason) = ctl.reason().filter(|r| *r != CloseReason::PeerGone) else {
-            return;
-        };
-        if reason == CloseReason::GoingAway {
-            // Draining: what was queued (the peer_offline of the others) goes out first.
-            let mut rest = Vec::new();
-            outbox.try_recv(&mut rest);
-            let _ = timeout(Duration::from_secs(1), feed_all(&mut sink, rest)).await;
-        }
-        let close = Message::Close(Some(CloseFrame {
-            code: CloseCode::from(reason.code()),
-            reason: reason.as_str().into(),
-        }));
-        // A slow reader's socket is full: give the close frame little time.
-        let grace = if reason == CloseReason::SlowReader {
-            100
-        } else {
-            1000
-        };
-        let _ = timeout(Duration::from_millis(grace), sink.send(close)).await;
-        tracing::Span::current().record("close_reason", reason.as_str());
-        debug!(reason = reason.as_str(), "closed by server");
+        // Boxed: the close sequence's timers and frames are needed once, at
+        // the end, and would otherwise size every idle session.
+        Box::pin(close_by_server(&mut sink, &mut outbox, ctl.reason())).await;
     };
 
-    tokio::join!(reader, writer);
+    futures_util::future::join(reader, writer).map(|_| ())
+}
+
+/// The server's side of a close: what is still queued when draining, then
+/// the Close frame with the reason. Nothing when the client went first.
+async fn close_by_server(
+    sink: &mut SplitSink<Ws, Message>,
+    outbox: &mut OutboxReceiver,
+    reason: Option<CloseReason>,
+) {
+    let Some(reason) = reason.filter(|r| *r != CloseReason::PeerGone) else {
+        return;
+    };
+    if reason == CloseReason::GoingAway {
+        // Draining: what was queued (the peer_offline of the others) goes out first.
+        let mut rest = Vec::new();
+        outbox.try_recv(&mut rest);
+        let _ = timeout(Duration::from_secs(1), feed_all(sink, rest)).await;
+    }
+    let close = Message::Close(Some(CloseFrame {
+        code: CloseCode::from(reason.code()),
+        reason: reason.as_str().into(),
+    }));
+    // A slow reader's socket is full: give the close frame little time.
+    let grace = if reason == CloseReason::SlowReader {
+        100
+    } else {
+        1000
+    };
+    let _ = timeout(Duration::from_millis(grace), sink.send(close)).await;
+    tracing::Span::current().record("close_reason", reason.as_str());
+    debug!(reason = reason.as_str(), "closed by server");
 }
 
 async fn feed_all<S>(sink: &mut S, batch: impl IntoIterator<Item = Bytes>) -> bool
