@@ -18,7 +18,7 @@
 //! KeyUpdate ends its connection with an error, as does sending more records
 //! than the cipher's confidentiality limit allows under one key (2^24 for
 //! AES-GCM: batches of frames per record make that days of a busy channel).
-//! The client reconnects either way; browsers do not update keys on their own.
+//! The client reconnects either way.
 
 use std::io::{self, Read};
 use std::mem::MaybeUninit;
