@@ -330,15 +330,10 @@ impl AsyncRead for RecordStream {
                 return Poll::Ready(Ok(()));
             }
             let used = this.open_records(filled, buf)?;
-            this.partial.clear();
-            this.partial.extend_from_slice(&filled[used..]);
-            if this.partial.is_empty() {
-                this.partial = Vec::new();
-            }
-            if buf.filled().len() > start || this.plain_at < this.plain.len() || this.peer_closed {
-                if this.plain_at < this.plain.len() && buf.remaining() > 0 {
-                    this.take_plain(buf);
-                }
+            // Empty (no allocation) unless a record is cut.
+            this.partial = filled[used..].to_vec();
+            // Plaintext is kept back only once `buf` is full, so this covers it.
+            if buf.filled().len() > start || this.peer_closed {
                 return Poll::Ready(Ok(()));
             }
         }
