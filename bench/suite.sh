@@ -29,10 +29,10 @@ done
 
 # Sizes: full, or --quick.
 if [ "$QUICK" = 1 ]; then
-  SUBS=200 MSGS=500 REPS=1 ROOMS=100 ROOM_SECS=3 IDLE=2000 STORM=2000
+  SUBS=200 MSGS=500 REPS=1 FANOUT_REPS=1 ROOMS=100 ROOM_SECS=3 IDLE=2000 STORM=2000
   FRACTIONS="0.25 0.5 0.9" DEATH_TRIALS=3 HOP_REPS=1 WT_SUBS=100
 else
-  SUBS=1000 MSGS=3000 REPS=3 ROOMS=1000 ROOM_SECS=10 IDLE=19000 STORM=19000
+  SUBS=1000 MSGS=3000 REPS=3 FANOUT_REPS=5 ROOMS=1000 ROOM_SECS=10 IDLE=19000 STORM=19000
   FRACTIONS="0.1 0.25 0.5 0.75 0.9" DEATH_TRIALS=20 HOP_REPS=3 WT_SUBS=200
 fi
 
@@ -127,6 +127,7 @@ stop
   uname -sr
   echo "node: $(node --version)"
   echo "quick: $QUICK"
+  echo "fanout: rounds of $FANOUT_REPS (every server once per round)"
   echo "loadavg before: $(cat /proc/loadavg)"
 } >"$OUT/machine.txt"
 
@@ -136,18 +137,27 @@ SERVERS="prscd ceiling node-ws socketio"
 want() { [ -z "${BENCH_ONLY:-}" ] || [[ " $BENCH_ONLY " == *" $1 "* ]]; }
 
 if want fanout; then
-echo "==> fan-out at max rate: 1 publisher -> $SUBS subscribers, 100-byte payloads"
-for kind in $SERVERS; do
-  for rep in $(seq 1 "$REPS"); do
-    fresh "$kind" "fanout-max-$kind-$rep" fanout \
-      --subscribers "$SUBS" --messages "$MSGS" --duration-limit 120
+echo "==> fan-out at max rate: 1 publisher -> $SUBS subscribers, 100-byte payloads, $FANOUT_REPS rounds"
+# Rounds, every server once per round: this VM's speed drifts by ±10 % over
+# minutes, so servers are compared round by round, not block by block.
+# ceiling-frames: the ceiling relaying the exact bytes prscd delivers.
+for rep in $(seq 1 "$FANOUT_REPS"); do
+  for kind in prscd ceiling ceiling-frames node-ws socketio; do
+    case $kind in
+      ceiling-frames) server=ceiling; frames=(--frames prscd) ;;
+      *) server=$kind; frames=() ;;
+    esac
+    start "$server" "fanout-max-$kind-$rep"
+    bench "fanout-max-$kind-$rep" fanout --server "$server" --url "$URL" --server-pid "$SPID" \
+      --subscribers "$SUBS" --messages "$MSGS" --settle 1 --duration-limit 120 "${frames[@]}"
+    stop
   done
 done
 
 fi
 
 # Offered loads: fractions of prscd's median max rate (messages/s).
-PRSCD_MAX=$(python3 - "$OUT" "$REPS" "$SUBS" <<'EOF'
+PRSCD_MAX=$(python3 - "$OUT" "$FANOUT_REPS" "$SUBS" <<'EOF'
 import json, sys, statistics
 out, reps, subs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 rates = []

@@ -55,6 +55,11 @@ fn every_client_scenario_against_prscd() {
     let r = bench_with("fanout --subscribers 20 --messages 100", &common);
     assert_delivered(&r);
     assert!(r["server_process"]["cpu_s"].as_f64().is_some(), "{r}");
+    assert!(
+        r["server_process"]["traffic_cpu_s"].as_f64().is_some(),
+        "{r}"
+    );
+    assert!(r["client"]["traffic_cpu_s"].as_f64().is_some(), "{r}");
     let r = bench_with("fanout --subscribers 10 --messages 50 --rate 500", &common);
     assert_delivered(&r);
     let r = bench_with(
@@ -162,6 +167,14 @@ fn comparison_servers() {
         let r = bench_with("fanout --subscribers 20 --messages 100", &common);
         assert_eq!(r["server"], kind);
         assert_delivered(&r);
+        if kind != "socketio" {
+            // prscd's frames through the bare broadcast: read back as prscd's.
+            let r = bench_with(
+                "fanout --subscribers 20 --messages 100 --frames prscd",
+                &common,
+            );
+            assert_delivered(&r);
+        }
         let r = bench_with(
             "rooms --rooms 5 --room-size 4 --rate 5 --duration 1",
             &common,

@@ -271,7 +271,7 @@ async fn member(sh: Arc<Shared>, index: usize, permits: Arc<Semaphore>) -> Outco
                 out.max_lag_us = out.max_lag_us.max(due_at.elapsed().as_micros() as u64);
                 let payload = sh.payload(out.sent, index as u32);
                 let now = sh.now_ns();
-                if let Err(e) = conn.send(spec.wire.publish(&room, &payload)).await {
+                if let Err(e) = conn.send(spec.wire.publish(&room, &id, &payload)).await {
                     out.failure = Some(format!("send: {e:#}"));
                     break;
                 }
@@ -359,10 +359,8 @@ async fn publisher(sh: Arc<Shared>, room_index: usize) -> Outcome {
     let room = spec.room(room_index);
     let pub_index = (spec.clients() + room_index) as u32;
     let ep = spec.pub_url.as_ref().unwrap_or(&spec.url);
-    let (mut conn, mut state) = match sh
-        .connect_and_join(&format!("pub{room_index}"), &room, ep)
-        .await
-    {
+    let id = format!("pub{room_index}");
+    let (mut conn, mut state) = match sh.connect_and_join(&id, &room, ep).await {
         Ok(c) => c,
         Err(e) => {
             out.failure = Some(format!("publisher: {e:#}"));
@@ -449,7 +447,7 @@ async fn publisher(sh: Arc<Shared>, room_index: usize) -> Outcome {
             }
             let payload = sh.payload(i, pub_index);
             let now = sh.now_ns();
-            let send = conn.send(spec.wire.publish(&room, &payload));
+            let send = conn.send(spec.wire.publish(&room, &id, &payload));
             match tokio::time::timeout(spec.step_timeout, send).await {
                 Ok(r) => r?,
                 Err(_) => bail!("publisher send blocked for {:?}", spec.step_timeout),
@@ -630,6 +628,9 @@ pub async fn run(spec: LoadSpec) -> anyhow::Result<(serde_json::Value, bool)> {
         _ = sh.stop.cancelled() => {}
     }
     let mem_settled = pid.and_then(measure::proc_mem);
+    // CPU from here on is the traffic's, not the handshakes' and joins'.
+    let cpu_go = pid.and_then(measure::proc_cpu);
+    let self_cpu_go = measure::self_cpu();
     sh.go.cancel();
 
     // 3. Wait for the end: publishers done and every live client has all
@@ -733,9 +734,15 @@ pub async fn run(spec: LoadSpec) -> anyhow::Result<(serde_json::Value, bool)> {
     let complete = stopped_by.is_none() && lost == 0 && disconnected == 0 && sent == want_sent;
     let kb = |m: Option<(u64, u64)>| m.map(|(rss, _)| rss);
     let server = pid.map(|pid| {
-        let cpu = match (cpu_before, cpu_end) {
+        let cpu_between = |a: Option<f64>, b: Option<f64>| match (a, b) {
             (Some(a), Some(b)) => Some(measure::round(b - a, 3)),
             _ => None,
+        };
+        let cpu = cpu_between(cpu_before, cpu_end);
+        let cpu_traffic = cpu_between(cpu_go, cpu_end);
+        let per_delivery = |c: Option<f64>| {
+            c.filter(|_| delivered > 0)
+                .map(|c| measure::round(c * 1e6 / delivered as f64, 2))
         };
         let per_conn = match (kb(mem_before), kb(mem_settled)) {
             (Some(a), Some(b)) if joined > 0 => {
@@ -754,7 +761,13 @@ pub async fn run(spec: LoadSpec) -> anyhow::Result<(serde_json::Value, bool)> {
             "rss_kb_per_conn": per_conn,
             "hwm_kb": mem_end.map(|(_, hwm)| hwm),
             "cpu_s": cpu,
-            "cpu_us_per_delivery": cpu.filter(|_| delivered > 0).map(|c| measure::round(c * 1e6 / delivered as f64, 2)),
+            "cpu_us_per_delivery": per_delivery(cpu),
+            // From the go signal (after setup and settle) to the end.
+            "traffic_cpu_s": cpu_traffic,
+            "traffic_cpu_us_per_delivery": per_delivery(cpu_traffic),
+            "setup_cpu_us_per_conn": cpu_between(cpu_before, cpu_go)
+                .filter(|_| joined > 0)
+                .map(|c| measure::round(c * 1e6 / joined as f64, 1)),
             "rss_series": *rss_series.lock().unwrap(),
         })
     });
@@ -818,7 +831,11 @@ pub async fn run(spec: LoadSpec) -> anyhow::Result<(serde_json::Value, bool)> {
         "latency_us": measure::quantiles(&hist),
         "server_process": server,
         "node_dropped": dropped,
-        "client": { "cpu_s": measure::round(self_cpu_end - self_cpu_before, 3), "nofile": nofile },
+        "client": {
+            "cpu_s": measure::round(self_cpu_end - self_cpu_before, 3),
+            "traffic_cpu_s": measure::round(self_cpu_end - self_cpu_go, 3),
+            "nofile": nofile,
+        },
         "failures": failure_kinds.iter().take(20).map(|(f, c)| json!({"count": c, "what": f})).collect::<Vec<_>>(),
     });
     Ok((result, complete))
@@ -901,16 +918,24 @@ pub fn summary(r: &serde_json::Value) -> String {
     }
     if let Some(sv) = r["server_process"].as_object() {
         s += &format!(
-            "  server     VmRSS {} kB before, {} kB settled, {} kB at end ({} kB/conn); CPU {} s ({} µs/delivery)\n",
+            "  server     VmRSS {} kB before, {} kB settled, {} kB at end ({} kB/conn)\n",
             sv["rss_kb"]["before"],
             sv["rss_kb"]["settled"],
             sv["rss_kb"]["end"],
             sv["rss_kb_per_conn"],
+        );
+        s += &format!(
+            "  server     CPU {} s: setup {} µs/conn; traffic {} s ({} µs/delivery)\n",
             sv["cpu_s"],
-            sv["cpu_us_per_delivery"]
+            sv["setup_cpu_us_per_conn"],
+            sv["traffic_cpu_s"],
+            sv["traffic_cpu_us_per_delivery"]
         );
     }
-    s += &format!("  client     CPU {} s\n", r["client"]["cpu_s"]);
+    s += &format!(
+        "  client     CPU {} s (traffic {} s)\n",
+        r["client"]["cpu_s"], r["client"]["traffic_cpu_s"]
+    );
     if let Some(m) = r["node_dropped"].as_object() {
         if !m.is_empty() {
             s += &format!("  node drops {}\n", serde_json::Value::Object(m.clone()));

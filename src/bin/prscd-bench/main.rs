@@ -41,6 +41,7 @@ scenarios (defaults in brackets):
   fanout      1 publisher -> N subscribers in one room
               --subscribers N [1000] --messages M [2000] --rate R|max [max]
               --window W [100: at max rate, message i waits for i-W everywhere]
+              --settle S [0: pause between the joins and the first message]
   rooms       R rooms of S members, every member publishing at a rate
               --rooms R [1000] --room-size S [10] --rate R [1] --duration S [10]
   idle        N idle connections (joined, in rooms of S); server RSS per connection
@@ -63,6 +64,9 @@ common options:
   --transport T           ws | datagram (WebTransport, prscd only) [ws]
   --channel NAME          room name (prefix) [bench]
   --payload BYTES         payload size, >= 20 [100]
+  --frames F              node-ws and ceiling: payload (the bare payload) | prscd
+                          (the bytes a prscd node delivers: {t,c,p,pl,mesh}) [payload]
+  --mesh-id M             the mesh value of --frames prscd [bench: the suite's nodes]
   --connect-concurrency C connections set up at once [32; idle 128; storm 256]
   --source-ips K          spread client addresses over 127.0.0.1..K [1; idle 16]
   --threads T             client runtime threads [1]
@@ -201,8 +205,19 @@ fn prepare(scenario: &str, o: &Opts) -> anyhow::Result<Job> {
             base_path: url.path.clone(),
             publickey,
         }),
-        "node-ws" => Arc::new(wire::Raw { label: "node-ws" }),
-        "ceiling" => Arc::new(wire::Raw { label: "ceiling" }),
+        kind @ ("node-ws" | "ceiling") => {
+            let signalling = match o.string("frames", "payload").as_str() {
+                "payload" => None,
+                "prscd" => Some(o.string("mesh-id", "bench")),
+                other => bail!("--frames: {other:?} is not payload or prscd"),
+            };
+            let label = if kind == "node-ws" {
+                "node-ws"
+            } else {
+                "ceiling"
+            };
+            Arc::new(wire::Raw { label, signalling })
+        }
         "socketio" => Arc::new(socketio::SocketIo),
         other => bail!("--server: unknown kind {other:?}"),
     };
@@ -252,12 +267,15 @@ fn prepare(scenario: &str, o: &Opts) -> anyhow::Result<Job> {
             spec.messages = o.num("messages", 2000)?;
             spec.rate = o.rate("rate", None)?;
             spec.window = o.num::<u64>("window", 100)?.max(1);
-            if scenario == "cross-node" {
+            let settle = if scenario == "cross-node" {
                 spec.pub_url = Some(Endpoint::parse(
                     &o.opt("pub-url").context("--pub-url is required")?,
                 )?);
-                spec.settle = o.secs("settle", 1.0)?;
-            }
+                1.0
+            } else {
+                0.0
+            };
+            spec.settle = o.pause("settle", settle)?;
         }
         "rooms" => {
             spec.rooms = o.num("rooms", 1000)?;
@@ -278,7 +296,7 @@ fn prepare(scenario: &str, o: &Opts) -> anyhow::Result<Job> {
             spec.rooms = n.div_ceil(size);
             spec.members = size.min(n);
             if scenario == "idle" {
-                spec.settle = o.secs("settle", 5.0)?;
+                spec.settle = o.pause("settle", 5.0)?;
             }
         }
     }

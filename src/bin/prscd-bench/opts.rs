@@ -81,6 +81,15 @@ impl Opts {
         Ok(Duration::from_secs_f64(s))
     }
 
+    /// A pause in seconds: like [`secs`](Self::secs), 0 allowed.
+    pub fn pause(&self, name: &str, default: f64) -> anyhow::Result<Duration> {
+        let s: f64 = self.num(name, default)?;
+        if !(s >= 0.0 && s.is_finite()) {
+            bail!("--{name} must be >= 0 seconds");
+        }
+        Ok(Duration::from_secs_f64(s))
+    }
+
     /// A rate in messages/s, or `None` for `max`.
     pub fn rate(&self, name: &str, default: Option<f64>) -> anyhow::Result<Option<f64>> {
         match self.opt(name).as_deref() {

@@ -79,7 +79,7 @@ impl Wire for SocketIo {
         }
     }
 
-    fn publish(&self, room: &str, payload: &[u8]) -> Vec<Message> {
+    fn publish(&self, room: &str, _id: &str, payload: &[u8]) -> Vec<Message> {
         vec![
             Message::text(format!(
                 r#"451-["msg",{},{{"_placeholder":true,"num":0}}]"#,
@@ -213,7 +213,7 @@ mod tests {
     #[test]
     fn publish_is_a_binary_event_with_one_attachment() {
         assert_eq!(
-            SocketIo.publish("room", b"\x00\x01"),
+            SocketIo.publish("room", "c0", b"\x00\x01"),
             vec![
                 Message::text(r#"451-["msg","room",{"_placeholder":true,"num":0}]"#),
                 Message::Binary(Bytes::from_static(b"\x00\x01")),

@@ -51,8 +51,8 @@ pub trait Wire: Send + Sync + 'static {
     /// answer (socket.io pongs) go to `reply`.
     fn incoming(&self, state: &mut WireState, frame: Message, reply: &mut Vec<Message>)
         -> Incoming;
-    /// Frames that publish `payload` to `room`.
-    fn publish(&self, room: &str, payload: &[u8]) -> Vec<Message>;
+    /// Frames with which client `id` publishes `payload` to `room`.
+    fn publish(&self, room: &str, id: &str, payload: &[u8]) -> Vec<Message>;
 }
 
 /// prscd's Signalling (PROTOCOL.md): `channel_join` with the ack, `data`
@@ -82,7 +82,7 @@ impl Wire for Prscd {
         }
     }
 
-    fn publish(&self, room: &str, payload: &[u8]) -> Vec<Message> {
+    fn publish(&self, room: &str, _id: &str, payload: &[u8]) -> Vec<Message> {
         vec![Message::Binary(data_frame(room, payload).into())]
     }
 }
@@ -212,11 +212,30 @@ pub fn data_frame(channel: &str, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// A bare room broadcast: `GET /?room=R`, every binary frame is a payload
-/// relayed to the room's other members. The Node `ws` server of `bench/`
-/// and the tokio-tungstenite ceiling speak it.
+/// What a prscd node whose MESH_ID is `mesh` delivers when `from` publishes
+/// `payload` in `channel` ([`data_frame`] plus the node's `p` and `mesh`),
+/// byte for byte.
+pub fn delivered_frame(channel: &str, from: &str, mesh: &str, payload: &[u8]) -> Vec<u8> {
+    let mut bin = Vec::with_capacity(payload.len() + 5);
+    rmp::encode::write_bin(&mut bin, payload).unwrap();
+    protocol::encode(&protocol::Outbound {
+        kind: Kind::Data,
+        channel,
+        peer: from,
+        payload: Some(&bin),
+        mesh: Some(mesh),
+    })
+}
+
+/// A bare room broadcast: `GET /?room=R`, every binary frame is relayed as
+/// it is to the room's other members. The Node `ws` server of `bench/` and
+/// the tokio-tungstenite ceiling speak it.
 pub struct Raw {
     pub label: &'static str,
+    /// `Some(mesh_id)`: publish, and read back, the bytes a prscd node with
+    /// that MESH_ID delivers for the same message ([`delivered_frame`])
+    /// instead of the bare payload: prscd's frames on the wire, without prscd.
+    pub signalling: Option<String>,
 }
 
 impl Wire for Raw {
@@ -234,19 +253,55 @@ impl Wire for Raw {
 
     fn incoming(&self, _: &mut WireState, frame: Message, _: &mut Vec<Message>) -> Incoming {
         match frame {
+            Message::Binary(b) if self.signalling.is_some() => prscd_frame(&b),
             Message::Binary(b) => Incoming::Data(b),
             _ => Incoming::Other,
         }
     }
 
-    fn publish(&self, _room: &str, payload: &[u8]) -> Vec<Message> {
-        vec![Message::Binary(Bytes::copy_from_slice(payload))]
+    fn publish(&self, room: &str, id: &str, payload: &[u8]) -> Vec<Message> {
+        let frame = if let Some(mesh) = &self.signalling {
+            delivered_frame(room, id, mesh, payload).into()
+        } else {
+            Bytes::copy_from_slice(payload)
+        };
+        vec![Message::Binary(frame)]
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn raw_with_prscd_frames_publishes_what_a_node_delivers() {
+        let raw = Raw {
+            label: "ceiling",
+            signalling: Some("bench".into()),
+        };
+        let sent = raw.publish("room", "pub0", b"12345678");
+        let [Message::Binary(frame)] = sent.as_slice() else {
+            panic!("one binary frame: {sent:?}");
+        };
+        let m = protocol::decode_relayed(frame).unwrap();
+        assert_eq!(m.kind, Kind::Data);
+        assert_eq!((m.channel, m.peer, m.mesh), ("room", "pub0", Some("bench")));
+        let got = raw.incoming(
+            &mut WireState::default(),
+            Message::Binary(frame.clone()),
+            &mut Vec::new(),
+        );
+        assert_eq!(got, Incoming::Data(Bytes::from_static(b"12345678")));
+        // Without it, the frame is the payload.
+        let bare = Raw {
+            label: "ceiling",
+            signalling: None,
+        };
+        assert_eq!(
+            bare.publish("room", "pub0", b"1234"),
+            [Message::Binary(Bytes::from_static(b"1234"))]
+        );
+    }
 
     #[test]
     fn prscd_data_round_trip_through_the_relay_shape() {
