@@ -142,12 +142,21 @@ async fn run(conn: Connection, mut peer: Peer, mut outbox: OutboxReceiver, ctx: 
         let mut reply_rx = reply_rx;
         let mut reply: Option<SendStream> = None;
         let mut batch = Vec::new();
+        // The outbox keeps its buffers while busy; this gives them back.
+        let mut release = tokio::time::interval_at(
+            tokio::time::Instant::now() + ctx.keepalive_interval,
+            ctx.keepalive_interval,
+        );
         loop {
             let ok = tokio::select! {
                 biased;
                 _ = ctl.closing() => break,
                 send = &mut reply_rx, if reply.is_none() => {
                     reply = send.ok();
+                    true
+                }
+                _ = release.tick() => {
+                    outbox.release_idle(&mut batch);
                     true
                 }
                 open = outbox.recv(&mut batch) => {

@@ -304,6 +304,7 @@ fn run(
                     }
                 }
                 _ = ping.tick() => {
+                    outbox.release_idle(&mut batch);
                     let payload = Bytes::copy_from_slice(&unix_ms().to_be_bytes());
                     tokio::select! {
                         r = sink.send(Message::Ping(payload)) => r.is_ok(),
