@@ -24,11 +24,18 @@ use tokio::time::timeout;
 use common::WAIT;
 
 /// A client's TCP stream that writes at most `max` bytes per call, so TLS
-/// records reach the server in pieces, and can flip a bit of the next write.
+/// records reach the server in pieces, can flip a bit of the next write,
+/// and keeps the bytes it reads (the server's records as sent).
 struct Dribble {
     tcp: TcpStream,
     max: usize,
+    tap: Tap,
+}
+
+#[derive(Clone, Default)]
+struct Tap {
     corrupt_next: Arc<AtomicBool>,
+    received: Arc<std::sync::Mutex<Vec<u8>>>,
 }
 
 impl AsyncRead for Dribble {
@@ -37,7 +44,11 @@ impl AsyncRead for Dribble {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.tcp).poll_read(cx, buf)
+        let start = buf.filled().len();
+        let read = Pin::new(&mut self.tcp).poll_read(cx, buf);
+        let new = &buf.filled()[start..];
+        self.tap.received.lock().unwrap().extend_from_slice(new);
+        read
     }
 }
 
@@ -48,7 +59,7 @@ impl AsyncWrite for Dribble {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let n = data.len().min(self.max);
-        if self.corrupt_next.swap(false, Ordering::SeqCst) {
+        if self.tap.corrupt_next.swap(false, Ordering::SeqCst) {
             let mut bad = data[..n].to_vec();
             *bad.last_mut().unwrap() ^= 1;
             return Pin::new(&mut self.tcp).poll_write(cx, &bad);
@@ -70,7 +81,7 @@ type Client = tokio_rustls::client::TlsStream<Dribble>;
 async fn connect(
     versions: &[&'static rustls::SupportedProtocolVersion],
     max_write: usize,
-) -> (Client, Stream, Vec<u8>, Arc<AtomicBool>) {
+) -> (Client, Stream, Vec<u8>, Tap) {
     let pki = common::pki();
     let server_config = prscd::tls::Certificate::load(&pki.chain_pem, &pki.key_pem)
         .unwrap()
@@ -93,11 +104,11 @@ async fn connect(
         stream.flush().await.unwrap();
         (stream, leftover)
     });
-    let corrupt_next = Arc::new(AtomicBool::new(false));
+    let tap = Tap::default();
     let dribble = Dribble {
         tcp: TcpStream::connect(addr).await.unwrap(),
         max: max_write,
-        corrupt_next: corrupt_next.clone(),
+        tap: tap.clone(),
     };
     let config = rustls::ClientConfig::builder_with_protocol_versions(versions)
         .with_root_certificates(common::test_roots())
@@ -117,7 +128,9 @@ async fn connect(
         .unwrap()
         .unwrap();
     assert_eq!(&go, b"go");
-    (client, stream, leftover, corrupt_next)
+    // From here on the tap holds only records the node sealed.
+    tap.received.lock().unwrap().clear();
+    (client, stream, leftover, tap)
 }
 
 /// Pseudo-random bytes, the same every run.
@@ -148,7 +161,7 @@ async fn read_to_end(stream: &mut Stream) -> (Vec<u8>, io::Result<()>) {
 
 #[tokio::test]
 async fn bulk_both_ways_in_records_cut_into_small_segments() {
-    let (mut client, mut server, leftover, _) = connect(&[&rustls::version::TLS13], 7).await;
+    let (mut client, mut server, leftover, tap) = connect(&[&rustls::version::TLS13], 7).await;
     assert!(
         matches!(server, Stream::Records(_)),
         "TLS 1.3 is taken over"
@@ -205,6 +218,19 @@ async fn bulk_both_ways_in_records_cut_into_small_segments() {
     };
     let (mut server, got) = tokio::join!(writer, reader);
     assert!(got == down, "the client read what the server wrote");
+    // Records of at most 4 KiB of plaintext (+ content type and tag), so a
+    // client can open the first frames of a burst before the rest arrives.
+    let wire = std::mem::take(&mut *tap.received.lock().unwrap());
+    let (mut at, mut records) = (0, 0);
+    while at < wire.len() {
+        assert_eq!(wire[at], 23, "application data record at {at}");
+        let len = usize::from(u16::from_be_bytes([wire[at + 3], wire[at + 4]]));
+        assert!(len <= 4096 + 1 + 16, "record of {len} bytes");
+        at += 5 + len;
+        records += 1;
+    }
+    assert_eq!(at, wire.len(), "whole records");
+    assert!(records >= down.len() / 4096, "{records} records");
 
     // The server's close_notify reaches the client as end of stream.
     server.shutdown().await.unwrap();
@@ -225,8 +251,8 @@ async fn close_notify_from_the_client_is_end_of_stream() {
 
 #[tokio::test]
 async fn a_tampered_record_is_an_error_not_data() {
-    let (mut client, mut server, _, corrupt) =
-        connect(&[&rustls::version::TLS13], usize::MAX).await;
+    let (mut client, mut server, _, tap) = connect(&[&rustls::version::TLS13], usize::MAX).await;
+    let corrupt = tap.corrupt_next;
     client.write_all(b"fine").await.unwrap();
     client.flush().await.unwrap();
     corrupt.store(true, Ordering::SeqCst);
