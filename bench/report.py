@@ -124,40 +124,33 @@ def svg_chart(path, title, xlabel, ylabel, series, logy=False, xfmt=str, yfmt=st
         f.write("\n".join(o) + "\n")
 
 
-def main(out):
-    md = []
-    machine = open(os.path.join(out, "machine.txt")).read() if os.path.exists(os.path.join(out, "machine.txt")) else ""
-    md.append("Machine and run:\n\n```\n" + machine.strip() + "\n```\n")
-
-    # 1. Fan-out at max rate. ceiling-frames: the ceiling relaying the bytes
-    # prscd delivers. Runs are in rounds (every server once per round), so
-    # prscd is also compared round by round.
-    fan = {}
-    fan_rounds = {}
+def fanout_max(out, prefix, in_rounds, label, md):
+    """The max-rate fan-out table of runs named PREFIX-SERVER-ROUND.json.
+    ceiling-frames: the ceiling relaying the bytes prscd delivers. Returns
+    the medians per server and the per-round ratio function."""
+    fan, fan_rounds = {}, {}
     for s in FANOUT_SERVERS:
-        rs = runs(out, f"fanout-max-{s}-[0-9]*.json")
-        if rs:
-            fan_rounds[s] = {int(re.search(r"-(\d+)\.json$", p).group(1)): r["delivery"]["msgs_per_s"]
-                             for p, r in zip(sorted(glob.glob(os.path.join(out, f"fanout-max-{s}-[0-9]*.json"))), rs)}
-            sp = [r.get("server_process") or {} for r in rs]
-            fan[s] = {
-                "n": len(rs),
-                "rate": med([r["delivery"]["msgs_per_s"] for r in rs]),
-                "all": [r["delivery"]["msgs_per_s"] for r in rs],
-                # Traffic only (after the joins) where the run has it.
-                "cpu": med([x.get("traffic_cpu_us_per_delivery", x.get("cpu_us_per_delivery")) for x in sp]),
-                "client_cpu": med([(r["client"].get("traffic_cpu_s") or 0) * 1e6 / r["delivery"]["delivered"]
-                                   if r["delivery"]["delivered"] and r["client"].get("traffic_cpu_s") else None
-                                   for r in rs]),
-                "p50": med([(r["latency_us"] or {}).get("p50") for r in rs]),
-                "p99": med([(r["latency_us"] or {}).get("p99") for r in rs]),
-                "lost": sum(r["delivery"]["lost"] for r in rs),
-                "subs": rs[0]["params"]["members"],
-            }
-
-    # Only suites that ran the fan-out in rounds say so (earlier ones ran
-    # each server's repetitions back to back).
-    in_rounds = "fanout: rounds" in machine
+        paths = sorted(glob.glob(os.path.join(out, f"{prefix}-{s}-[0-9]*.json")))
+        pairs = [(p, r) for p, r in ((p, load(p)) for p in paths) if r]
+        if not pairs:
+            continue
+        rs = [r for _, r in pairs]
+        fan_rounds[s] = {int(re.search(r"-(\d+)\.json$", p).group(1)): r["delivery"]["msgs_per_s"]
+                         for p, r in pairs}
+        sp = [r.get("server_process") or {} for r in rs]
+        fan[s] = {
+            "rate": med([r["delivery"]["msgs_per_s"] for r in rs]),
+            "all": [r["delivery"]["msgs_per_s"] for r in rs],
+            # Traffic only (after the joins) where the run has it.
+            "cpu": med([x.get("traffic_cpu_us_per_delivery", x.get("cpu_us_per_delivery")) for x in sp]),
+            "client_cpu": med([r["client"]["traffic_cpu_s"] * 1e6 / r["delivery"]["delivered"]
+                               if r["delivery"]["delivered"] and r["client"].get("traffic_cpu_s") else None
+                               for r in rs]),
+            "p50": med([(r["latency_us"] or {}).get("p50") for r in rs]),
+            "p99": med([(r["latency_us"] or {}).get("p99") for r in rs]),
+            "lost": sum(r["delivery"]["lost"] for r in rs),
+            "subs": rs[0]["params"]["members"],
+        }
 
     def round_ratios(other):
         if not in_rounds:
@@ -167,11 +160,11 @@ def main(out):
 
     if fan:
         subs = next(iter(fan.values()))["subs"]
-        md.append(f"### Fan-out: 1 publisher → {subs:,} subscribers, 100-byte payloads, max rate\n")
+        md.append(f"### Fan-out: 1 publisher → {subs:,} subscribers, 100-byte payloads, max rate ({label})\n")
         rows = []
         for s, v in fan.items():
             rr = round_ratios(s)
-            by_round = (f"{med(rr):.2f}× ({min(rr):.2f}–{max(rr):.2f})" if rr and s != "prscd" else "")
+            by_round = f"{med(rr):.2f}× ({min(rr):.2f}–{max(rr):.2f})" if rr and s != "prscd" else ""
             rows.append([s, fmt(v["rate"]), " / ".join(fmt(x) for x in v["all"]), fmt(v["cpu"], 2),
                          fmt(v["client_cpu"], 2), fmt(ms(v["p50"]), 1), fmt(ms(v["p99"]), 1), v["lost"],
                          fmt(ratio(fan.get("prscd", {}).get("rate"), v["rate"]), 2) + "×", by_round])
@@ -185,6 +178,20 @@ def main(out):
                   "message to the last delivery, after a 1 s settle). "
                   "Latency at max rate is queueing inside the publisher's window (100 messages in flight); "
                   "compare throughput here and latency at fixed rates below.\n")
+    return fan, round_ratios
+
+
+def main(out):
+    md = []
+    machine = open(os.path.join(out, "machine.txt")).read() if os.path.exists(os.path.join(out, "machine.txt")) else ""
+    md.append("Machine and run:\n\n```\n" + machine.strip() + "\n```\n")
+
+    # 1. Fan-out at max rate: the client on one thread, then on two.
+    # Only suites that ran the fan-out in rounds (every server once per
+    # round) say so; earlier ones ran each server's repetitions back to back.
+    in_rounds = "fanout: rounds" in machine
+    fan, round_ratios = fanout_max(out, "fanout-max", in_rounds, "client: 1 thread", md)
+    fan2, round_ratios2 = fanout_max(out, "fanout-max2", in_rounds, "client: 2 threads", md)
 
     # 2. Latency vs offered load.
     load_rows, series = [], []
@@ -308,18 +315,19 @@ def main(out):
 
     # 9. Targets.
     rows = []
-    pf = fan.get("prscd", {}).get("rate")
     # Per-round ratios where the runs are in rounds (the machine drifts
     # between rounds); the ratio of medians otherwise.
-    for other, bound, label in [("ceiling", 0.9, "fan-out msg/s ≥ 0.9× ceiling"),
-                                ("ceiling-frames", 0.9, "fan-out msg/s ≥ 0.9× ceiling relaying prscd's frames (like for like)"),
-                                ("node-ws", 3, "fan-out msg/s ≥ 3× Node ws")]:
-        if not (pf and fan.get(other)):
-            continue
-        rr = round_ratios(other)
-        v = med(rr) if len(rr) >= 2 else pf / fan[other]["rate"]
-        shown = f"{v:.2f}×" + (f" (rounds {min(rr):.2f}–{max(rr):.2f})" if len(rr) >= 2 else "")
-        rows.append([label, shown, "met" if v >= bound else "NOT met"])
+    for f, rrf, client in [(fan, round_ratios, ""), (fan2, round_ratios2, ", client on 2 threads")]:
+        pf = f.get("prscd", {}).get("rate")
+        for other, bound, label in [("ceiling", 0.9, "fan-out msg/s ≥ 0.9× ceiling"),
+                                    ("ceiling-frames", 0.9, "fan-out msg/s ≥ 0.9× ceiling on prscd's frames (like for like)"),
+                                    ("node-ws", 3, "fan-out msg/s ≥ 3× Node ws")]:
+            if not (pf and f.get(other)):
+                continue
+            rr = rrf(other)
+            v = med(rr) if len(rr) >= 2 else pf / f[other]["rate"]
+            shown = f"{v:.2f}×" + (f" (rounds {min(rr):.2f}–{max(rr):.2f})" if len(rr) >= 2 else "")
+            rows.append([label + client, shown, "met" if v >= bound else "NOT met"])
     half = [x for x in runs(out, "fanout-load-prscd-50.json")]
     if half and half[0]["latency_us"]:
         v = half[0]["latency_us"]["p99"] / 1000

@@ -141,16 +141,22 @@ echo "==> fan-out at max rate: 1 publisher -> $SUBS subscribers, 100-byte payloa
 # Rounds, every server once per round: this VM's speed drifts by ±10 % over
 # minutes, so servers are compared round by round, not block by block.
 # ceiling-frames: the ceiling relaying the exact bytes prscd delivers.
+# fanout-max: the client on one thread, which bounds every server's rate
+# here (BENCHMARKS.md, fix 11); fanout-max2: on two threads.
 for rep in $(seq 1 "$FANOUT_REPS"); do
-  for kind in prscd ceiling ceiling-frames node-ws socketio; do
-    case $kind in
-      ceiling-frames) server=ceiling; frames=(--frames prscd) ;;
-      *) server=$kind; frames=() ;;
-    esac
-    start "$server" "fanout-max-$kind-$rep"
-    bench "fanout-max-$kind-$rep" fanout --server "$server" --url "$URL" --server-pid "$SPID" \
-      --subscribers "$SUBS" --messages "$MSGS" --settle 1 --duration-limit 120 "${frames[@]}"
-    stop
+  for threads in 1 2; do
+    name=fanout-max; [ "$threads" = 1 ] || name=fanout-max$threads
+    for kind in prscd ceiling ceiling-frames node-ws socketio; do
+      case $kind in
+        ceiling-frames) server=ceiling; frames=(--frames prscd) ;;
+        *) server=$kind; frames=() ;;
+      esac
+      start "$server" "$name-$kind-$rep"
+      bench "$name-$kind-$rep" fanout --server "$server" --url "$URL" --server-pid "$SPID" \
+        --subscribers "$SUBS" --messages "$MSGS" --settle 1 --threads "$threads" \
+        --duration-limit 120 "${frames[@]}"
+      stop
+    done
   done
 done
 
