@@ -171,8 +171,9 @@ async fn upgrade(
 ///   small read costs a copy, not a syscall, and an idle connection holds
 ///   only this much (a frame larger than it gets a buffer of its own size).
 /// - Writes: frames accumulate up to 16 KiB and go out on the writer's flush
-///   at the end of each batch, so a burst becomes one TLS record and one
-///   syscall instead of one of each per message.
+///   at the end of each batch, so a burst becomes one syscall and a few TLS
+///   records (of at most 4 KiB on the node, `records::SEAL_PLAINTEXT`)
+///   instead of one of each per message.
 pub fn websocket_config(max_message_size: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .max_message_size(Some(max_message_size))
