@@ -793,6 +793,7 @@ pub async fn run(spec: LoadSpec) -> anyhow::Result<(serde_json::Value, bool)> {
             // From the go signal (after setup and settle) to the end.
             "traffic_cpu_s": cpu_traffic,
             "traffic_cpu_us_per_delivery": per_delivery(cpu_traffic),
+            // Before the go signal: handshakes, joins and the settle.
             "setup_cpu_us_per_conn": cpu_between(cpu_before, cpu_go)
                 .filter(|_| joined > 0)
                 .map(|c| measure::round(c * 1e6 / joined as f64, 1)),
