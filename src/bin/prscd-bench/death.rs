@@ -30,6 +30,14 @@ pub struct DeathSpec {
     pub quiet: bool,
 }
 
+/// The node exited before it said it was ready (its last log lines).
+#[derive(Debug, thiserror::Error)]
+#[error("prscd exited before ready: {status}: {log}")]
+pub struct ExitedBeforeReady {
+    status: std::process::ExitStatus,
+    log: String,
+}
+
 /// A prscd process started by the bench.
 pub struct NodeProcess {
     child: Child,
@@ -54,6 +62,9 @@ impl NodeProcess {
         let stderr = child.stderr.take().expect("piped");
         let port = Arc::new(Mutex::new(None::<u16>));
         let seen = port.clone();
+        // The last line the node logged, for the error if it dies at start.
+        let last_line = Arc::new(Mutex::new(String::new()));
+        let last = last_line.clone();
         // Keeps reading so the node never blocks on a full pipe.
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -61,6 +72,7 @@ impl NodeProcess {
                     let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
                     *seen.lock().unwrap() = digits.parse().ok();
                 }
+                *last.lock().unwrap() = line;
             }
         });
         let deadline = Instant::now() + within;
@@ -69,7 +81,10 @@ impl NodeProcess {
                 return Ok(NodeProcess { child, port: p });
             }
             if let Some(status) = child.try_wait()? {
-                bail!("prscd exited before ready: {status}");
+                // The reader thread may still be taking the last lines.
+                std::thread::sleep(Duration::from_millis(50));
+                let log = last_line.lock().unwrap().clone();
+                return Err(ExitedBeforeReady { status, log }.into());
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
@@ -114,8 +129,8 @@ pub async fn run(spec: DeathSpec) -> anyhow::Result<(serde_json::Value, bool)> {
     let started = Instant::now();
     let dir = std::env::temp_dir().join(format!("prscd-bench-death-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let zenoh_ports: Vec<u16> = (0..spec.nodes).map(|_| free_port()).collect();
-    let env_of = |i: usize| -> Vec<(String, String)> {
+    let mut zenoh_ports: Vec<u16> = Vec::new();
+    let env_of = |zenoh_ports: &[u16], i: usize| -> Vec<(String, String)> {
         let connect: Vec<String> = zenoh_ports[..i]
             .iter()
             .map(|p| format!("tcp/127.0.0.1:{p}"))
@@ -133,13 +148,30 @@ pub async fn run(spec: DeathSpec) -> anyhow::Result<(serde_json::Value, bool)> {
             ("RUST_LOG".into(), "warn,prscd::server=info".into()),
         ]
     };
+    // Node i listens on a port picked free just before it starts, which
+    // another process can take in between (the node then exits at once):
+    // then it starts again on a new port. Node i connects only to the nodes
+    // before it, so no node knows its port yet (the victim, restarted each
+    // trial, is the last one).
+    let start = |zenoh_ports: &mut Vec<u16>, i: usize| -> anyhow::Result<NodeProcess> {
+        let mut attempt = 0;
+        loop {
+            zenoh_ports.truncate(i);
+            zenoh_ports.push(free_port());
+            match NodeProcess::start(&spec.prscd, &env_of(zenoh_ports, i), spec.step_timeout) {
+                Err(e) if attempt < 3 && e.is::<ExitedBeforeReady>() => {
+                    attempt += 1;
+                    if !spec.quiet {
+                        eprintln!("prscd-bench: node {i}: {e:#}; again on a new port");
+                    }
+                }
+                other => return other,
+            }
+        }
+    };
     let mut nodes = Vec::new();
     for i in 0..spec.nodes {
-        nodes.push(NodeProcess::start(
-            &spec.prscd,
-            &env_of(i),
-            spec.step_timeout,
-        )?);
+        nodes.push(start(&mut zenoh_ports, i)?);
     }
     let dialer = Arc::new(Dialer::new(1, Transport::Ws, false)?);
     let wire = Prscd {
@@ -174,7 +206,7 @@ pub async fn run(spec: DeathSpec) -> anyhow::Result<(serde_json::Value, bool)> {
             break;
         }
         if trial > 0 {
-            nodes[victim] = NodeProcess::start(&spec.prscd, &env_of(victim), spec.step_timeout)?;
+            nodes[victim] = start(&mut zenoh_ports, victim)?;
         }
         let ids: Vec<String> = (0..spec.clients_per_node)
             .map(|c| format!("t{trial}n{victim}c{c}"))
