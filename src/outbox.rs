@@ -9,9 +9,9 @@
 //! two `Vec`s. An idle outbox holds no more than a few slots: tokio's
 //! channel allocates a 32-slot block up front, ~1.5 kB per idle connection.
 //! A busy one keeps the capacity its bursts grew to, so a fan-out does not
-//! regrow both `Vec`s push by push on every batch (that was ~6 % of the
-//! node's CPU in a 1,000-subscriber fan-out); the writer gives it back with
-//! [`OutboxReceiver::release_idle`] on a timer.
+//! regrow both `Vec`s push by push on every batch (that path was ~6 % of
+//! the node's profile samples in a 1,000-subscriber fan-out); the writer
+//! gives it back with [`OutboxReceiver::release_idle`] on a timer.
 //!
 //! The bound counts queued messages; the batch the writer is writing is not
 //! counted, so a peer holds at most `bound` queued plus one batch.
