@@ -151,11 +151,9 @@ for rep in $(seq 1 "$FANOUT_REPS"); do
         ceiling-frames) server=ceiling; frames=(--frames prscd) ;;
         *) server=$kind; frames=() ;;
       esac
-      start "$server" "$name-$kind-$rep"
-      bench "$name-$kind-$rep" fanout --server "$server" --url "$URL" --server-pid "$SPID" \
+      fresh "$server" "$name-$kind-$rep" fanout \
         --subscribers "$SUBS" --messages "$MSGS" --settle 1 --threads "$threads" \
         --duration-limit 120 "${frames[@]}"
-      stop
     done
   done
 done

@@ -30,7 +30,7 @@ pub struct DeathSpec {
     pub quiet: bool,
 }
 
-/// The node exited before it said it was ready (its last log lines).
+/// The node exited before it said it was ready (with its last log line).
 #[derive(Debug, thiserror::Error)]
 #[error("prscd exited before ready: {status}: {log}")]
 pub struct ExitedBeforeReady {

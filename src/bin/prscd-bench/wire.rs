@@ -338,15 +338,7 @@ mod tests {
             ("c", 70_000),
         ] {
             let payload = vec![9u8; payload_len];
-            let mut pl = Vec::new();
-            rmp::encode::write_bin(&mut pl, &payload).unwrap();
-            let frame = protocol::encode(&protocol::Outbound {
-                kind: Kind::Data,
-                channel: "room",
-                peer,
-                payload: Some(&pl),
-                mesh: Some("node-1"),
-            });
+            let frame = delivered_frame("room", peer, "node-1", &payload);
             let range = data_payload(&frame).expect("quick walk");
             assert_eq!(&frame[range], &payload[..]);
             // Trailing bytes, a cut frame: not data.
