@@ -1,20 +1,25 @@
 //! What a membership costs zenoh on one node, by how many channels the node
-//! serves: the measurement behind the mesh's one-watch-per-app design
-//! (mesh/README.md, BENCHMARKS.md "Mesh: the cost of a join").
+//! serves: the measurement behind the mesh's membership design (mesh/README.md,
+//! BENCHMARKS.md fixes 8 and 16).
 //!
 //! One zenoh session (peer mode, no neighbours), a message subscriber per
-//! channel as the mesh declares them, then the liveliness watch of the
-//! chosen layout, then `--tokens` membership tokens spread over the
-//! channels; prints the mean time to declare and to undeclare one.
+//! channel as the mesh declares them, then the watch of the chosen layout,
+//! then `TOKENS` memberships spread over the channels; prints the mean time
+//! to add and to remove one.
 //!
-//!   cargo run --release --example zenoh-tokens -- CHANNELS [per-channel|per-app|none] [TOKENS]
+//!   cargo run --release --example zenoh-tokens -- CHANNELS [per-channel|per-app|none|samples] [TOKENS]
 //!
-//! `per-channel`: a liveliness subscriber per channel (the mesh before);
-//! `per-app`: one for the app (the mesh now); `none`: no watch at all.
+//! A liveliness token per membership (`prscd/app/<channel>/<mesh_id>/<sid>/<client_id>`,
+//! the mesh before fix 16) watched by `per-channel`: a liveliness subscriber
+//! per channel (before fix 8); `per-app`: one for the app (fix 8); `none`: no
+//! watch at all. `samples`: the mesh now (fix 16), a token per app, and one
+//! `channel_join` or `peer_offline` published on the channel's key per
+//! membership.
 
 use std::time::Instant;
 
-use prscd::mesh::keys::{self, Member};
+use prscd::mesh::keys;
+use prscd::protocol::{encode_control, Op};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -52,7 +57,7 @@ async fn main() -> anyhow::Result<()> {
             watches.push(
                 session
                     .liveliness()
-                    .declare_subscriber(keys::members_of("app", &channel(c)))
+                    .declare_subscriber(format!("{}/*/*/*", keys::channel_key("app", &channel(c))))
                     .history(true)
                     .callback(|_| {})
                     .await
@@ -64,11 +69,12 @@ async fn main() -> anyhow::Result<()> {
         "per-app" => watches.push(
             session
                 .liveliness()
-                .declare_subscriber(keys::members_of_app("app"))
+                .declare_subscriber("prscd/app/*/*/*/*")
                 .callback(|_| {})
                 .await
                 .map_err(anyhow::Error::msg)?,
         ),
+        "samples" => return samples(session, channels, tokens, started).await,
         "per-channel" | "none" => {}
         other => anyhow::bail!("unknown layout {other:?}; {usage}"),
     }
@@ -77,13 +83,11 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let mut declared = Vec::with_capacity(tokens);
     for i in 0..tokens {
-        let key = keys::member_key(&Member {
-            app: "app".into(),
-            channel: channel(i % channels),
-            mesh_id: "bench".into(),
-            sid: 1_000_000 + i as u64,
-            client_id: format!("client-{i}"),
-        });
+        let key = format!(
+            "{}/bench/{}/client-{i}",
+            keys::channel_key("app", &channel(i % channels)),
+            1_000_000 + i
+        );
         let token = session.liveliness().declare_token(key);
         declared.push(token.await.map_err(anyhow::Error::msg)?);
     }
@@ -93,14 +97,75 @@ async fn main() -> anyhow::Result<()> {
         token.undeclare().await.map_err(anyhow::Error::msg)?;
     }
     let undeclare = started.elapsed();
-    let per = |d: std::time::Duration| d.as_secs_f64() * 1e6 / tokens as f64;
-    println!(
-        "channels {channels:>6}  watch {layout:<11}  tokens {tokens:>6}  link {:>7.1} µs/channel  declare {:>8.1} µs/token  undeclare {:>8.1} µs/token",
-        link.as_secs_f64() * 1e6 / channels as f64,
-        per(declare),
-        per(undeclare)
-    );
+    report(channels, &layout, tokens, link, declare, undeclare);
     drop((watches, subscribers));
     session.close().await.map_err(anyhow::Error::msg)?;
+    Ok(())
+}
+
+fn report(
+    channels: usize,
+    layout: &str,
+    tokens: usize,
+    link: std::time::Duration,
+    add: std::time::Duration,
+    remove: std::time::Duration,
+) {
+    let per = |d: std::time::Duration| d.as_secs_f64() * 1e6 / tokens as f64;
+    println!(
+        "channels {channels:>6}  watch {layout:<11}  memberships {tokens:>6}  link {:>7.1} µs/channel  add {:>8.1} µs  remove {:>8.1} µs",
+        link.as_secs_f64() * 1e6 / channels as f64,
+        per(add),
+        per(remove)
+    );
+}
+
+/// The mesh's layout: per channel, a subscriber (declared by the caller);
+/// per app, the node's token, a liveliness subscriber for node tokens and
+/// the roster queryable; then a `channel_join` per join and a `peer_offline`
+/// per leave on the channel's key.
+async fn samples(
+    session: zenoh::Session,
+    channels: usize,
+    joins: usize,
+    started: Instant,
+) -> anyhow::Result<()> {
+    let e = anyhow::Error::msg;
+    let token = session
+        .liveliness()
+        .declare_token(keys::node_token_key("app", "bench"))
+        .await
+        .map_err(e)?;
+    let node_tokens = session
+        .liveliness()
+        .declare_subscriber(keys::node_tokens_of_app("app"))
+        .callback(|_| {})
+        .await
+        .map_err(e)?;
+    let roster = session
+        .declare_queryable(keys::node_members_of_app("app", "bench"))
+        .callback(|_| {})
+        .await
+        .map_err(e)?;
+    let link = started.elapsed();
+    let put = |i: usize, op: Op| {
+        let channel = format!("room-{}", i % channels);
+        let msg = encode_control(op, &channel, &format!("client-{i}"), "bench");
+        session
+            .put(keys::channel_key("app", &channel), msg)
+            .allowed_destination(zenoh::sample::Locality::Remote)
+    };
+    let started = Instant::now();
+    for i in 0..joins {
+        put(i, Op::ChannelJoin).await.map_err(e)?;
+    }
+    let add = started.elapsed();
+    let started = Instant::now();
+    for i in 0..joins {
+        put(i, Op::PeerOffline).await.map_err(e)?;
+    }
+    report(channels, "samples", joins, link, add, started.elapsed());
+    drop((token, node_tokens, roster));
+    session.close().await.map_err(e)?;
     Ok(())
 }

@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
-"""Watch prscd traffic on the zenoh mesh: channel messages and channel memberships.
+"""Watch prscd traffic on the zenoh mesh: channel messages, joins and leaves, nodes.
 
     $PRSCD_TOOLS/venv/bin/python mesh/zwatch.py --connect tcp/127.0.0.11:7447
     $PRSCD_TOOLS/venv/bin/python mesh/zwatch.py --config RUN_DIR/config/node-us.json5 --app dev
 
 Subscribes (as a zenoh client, or a peer with --mode peer) to `prscd/<app>/**` and
-prints every channel message (msgpack Signalling, decoded) and every liveliness
-token appearing or vanishing under `prscd/<app>/**` (channel memberships). Stop
-with Ctrl-C, or give --seconds. Needs mesh/install-python.sh.
+prints every channel message (msgpack Signalling, decoded; a node's `channel_join`
+and `peer_offline` are its peers' joins and leaves), and every node token of the
+app (`prscd/<app>/@node/<mesh_id>`) appearing or vanishing. Stop with Ctrl-C, or
+give --seconds. Needs mesh/install-python.sh.
 """
 import argparse
 import json
@@ -72,12 +73,14 @@ def main() -> int:
         print(f"{stamp()} msg   {sample.key_expr}  {show(sample.payload.to_bytes())}", flush=True)
 
     def on_token(sample: zenoh.Sample) -> None:
-        what = "join " if sample.kind == zenoh.SampleKind.PUT else "leave"
-        print(f"{stamp()} {what} {sample.key_expr}", flush=True)
+        what = "up  " if sample.kind == zenoh.SampleKind.PUT else "down"
+        print(f"{stamp()} node {what} {sample.key_expr}", flush=True)
 
+    # Joins and leaves are in the traffic (channel_join / peer_offline); a
+    # node's token says it serves the app (`@node` is matched by no `**`).
     subs = [
         session.declare_subscriber(key, on_msg),
-        session.liveliness().declare_subscriber(key, on_token, history=True),
+        session.liveliness().declare_subscriber(f"prscd/{args.app}/@node/*", on_token, history=True),
     ]
     print(f"{stamp()} watching {key} as {session.info.zid()}", file=sys.stderr, flush=True)
     try:

@@ -61,7 +61,7 @@ async fn python_backend_writes_into_and_reads_a_channel() {
             }
         }
     });
-    // It sees alice's membership token and publishes (in either order).
+    // It finds alice in the node's roster and publishes (in either order).
     let (mut member, mut published) = (None, false);
     while member.is_none() || !published {
         let event = next(&mut lines, "member and published").await;
@@ -80,6 +80,7 @@ async fn python_backend_writes_into_and_reads_a_channel() {
         (Some("alice"), Some("eu"))
     );
     assert_eq!(member["alive"], true);
+    assert_eq!(member["via"], "roster");
 
     // Its message reaches the browser peer, with p = its name.
     let got = alice.recv_op("data").await;
@@ -87,6 +88,24 @@ async fn python_backend_writes_into_and_reads_a_channel() {
     assert_eq!(field(&got, "c"), Some("room 1/a"));
     let pl = decode(bin(&got, "pl").expect("pl"));
     assert_eq!(field(&pl, "event"), Some("chat"));
+
+    // It follows joins and leaves in the channel's traffic.
+    let mut bob = node.ws(KEY1, "bob").await;
+    bob.join("room 1/a").await;
+    let joined = next(&mut lines, "bob's join").await;
+    drop(bob);
+    let left = next(&mut lines, "bob's leave").await;
+    for (event, alive) in [(joined, true), (left, false)] {
+        assert_eq!(
+            (event["event"].as_str(), event["client"].as_str()),
+            (Some("member"), Some("bob")),
+            "{event}"
+        );
+        assert_eq!(
+            (&event["alive"], event["via"].as_str()),
+            (&serde_json::json!(alive), Some("traffic"))
+        );
+    }
 
     // And it reads the channel's traffic: state and data, with sender and mesh.
     alice

@@ -1,8 +1,10 @@
 //! Zenoh key expressions of the mesh, pure (see `mesh/README.md`).
 //!
 //! - `prscd/<app>/<channel>`: a channel's traffic, one msgpack Signalling per sample.
-//! - `prscd/<app>/<channel>/<mesh_id>/<sid>/<client_id>`: a liveliness token
-//!   per channel membership, held by the node the peer is connected to.
+//! - `prscd/<app>/@node/<mesh_id>`: a liveliness token, held by node
+//!   `mesh_id` while it has members in the app.
+//! - `prscd/<app>/<channel>/@member/<mesh_id>`: that node's roster of the
+//!   channel, answered to queries.
 //!
 //! App and channel are chunks of their own, so a node subscribes to exactly
 //! the channels its peers joined and apps never share a key. Each chunk is
@@ -32,58 +34,107 @@ pub fn channel_key(app: &str, channel: &str) -> String {
     format!("{ROOT}/{}/{}", encode_chunk(app), encode_chunk(channel))
 }
 
-/// The liveliness token of one membership.
-pub fn member_key(member: &Member) -> String {
+/// Chunk of the node tokens, after the app (verbatim: `*` and `**` never
+/// match it, so `prscd/<app>/**` stays pure traffic).
+pub const NODES: &str = "@node";
+/// Chunk of a channel's roster queries and replies.
+pub const MEMBERS: &str = "@member";
+
+/// Liveliness token of node `mesh_id` while it has members in the app:
+/// `prscd/<app>/@node/<mesh_id>`.
+pub fn node_token_key(app: &str, mesh_id: &str) -> String {
     format!(
-        "{}/{}/{}/{}",
-        channel_key(&member.app, &member.channel),
-        encode_chunk(&member.mesh_id),
-        member.sid,
-        encode_chunk(&member.client_id)
+        "{ROOT}/{}/{NODES}/{}",
+        encode_chunk(app),
+        encode_chunk(mesh_id)
     )
 }
 
-/// Matches every membership token of a channel.
-pub fn members_of(app: &str, channel: &str) -> String {
-    format!("{}/*/*/*", channel_key(app, channel))
+/// Matches every node token of an app.
+pub fn node_tokens_of_app(app: &str) -> String {
+    format!("{ROOT}/{}/{NODES}/*", encode_chunk(app))
 }
 
-/// Matches every membership token of an app, in any channel.
-pub fn members_of_app(app: &str) -> String {
-    format!("{ROOT}/{}/*/*/*/*", encode_chunk(app))
-}
-
-/// One peer's membership of one channel on one node.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Member {
-    pub app: String,
-    pub channel: String,
-    pub mesh_id: String,
-    pub sid: u64,
-    pub client_id: String,
-}
-
-/// Parses a membership token key; `None` if it is not one.
-pub fn parse_member(key: &str) -> Option<Member> {
+/// Parses a node token key into (app, mesh_id).
+pub fn parse_node_token(key: &str) -> Option<(String, String)> {
     let mut chunks = key.split('/');
     if chunks.next()? != ROOT {
         return None;
     }
-    let app = decode_chunk(chunks.next()?)?;
-    let channel = decode_chunk(chunks.next()?)?;
-    let mesh_id = decode_chunk(chunks.next()?)?;
-    let sid = chunks.next()?.parse().ok()?;
-    let client_id = decode_chunk(chunks.next()?)?;
+    let app = concrete(chunks.next()?)?;
+    if chunks.next()? != NODES {
+        return None;
+    }
+    let mesh_id = concrete(chunks.next()?)?;
+    chunks.next().is_none().then_some((app, mesh_id))
+}
+
+/// Node `mesh_id`'s roster of a channel (the key of its replies):
+/// `prscd/<app>/<channel>/@member/<mesh_id>`.
+pub fn members_key(app: &str, channel: &str, mesh_id: &str) -> String {
+    format!(
+        "{}/{MEMBERS}/{}",
+        channel_key(app, channel),
+        encode_chunk(mesh_id)
+    )
+}
+
+/// Every node's membership key of one channel: the roster query of a channel.
+pub fn members_of(app: &str, channel: &str) -> String {
+    format!("{}/{MEMBERS}/*", channel_key(app, channel))
+}
+
+/// One node's membership keys in every channel of an app: its roster
+/// queryable, and the query for all its rosters.
+pub fn node_members_of_app(app: &str, mesh_id: &str) -> String {
+    format!(
+        "{ROOT}/{}/*/{MEMBERS}/{}",
+        encode_chunk(app),
+        encode_chunk(mesh_id)
+    )
+}
+
+/// A node's place in a channel, as named by a membership key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NodeChannel {
+    pub app: String,
+    pub channel: String,
+    pub mesh_id: String,
+}
+
+/// Parses `prscd/<app>/<channel>/@member/<mesh_id>`; `None` if the key is
+/// not one (or has a wildcard).
+pub fn parse_members_key(key: &str) -> Option<NodeChannel> {
+    let mut chunks = key.split('/');
+    if chunks.next()? != ROOT {
+        return None;
+    }
+    let app = concrete(chunks.next()?)?;
+    let channel = concrete(chunks.next()?)?;
+    if chunks.next()? != MEMBERS {
+        return None;
+    }
+    let mesh_id = concrete(chunks.next()?)?;
     if chunks.next().is_some() {
         return None;
     }
-    Some(Member {
+    Some(NodeChannel {
         app,
         channel,
         mesh_id,
-        sid,
-        client_id,
     })
+}
+
+/// The channel a key names in its third chunk, if that chunk is no wildcard.
+pub fn concrete_channel(key: &str) -> Option<String> {
+    concrete(key.split('/').nth(2)?)
+}
+
+fn concrete(chunk: &str) -> Option<String> {
+    if chunk.contains(['*', '$']) {
+        return None;
+    }
+    decode_chunk(chunk)
 }
 
 #[cfg(test)]
@@ -117,33 +168,50 @@ mod tests {
     }
 
     #[test]
-    fn member_keys_roundtrip_and_match_their_channel() {
-        let m = Member {
-            app: "acme".into(),
-            channel: "room/1".into(),
-            mesh_id: "eu-west".into(),
-            sid: 42,
-            client_id: "alice*".into(),
-        };
-        let key = member_key(&m);
-        assert_eq!(key, "prscd/acme/room%2F1/eu-west/42/alice%2A");
-        assert_eq!(parse_member(&key), Some(m));
-        let pattern = zenoh::key_expr::KeyExpr::try_from(members_of("acme", "room/1")).unwrap();
-        let k = zenoh::key_expr::KeyExpr::try_from(key.as_str()).unwrap();
-        assert!(pattern.intersects(&k));
-        let other = zenoh::key_expr::KeyExpr::try_from(members_of("acme", "room")).unwrap();
-        assert!(!other.intersects(&k));
-        let app = zenoh::key_expr::KeyExpr::try_from(members_of_app("acme")).unwrap();
-        assert!(app.intersects(&k));
-        let message = zenoh::key_expr::KeyExpr::try_from(channel_key("acme", "room/1")).unwrap();
-        assert!(
-            !app.intersects(&message),
-            "the app watch sees tokens, not messages"
+    fn node_and_member_keys_parse_back_and_match_their_patterns() {
+        let ke = |s: &str| zenoh::key_expr::KeyExpr::try_from(s.to_owned()).unwrap();
+        let token = node_token_key("acme", "eu west");
+        assert_eq!(token, "prscd/acme/@node/eu%20west");
+        assert_eq!(
+            parse_node_token(&token),
+            Some(("acme".into(), "eu west".into()))
         );
-        let other_app = zenoh::key_expr::KeyExpr::try_from(members_of_app("acme2")).unwrap();
-        assert!(!other_app.intersects(&k));
-        assert_eq!(parse_member("prscd/acme/room"), None);
-        assert_eq!(parse_member("other/a/b/c/1/d"), None);
-        assert_eq!(parse_member("prscd/a/b/c/notanumber/d"), None);
+        assert_eq!(parse_node_token(&node_tokens_of_app("acme")), None);
+        assert_eq!(parse_node_token("prscd/acme/room"), None);
+        assert!(ke(&node_tokens_of_app("acme")).intersects(&ke(&token)));
+        assert!(!ke(&node_tokens_of_app("acme2")).intersects(&ke(&token)));
+
+        let members = members_key("acme", "room/1", "eu west");
+        assert_eq!(members, "prscd/acme/room%2F1/@member/eu%20west");
+        assert_eq!(
+            parse_members_key(&members),
+            Some(NodeChannel {
+                app: "acme".into(),
+                channel: "room/1".into(),
+                mesh_id: "eu west".into(),
+            })
+        );
+        assert_eq!(parse_members_key(&members_of("acme", "r")), None);
+        assert_eq!(parse_members_key("prscd/acme/room"), None);
+        assert_eq!(parse_members_key("prscd/a/b/@member/c/d"), None);
+        assert_eq!(
+            concrete_channel(&members_of("acme", "room/1")).as_deref(),
+            Some("room/1")
+        );
+        assert_eq!(concrete_channel(&node_members_of_app("acme", "eu")), None);
+        for pattern in [
+            members_of("acme", "room/1"),
+            node_members_of_app("acme", "eu west"),
+        ] {
+            assert!(ke(&pattern).intersects(&ke(&members)), "{pattern}");
+        }
+        assert!(!ke(&members_of("acme", "room")).intersects(&ke(&members)));
+        assert!(!ke(&node_members_of_app("acme", "us")).intersects(&ke(&members)));
+        assert!(!ke(&node_members_of_app("acme", "eu west")).intersects(&ke(&token)));
+        // A backend's `prscd/<app>/**` gets the traffic, never these keys.
+        let traffic = ke("prscd/acme/**");
+        assert!(traffic.intersects(&ke(&channel_key("acme", "room/1"))));
+        assert!(!traffic.intersects(&ke(&members)));
+        assert!(!traffic.intersects(&ke(&token)));
     }
 }

@@ -1,26 +1,29 @@
 //! The mesh: this node's bridge between its hub and a zenoh session, so
 //! that peers on every node of the mesh share channels.
 //!
-//! Out: the hub's [`MeshEvent`]s, in order. A local join declares the
-//! membership's liveliness token (and, for the channel's first local member,
-//! the channel's subscriber, plus the app's membership watch if it is the
-//! app's first linked channel); a local message is published on the
-//! channel's key with the sender's sid in the attachment; a leave drops the
-//! token.
+//! Out: the hub's [`MeshEvent`]s, in order. A channel's first local member
+//! links it: its subscriber, this node's liveliness token and membership
+//! publisher for it (plus the app's watch if it is the app's first linked
+//! channel), and a query for the other nodes' rosters. Every local join and
+//! leave is a sample on that publisher; a local message is published on the
+//! channel's key with the sender's sid in the attachment; the last leave
+//! undeclares them all.
 //!
 //! In: a sample on a joined channel's key is checked, re-encoded without
 //! `sid`/`app`, and handed to the hub for the local members (never back to
-//! zenoh: no loops). A membership token that disappears (the peer left, or
-//! its node died or was cut off and zenoh's lease expired) becomes one
-//! `peer_offline` for the local members. A token that comes back after that
-//! (a partition healed) becomes `peer_online` plus the peer's last state, so
-//! the browsers on this side see it again without it having to rejoin.
+//! zenoh: no loops). Another node's leave becomes one `peer_offline` for the
+//! local members; so does each of its members when its token goes away (it
+//! left the channel, died, or was cut off and zenoh's lease expired). A token
+//! that comes back is asked for its roster, and a member back from a
+//! partition becomes `peer_online` plus its last state, so the browsers on
+//! this side see it again without it having to rejoin.
 //!
 //! The hub never waits for zenoh: events cross an unbounded, ordered queue
 //! whose publish backlog is capped by the hub. The mesh knows nothing of
 //! sockets; transports know nothing of zenoh. Key expressions: [`keys`].
 
 pub mod keys;
+pub mod membership;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -34,6 +37,7 @@ use tracing::{debug, info, warn};
 use zenoh::liveliness::LivelinessToken;
 use zenoh::pubsub::Subscriber;
 use zenoh::qos::CongestionControl;
+use zenoh::query::{ConsolidationMode, Query, QueryTarget, Queryable};
 use zenoh::sample::{Locality, SampleKind};
 use zenoh::Session;
 
@@ -41,7 +45,7 @@ use crate::hub::{Hub, MeshEvent, PeerId};
 use crate::protocol::{self, Kind, Op};
 use crate::stats::{DropReason, Stats};
 use crate::telemetry;
-use keys::Member;
+use membership::Membership;
 use std::future::IntoFuture;
 use tracing::Instrument;
 
@@ -165,7 +169,6 @@ impl Mesh {
             presence_check: settings.presence_check,
             channels: HashMap::new(),
             apps: HashMap::new(),
-            tokens: HashMap::new(),
         };
         let task = tokio::spawn(bridge.run(events, inbound));
         tokio::spawn(watch_neighbours(session.clone(), stats));
@@ -219,28 +222,45 @@ enum FromZenoh {
         payload: Vec<u8>,
         origin: Origin,
     },
-    /// A membership token of the app appeared (`alive`) or went away.
-    Membership { key: String, alive: bool },
+    /// A node token of the app appeared (`alive`) or went away.
+    NodeToken { key: String, alive: bool },
+    /// One node's roster of one channel, in reply to this node's query.
+    Roster { key: String, payload: Vec<u8> },
+    /// Another session asks for this node's members in the app's channels.
+    RosterQuery { app: Arc<str>, query: Query },
     /// A new remote member's grace period is over.
-    Check { channel: ChannelId, member: Member },
+    Check {
+        channel: ChannelId,
+        member: RemoteMember,
+    },
+}
+
+/// A peer of another node, as named in that node's membership samples.
+#[derive(Debug, Clone)]
+struct RemoteMember {
+    mesh_id: String,
+    sid: u64,
+    client_id: String,
 }
 
 /// A peer of another node in a channel this node has members in.
 struct Remote {
+    client_id: String,
     /// Its last `peer_state`, replayed if it comes back after a partition.
     last_state: Option<Bytes>,
     /// Whether any message of it reached this node.
     heard: bool,
 }
 
-/// A channel with local members: its subscription and what is known of
-/// the other nodes' members.
+/// A channel with local members: its subscription, and what is known of the
+/// members on every node.
 struct ChannelLink {
-    local_members: usize,
+    /// sid → client id of this node's members: the roster it answers with.
+    local: HashMap<PeerId, Arc<str>>,
     _messages: Subscriber<()>,
-    /// (mesh_id, sid) → peer, while its token lives.
+    /// (mesh_id, sid) → peer, while it is a member and its node's token lives.
     remote: HashMap<(String, u64), Remote>,
-    /// Tokens that went away, to recognise a heal.
+    /// Members whose node's token went away, to recognise a heal.
     gone: HashMap<(String, u64), (Remote, Instant)>,
 }
 
@@ -255,21 +275,20 @@ struct Bridge {
     channels: HashMap<ChannelId, ChannelLink>,
     /// One membership watch per app with linked channels (see [`AppWatch`]).
     apps: HashMap<Arc<str>, AppWatch>,
-    tokens: HashMap<(ChannelId, PeerId), LivelinessToken>,
 }
 
-/// Watches every membership token of an app with one liveliness subscriber,
-/// while at least one of its channels is linked; tokens of channels without
-/// local members are ignored. Why not one per channel: in zenoh 1.10 each
-/// liveliness subscriber is an interest that every token declaration is
-/// matched against, so a join cost grew with the number of channels on the
-/// node (`examples/zenoh-tokens.rs`, 5,000 channels: 1.4 ms per join with a
-/// watch per channel, 0.56 ms with one per app; BENCHMARKS.md fix 8). The
-/// watch's own cost grows with the app's tokens, so with few channels and
-/// many members the two layouts cost the same.
+/// While at least one of an app's channels is linked: this node's token for
+/// the app, one liveliness subscriber for the other nodes' tokens, and the
+/// queryable that answers with this node's rosters. Tokens of nodes in apps
+/// without local members are ignored. Per app rather than per channel or per
+/// membership: in zenoh 1.10 a declaration costs time linear in the node's
+/// key space (BENCHMARKS.md fixes 8 and 16), while a publication on a key
+/// this node subscribes to costs microseconds.
 struct AppWatch {
     linked_channels: usize,
-    _memberships: Subscriber<()>,
+    _token: LivelinessToken,
+    _node_tokens: Subscriber<()>,
+    _roster: Queryable<()>,
 }
 
 impl Bridge {
@@ -285,7 +304,7 @@ impl Bridge {
                     Some(event) => self.on_local(event).await,
                     None => return,
                 },
-                Some(msg) = inbound.recv() => self.on_remote(msg),
+                Some(msg) = inbound.recv() => self.on_remote(msg).await,
             }
         }
     }
@@ -310,38 +329,33 @@ impl Bridge {
                         }
                     }
                 }
-                if let Some(link) = self.channels.get_mut(&id) {
-                    link.local_members += 1;
-                }
-                let key = keys::member_key(&Member {
-                    app: app.to_string(),
-                    channel: channel.to_string(),
-                    mesh_id: self.mesh_id.clone(),
-                    sid,
-                    client_id: client_id.to_string(),
-                });
-                match self.session.liveliness().declare_token(&key).await {
-                    Ok(token) => {
-                        self.tokens.insert((id, sid), token);
-                    }
-                    Err(e) => warn!(%key, error = %e, "mesh: cannot declare membership token"),
-                }
+                let Some(link) = self.channels.get_mut(&id) else {
+                    return;
+                };
+                link.local.insert(sid, client_id.clone());
+                let join =
+                    protocol::encode_control(Op::ChannelJoin, &id.1, &client_id, &self.mesh_id);
+                self.publish_membership(&id, sid, join).await;
             }
             MeshEvent::Left { app, channel, sid } => {
                 let id = (app, channel);
-                if let Some(token) = self.tokens.remove(&(id.clone(), sid)) {
-                    let _ = token.undeclare().await;
-                }
-                if let Some(link) = self.channels.get_mut(&id) {
-                    link.local_members = link.local_members.saturating_sub(1);
-                    if link.local_members == 0 {
-                        // Dropping the link undeclares its subscriber.
-                        let remote = link.remote.len() as u64;
-                        self.stats.mesh.remote_members.fetch_sub(remote, Relaxed);
-                        self.channels.remove(&id);
-                        self.unwatch(&id.0);
-                        debug!(app = %id.0, channel = %id.1, "mesh: last local member left, unsubscribed");
-                    }
+                let Some(link) = self.channels.get_mut(&id) else {
+                    return; // never linked
+                };
+                let Some(client_id) = link.local.remove(&sid) else {
+                    return;
+                };
+                let last = link.local.is_empty();
+                let leave =
+                    protocol::encode_control(Op::PeerOffline, &id.1, &client_id, &self.mesh_id);
+                self.publish_membership(&id, sid, leave).await;
+                if let (true, Some(link)) = (last, self.channels.get(&id)) {
+                    // Dropping the link undeclares its subscriber.
+                    let remote = link.remote.len() as u64;
+                    self.stats.mesh.remote_members.fetch_sub(remote, Relaxed);
+                    self.channels.remove(&id);
+                    self.unwatch(&id.0);
+                    debug!(app = %id.0, channel = %id.1, "mesh: last local member left, unsubscribed");
                 }
             }
             MeshEvent::Publish {
@@ -382,10 +396,10 @@ impl Bridge {
         }
     }
 
-    /// Subscribes to a channel's messages, watches its app's membership
-    /// tokens, and asks for the channel's current ones: their replies come
-    /// in as memberships, after the link exists, and before any later change
-    /// of the same token (zenoh keeps each link's order).
+    /// Subscribes to a channel's messages, watches its app's memberships,
+    /// declares this node's publisher and token for the channel, and asks
+    /// every node for its roster of the channel: the replies come in as
+    /// memberships, after the link exists.
     async fn link(&mut self, id: &ChannelId) -> zenoh::Result<ChannelLink> {
         let (app, channel) = id;
         let tx = self.inbound_tx.clone();
@@ -407,57 +421,103 @@ impl Bridge {
             })
             .await?;
         self.watch(app).await?;
-        let tx = self.inbound_tx.clone();
-        let current = self
-            .session
-            .liveliness()
-            .get(keys::members_of(app, channel))
-            .callback(move |reply| {
-                if let Ok(sample) = reply.result() {
-                    let _ = tx.send(FromZenoh::Membership {
-                        key: sample.key_expr().as_str().to_owned(),
-                        alive: true,
-                    });
-                }
-            })
-            .await;
-        if let Err(e) = current {
+        if let Err(e) = self.query_rosters(keys::members_of(app, channel)).await {
             self.unwatch(app);
             return Err(e);
         }
         debug!(%app, %channel, "mesh: subscribed to channel");
         Ok(ChannelLink {
-            local_members: 0,
+            local: HashMap::new(),
             _messages: messages,
             remote: HashMap::new(),
             gone: HashMap::new(),
         })
     }
 
-    /// Counts one more linked channel of `app`, watching its tokens first.
+    /// Publishes a local join (`channel_join`, never delivered to browsers)
+    /// or leave (`peer_offline`) on the channel's key, in order with the
+    /// member's messages, the sid in the attachment as for its messages.
+    async fn publish_membership(&self, id: &ChannelId, sid: PeerId, msg: Vec<u8>) {
+        let key = keys::channel_key(&id.0, &id.1);
+        let attachment = Origin {
+            sid: Some(sid),
+            sent_us: unix_micros(),
+            traceparent: None,
+        }
+        .encode();
+        let put = self
+            .session
+            .put(&key, msg)
+            .attachment(attachment)
+            .allowed_destination(Locality::Remote)
+            .congestion_control(CongestionControl::Block);
+        if let Err(e) = put.await {
+            warn!(%key, error = %e, "mesh: cannot publish a membership change");
+        }
+    }
+
+    /// Asks the nodes matching `selector` for their rosters.
+    async fn query_rosters(&self, selector: String) -> zenoh::Result<()> {
+        let tx = self.inbound_tx.clone();
+        self.session
+            .get(selector)
+            .target(QueryTarget::All)
+            .consolidation(ConsolidationMode::None)
+            .allowed_destination(Locality::Remote)
+            .callback(move |reply| {
+                if let Ok(sample) = reply.result() {
+                    let _ = tx.send(FromZenoh::Roster {
+                        key: sample.key_expr().as_str().to_owned(),
+                        payload: sample.payload().to_bytes().into_owned(),
+                    });
+                }
+            })
+            .await
+    }
+
+    /// Counts one more linked channel of `app`, watching its memberships first.
     async fn watch(&mut self, app: &Arc<str>) -> zenoh::Result<()> {
         if let Some(watch) = self.apps.get_mut(app) {
             watch.linked_channels += 1;
             return Ok(());
         }
+        let (tx, for_app) = (self.inbound_tx.clone(), app.clone());
+        let roster = self
+            .session
+            .declare_queryable(keys::node_members_of_app(app, &self.mesh_id))
+            .callback(move |query| {
+                let _ = tx.send(FromZenoh::RosterQuery {
+                    app: for_app.clone(),
+                    query,
+                });
+            })
+            .await?;
         let tx = self.inbound_tx.clone();
-        let memberships = self
+        let node_tokens = self
             .session
             .liveliness()
-            .declare_subscriber(keys::members_of_app(app))
+            .declare_subscriber(keys::node_tokens_of_app(app))
             .callback(move |sample| {
-                let _ = tx.send(FromZenoh::Membership {
+                let _ = tx.send(FromZenoh::NodeToken {
                     key: sample.key_expr().as_str().to_owned(),
                     alive: sample.kind() == SampleKind::Put,
                 });
             })
+            .await?;
+        // Declared last: a node that sees it can already query this one.
+        let token = self
+            .session
+            .liveliness()
+            .declare_token(keys::node_token_key(app, &self.mesh_id))
             .await?;
         debug!(%app, "mesh: watching the app's memberships");
         self.apps.insert(
             app.clone(),
             AppWatch {
                 linked_channels: 1,
-                _memberships: memberships,
+                _token: token,
+                _node_tokens: node_tokens,
+                _roster: roster,
             },
         );
         Ok(())
@@ -474,22 +534,24 @@ impl Bridge {
         }
     }
 
-    fn on_remote(&mut self, msg: FromZenoh) {
+    async fn on_remote(&mut self, msg: FromZenoh) {
         match msg {
             FromZenoh::Message {
                 channel,
                 payload,
                 origin,
             } => self.on_message(channel, &payload, origin),
-            FromZenoh::Membership { key, alive } => self.on_membership(&key, alive),
+            FromZenoh::NodeToken { key, alive } => self.on_node_token(&key, alive).await,
+            FromZenoh::Roster { key, payload } => self.on_roster(&key, &payload),
+            FromZenoh::RosterQuery { app, query } => self.on_roster_query(&app, &query).await,
             FromZenoh::Check { channel, member } => self.on_check(channel, &member),
         }
     }
 
     fn on_message(&mut self, id: ChannelId, payload: &[u8], origin: Origin) {
-        let Some(link) = self.channels.get_mut(&id) else {
+        if !self.channels.contains_key(&id) {
             return; // unsubscribed meanwhile
-        };
+        }
         let hop_us = unix_micros().saturating_sub(origin.sent_us);
         let span = tracing::info_span!(
             target: "otel", parent: None, "mesh.receive",
@@ -502,7 +564,7 @@ impl Bridge {
         }
         let _entered = span.enter();
         let relayed = match protocol::decode_relayed(payload) {
-            Ok(m) if m.channel == &*id.1 && m.kind != Kind::Control(Op::ChannelJoin) => m,
+            Ok(m) if m.channel == &*id.1 => m,
             other => {
                 debug!(app = %id.0, channel = %id.1, result = ?other.err(), "mesh: invalid sample dropped");
                 self.stats.count_drop(DropReason::MeshInvalid);
@@ -519,11 +581,43 @@ impl Bridge {
             span.record("hop_us", hop_us);
             self.stats.mesh.observe_hop(hop_us);
         }
+        let member = relayed.mesh.zip(origin.sid);
+        if relayed.kind == Kind::Control(Op::ChannelJoin) {
+            // A node announcing a member: for this bridge, never for browsers.
+            let Some((mesh, sid)) = member else {
+                debug!(app = %id.0, channel = %id.1, "mesh: channel_join without a node's sid dropped");
+                self.stats.count_drop(DropReason::MeshInvalid);
+                tracing::info!(target: "otel", reason = DropReason::MeshInvalid.as_str(), "dropped");
+                return;
+            };
+            let joined = Membership {
+                sid,
+                client_id: relayed.peer.to_owned(),
+            };
+            self.member_alive(&id, mesh.to_owned(), joined);
+            return;
+        }
+        let Some(link) = self.channels.get_mut(&id) else {
+            return;
+        };
         // Re-encoded: whatever a backend sent, browsers get a clean map.
         let bytes = Bytes::from(protocol::encode(&relayed));
         let mut missed_announcement = None;
-        if let (Some(mesh), Some(sid)) = (relayed.mesh, origin.sid) {
-            if let Some(remote) = link.remote.get_mut(&(mesh.to_owned(), sid)) {
+        if let Some((mesh, sid)) = member {
+            let who = (mesh.to_owned(), sid);
+            if relayed.kind == Kind::Control(Op::PeerOffline) {
+                // A node's leave: delivered below like any message, unless
+                // its member is not (or no longer) known here: its node's
+                // token went first (declarations overtake data), and that
+                // already said so.
+                if link.remote.remove(&who).is_none() {
+                    link.gone.remove(&who);
+                    debug!(app = %id.0, channel = %id.1, peer = relayed.peer, %mesh, "mesh: leave of a member already offline");
+                    return;
+                }
+                self.stats.mesh.remote_members.fetch_sub(1, Relaxed);
+                self.stats.mesh.remote_offline.fetch_add(1, Relaxed);
+            } else if let Some(remote) = link.remote.get_mut(&who) {
                 // The first thing heard from a new member is not its
                 // peer_online: its announcement was lost (both nodes
                 // subscribed at once), so ours may have been too. The
@@ -561,7 +655,7 @@ impl Bridge {
     /// the subscribers its node already knows). Deliver `peer_online` on its
     /// behalf: the local browsers answer with their state, which now reaches
     /// it. The other node does the same for ours, so both sides converge.
-    fn on_check(&mut self, id: ChannelId, member: &Member) {
+    fn on_check(&mut self, id: ChannelId, member: &RemoteMember) {
         tracing::trace!(app = %id.0, channel = %id.1, peer = %member.client_id, "mesh: presence check");
         let Some(remote) = self
             .channels
@@ -584,72 +678,176 @@ impl Bridge {
         );
     }
 
-    fn on_membership(&mut self, key: &str, alive: bool) {
-        let Some(member) = keys::parse_member(key) else {
+    /// The linked channel and the other node a membership key names; `None`
+    /// for this node's own keys and for channels without local members.
+    fn remote_node(&self, key: &str) -> Option<(ChannelId, String)> {
+        let Some(place) = keys::parse_members_key(key) else {
             debug!(%key, "mesh: not a membership key");
+            return None;
+        };
+        if place.mesh_id == self.mesh_id {
+            return None;
+        }
+        let id: ChannelId = (place.app.as_str().into(), place.channel.as_str().into());
+        self.channels
+            .contains_key(&id)
+            .then_some((id, place.mesh_id))
+    }
+
+    /// A node's token of an app appeared: ask it for its rosters of the
+    /// app's channels (it is new to the app, or back after a partition). It
+    /// went away: every member of that node is offline.
+    async fn on_node_token(&mut self, key: &str, alive: bool) {
+        let Some((app, mesh_id)) = keys::parse_node_token(key) else {
+            debug!(%key, "mesh: not a node token");
             return;
         };
-        if member.mesh_id == self.mesh_id {
-            return; // our own token
+        if mesh_id == self.mesh_id || !self.apps.contains_key(app.as_str()) {
+            return;
         }
-        let id: ChannelId = (member.app.as_str().into(), member.channel.as_str().into());
-        let Some(link) = self.channels.get_mut(&id) else {
-            return; // a channel without local members
+        if alive {
+            let selector = keys::node_members_of_app(&app, &mesh_id);
+            if let Err(e) = self.query_rosters(selector).await {
+                warn!(%app, mesh = %mesh_id, error = %e, "mesh: cannot ask for rosters");
+            }
+            return;
+        }
+        let now = Instant::now();
+        let mut offline = Vec::new();
+        for (id, link) in self.channels.iter_mut().filter(|((a, _), _)| **a == *app) {
+            let cut: Vec<_> = link
+                .remote
+                .keys()
+                .filter(|(mesh, _)| *mesh == mesh_id)
+                .cloned()
+                .collect();
+            for who in cut {
+                if let Some(remote) = link.remote.remove(&who) {
+                    offline.push((id.clone(), remote.client_id.clone()));
+                    link.gone.insert(who, (remote, now));
+                }
+            }
+        }
+        debug!(%app, mesh = %mesh_id, members = offline.len(), "mesh: node left the app");
+        for (id, client_id) in offline {
+            self.offline(&id, &client_id, &mesh_id);
+        }
+    }
+
+    fn on_roster(&mut self, key: &str, payload: &[u8]) {
+        let Some((id, mesh_id)) = self.remote_node(key) else {
+            return;
         };
-        let who = (member.mesh_id.clone(), member.sid);
+        match membership::decode_roster(payload) {
+            Ok(members) => {
+                for m in members {
+                    self.member_alive(&id, mesh_id.clone(), m);
+                }
+            }
+            Err(e) => {
+                debug!(%key, error = %e, "mesh: invalid roster dropped");
+                self.stats.count_drop(DropReason::MeshInvalid);
+            }
+        }
+    }
+
+    /// Answers with this node's members of the app's channels the query's
+    /// key matches, one reply per channel, from this task: a reply is never
+    /// older than a join or leave published before it.
+    async fn on_roster_query(&self, app: &Arc<str>, query: &Query) {
+        let wanted = query.key_expr();
+        let answer = |channel: &Arc<str>, link: &ChannelLink| {
+            let key = keys::members_key(app, channel, &self.mesh_id);
+            let matches = zenoh::key_expr::KeyExpr::try_from(key.as_str())
+                .is_ok_and(|k| wanted.intersects(&k));
+            matches.then(|| {
+                let roster =
+                    membership::encode_roster(link.local.iter().map(|(sid, p)| (*sid, &**p)));
+                (key, roster)
+            })
+        };
+        let replies: Vec<_> = match keys::concrete_channel(wanted.as_str()) {
+            Some(channel) => {
+                let id: ChannelId = (app.clone(), channel.as_str().into());
+                self.channels
+                    .get(&id)
+                    .and_then(|link| answer(&id.1, link))
+                    .into_iter()
+                    .collect()
+            }
+            None => self
+                .channels
+                .iter()
+                .filter(|((a, _), _)| a == app)
+                .filter_map(|((_, c), link)| answer(c, link))
+                .collect(),
+        };
+        for (key, roster) in replies {
+            if let Err(e) = query.reply(key, roster).await {
+                debug!(error = %e, "mesh: roster reply failed");
+            }
+        }
+    }
+
+    /// A remote member, from a join or a roster. One that comes back after
+    /// its node's token went away (a partition healed) is announced again
+    /// with its last state; a new one gets the presence check.
+    fn member_alive(&mut self, id: &ChannelId, mesh_id: String, m: Membership) {
+        let Some(link) = self.channels.get_mut(id) else {
+            return;
+        };
+        let who = (mesh_id, m.sid);
+        if link.remote.contains_key(&who) {
+            return;
+        }
         let now = Instant::now();
         link.gone
             .retain(|_, (_, since)| now.duration_since(*since) < GONE_MEMORY);
-        if alive {
-            if link.remote.contains_key(&who) {
-                return;
-            }
-            let healed = link.gone.remove(&who);
-            debug!(app = %id.0, channel = %id.1, peer = %member.client_id, mesh = %member.mesh_id, healed = healed.is_some(), "mesh: remote member");
-            let last_state = healed.as_ref().and_then(|(r, _)| r.last_state.clone());
-            self.stats.mesh.remote_members.fetch_add(1, Relaxed);
-            link.remote.insert(
-                who,
-                Remote {
-                    last_state: last_state.clone(),
-                    heard: healed.is_some(),
-                },
-            );
-            if let (None, Some(grace)) = (&healed, self.presence_check) {
-                let (tx, channel, member) = (self.inbound_tx.clone(), id.clone(), member.clone());
-                tokio::spawn(async move {
-                    tokio::time::sleep(grace).await;
-                    let _ = tx.send(FromZenoh::Check { channel, member });
-                });
-            }
-            if healed.is_some() {
-                // Back after a partition: tell the local members again.
-                info!(app = %id.0, channel = %id.1, peer = %member.client_id, mesh = %member.mesh_id, "mesh: peer back after a partition");
-                deliver_presence(
-                    &self.hub,
-                    &id,
-                    Op::PeerOnline,
-                    &member.client_id,
-                    &member.mesh_id,
-                );
-                if let Some(state) = last_state {
-                    self.hub
-                        .deliver_remote(&id.0, &id.1, &state, Kind::Control(Op::PeerState));
-                }
-            }
-        } else if let Some(remote) = link.remote.remove(&who) {
-            debug!(app = %id.0, channel = %id.1, peer = %member.client_id, mesh = %member.mesh_id, "mesh: remote peer gone");
-            link.gone.insert(who, (remote, now));
-            self.stats.mesh.remote_members.fetch_sub(1, Relaxed);
-            self.stats.mesh.remote_offline.fetch_add(1, Relaxed);
+        let healed = link.gone.remove(&who);
+        let member = RemoteMember {
+            mesh_id: who.0.clone(),
+            sid: m.sid,
+            client_id: m.client_id,
+        };
+        debug!(app = %id.0, channel = %id.1, peer = %member.client_id, mesh = %member.mesh_id, healed = healed.is_some(), "mesh: remote member");
+        let last_state = healed.as_ref().and_then(|(r, _)| r.last_state.clone());
+        self.stats.mesh.remote_members.fetch_add(1, Relaxed);
+        link.remote.insert(
+            who,
+            Remote {
+                client_id: member.client_id.clone(),
+                last_state: last_state.clone(),
+                heard: healed.is_some(),
+            },
+        );
+        if healed.is_some() {
+            // Back after a partition: tell the local members again.
+            info!(app = %id.0, channel = %id.1, peer = %member.client_id, mesh = %member.mesh_id, "mesh: peer back after a partition");
             deliver_presence(
                 &self.hub,
-                &id,
-                Op::PeerOffline,
+                id,
+                Op::PeerOnline,
                 &member.client_id,
                 &member.mesh_id,
             );
+            if let Some(state) = last_state {
+                self.hub
+                    .deliver_remote(&id.0, &id.1, &state, Kind::Control(Op::PeerState));
+            }
+        } else if let Some(grace) = self.presence_check {
+            let (tx, channel) = (self.inbound_tx.clone(), id.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                let _ = tx.send(FromZenoh::Check { channel, member });
+            });
         }
+    }
+
+    /// A remote member is gone: one `peer_offline` for the local members.
+    fn offline(&self, id: &ChannelId, client_id: &str, mesh_id: &str) {
+        self.stats.mesh.remote_members.fetch_sub(1, Relaxed);
+        self.stats.mesh.remote_offline.fetch_add(1, Relaxed);
+        deliver_presence(&self.hub, id, Op::PeerOffline, client_id, mesh_id);
     }
 }
 
