@@ -2,12 +2,11 @@
 //! that peers on every node of the mesh share channels.
 //!
 //! Out: the hub's [`MeshEvent`]s, in order. A channel's first local member
-//! links it: its subscriber, this node's liveliness token and membership
-//! publisher for it (plus the app's watch if it is the app's first linked
-//! channel), and a query for the other nodes' rosters. Every local join and
-//! leave is a sample on that publisher; a local message is published on the
-//! channel's key with the sender's sid in the attachment; the last leave
-//! undeclares them all.
+//! links it: its subscriber (plus the app's watch and this node's token of
+//! the app, if it is the app's first linked channel) and a query for the
+//! other nodes' rosters. Every local join and leave is published on the
+//! channel's key (`channel_join`, `peer_offline`), as is every local message,
+//! with the sender's sid in the attachment; the last leave unsubscribes.
 //!
 //! In: a sample on a joined channel's key is checked, re-encoded without
 //! `sid`/`app`, and handed to the hub for the local members (never back to
@@ -25,7 +24,7 @@
 pub mod keys;
 pub mod membership;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
@@ -72,6 +71,12 @@ pub enum MeshError {
     #[error("cannot open the zenoh session: {0}")]
     Open(String),
 }
+
+/// When a channel's roster query is asked again, and the first wait and
+/// number of attempts for a node's (see `Bridge::on_roster_query_over`).
+const ROSTER_RECHECK: Duration = Duration::from_secs(1);
+const ROSTER_RETRY: Duration = Duration::from_millis(250);
+const ROSTER_ATTEMPTS: u32 = 5;
 
 /// How long a forgotten membership is remembered, to recognise it if it
 /// comes back after a partition heals.
@@ -228,11 +233,42 @@ enum FromZenoh {
     Roster { key: String, payload: Vec<u8> },
     /// Another session asks for this node's members in the app's channels.
     RosterQuery { app: Arc<str>, query: Query },
+    /// A roster query of this node is over (zenoh dropped its callback).
+    RosterQueryOver { ask: RosterAsk, replies: usize },
+    /// A roster query's next attempt is due.
+    AskAgain(RosterAsk),
     /// A new remote member's grace period is over.
     Check {
         channel: ChannelId,
         member: RemoteMember,
     },
+}
+
+/// One roster query: for one channel of every node (`node: None`), or for
+/// every channel of one node.
+#[derive(Debug, Clone)]
+struct RosterAsk {
+    app: Arc<str>,
+    selector: String,
+    node: Option<String>,
+    attempt: u32,
+}
+
+/// Lives in a roster query's callback; zenoh drops the callback when the
+/// query is over, and this tells the bridge how many replies came.
+struct QueryOver {
+    tx: mpsc::UnboundedSender<FromZenoh>,
+    ask: Option<RosterAsk>,
+    replies: AtomicUsize,
+}
+
+impl Drop for QueryOver {
+    fn drop(&mut self) {
+        if let Some(ask) = self.ask.take() {
+            let replies = self.replies.load(Relaxed);
+            let _ = self.tx.send(FromZenoh::RosterQueryOver { ask, replies });
+        }
+    }
 }
 
 /// A peer of another node, as named in that node's membership samples.
@@ -286,6 +322,8 @@ struct Bridge {
 /// this node subscribes to costs microseconds.
 struct AppWatch {
     linked_channels: usize,
+    /// The other nodes whose token of the app lives.
+    nodes: HashSet<String>,
     _token: LivelinessToken,
     _node_tokens: Subscriber<()>,
     _roster: Queryable<()>,
@@ -396,10 +434,12 @@ impl Bridge {
         }
     }
 
-    /// Subscribes to a channel's messages, watches its app's memberships,
-    /// declares this node's publisher and token for the channel, and asks
-    /// every node for its roster of the channel: the replies come in as
-    /// memberships, after the link exists.
+    /// Subscribes to a channel's messages, watches its app (see
+    /// [`AppWatch`]), and asks the other nodes known to serve the app for
+    /// their rosters of the channel: the replies come in as memberships,
+    /// after the link exists. A node whose token is not known yet is asked
+    /// when it arrives ([`Bridge::on_node_token`]), so none is missed and a
+    /// node alone in the mesh sends no query.
     async fn link(&mut self, id: &ChannelId) -> zenoh::Result<ChannelLink> {
         let (app, channel) = id;
         let tx = self.inbound_tx.clone();
@@ -421,9 +461,16 @@ impl Bridge {
             })
             .await?;
         self.watch(app).await?;
-        if let Err(e) = self.query_rosters(keys::members_of(app, channel)).await {
-            self.unwatch(app);
-            return Err(e);
+        // Nodes not known yet are asked when their token arrives.
+        let others_known = self.apps.get(app).is_some_and(|w| !w.nodes.is_empty());
+        if others_known {
+            self.ask_rosters(RosterAsk {
+                app: app.clone(),
+                selector: keys::members_of(app, channel),
+                node: None,
+                attempt: 0,
+            })
+            .await;
         }
         debug!(%app, %channel, "mesh: subscribed to channel");
         Ok(ChannelLink {
@@ -456,23 +503,64 @@ impl Bridge {
         }
     }
 
-    /// Asks the nodes matching `selector` for their rosters.
-    async fn query_rosters(&self, selector: String) -> zenoh::Result<()> {
+    /// Asks for rosters, and again if the answer may have been missed
+    /// (see [`Bridge::on_roster_query_over`]).
+    async fn ask_rosters(&self, ask: RosterAsk) {
         let tx = self.inbound_tx.clone();
-        self.session
-            .get(selector)
+        let over = QueryOver {
+            tx: tx.clone(),
+            ask: Some(ask.clone()),
+            replies: AtomicUsize::new(0),
+        };
+        let query = self
+            .session
+            .get(&ask.selector)
             .target(QueryTarget::All)
             .consolidation(ConsolidationMode::None)
             .allowed_destination(Locality::Remote)
             .callback(move |reply| {
                 if let Ok(sample) = reply.result() {
+                    over.replies.fetch_add(1, Relaxed);
                     let _ = tx.send(FromZenoh::Roster {
                         key: sample.key_expr().as_str().to_owned(),
                         payload: sample.payload().to_bytes().into_owned(),
                     });
                 }
-            })
-            .await
+            });
+        if let Err(e) = query.await {
+            warn!(app = %ask.app, selector = %ask.selector, error = %e, "mesh: cannot ask for rosters");
+        }
+    }
+
+    /// A roster query is over. Through routers, a node's token or
+    /// subscription can reach this node before its queryable is routable
+    /// from here, so: a node asked for all its rosters of an app always has
+    /// at least one (it holds the token only while it has members in the
+    /// app), and is asked again, with backoff, until it answers or its token
+    /// goes; a channel's query, which may rightly get no answer, is asked
+    /// once more [`ROSTER_RECHECK`] later. A roster only adds members not
+    /// known yet, so asking twice does no harm.
+    fn on_roster_query_over(&self, mut ask: RosterAsk, replies: usize) {
+        let delay = match &ask.node {
+            Some(_) if replies > 0 || ask.attempt >= ROSTER_ATTEMPTS => return,
+            Some(_) => ROSTER_RETRY * 2u32.pow(ask.attempt),
+            None if ask.attempt > 0 => return,
+            None => ROSTER_RECHECK,
+        };
+        ask.attempt += 1;
+        let tx = self.inbound_tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = tx.send(FromZenoh::AskAgain(ask));
+        });
+    }
+
+    /// Whether a second (or later) roster query still has someone to ask.
+    fn still_worth_asking(&self, ask: &RosterAsk) -> bool {
+        self.apps.get(&ask.app).is_some_and(|w| match &ask.node {
+            Some(node) => w.nodes.contains(node),
+            None => !w.nodes.is_empty(),
+        })
     }
 
     /// Counts one more linked channel of `app`, watching its memberships first.
@@ -497,6 +585,7 @@ impl Bridge {
             .session
             .liveliness()
             .declare_subscriber(keys::node_tokens_of_app(app))
+            .history(true)
             .callback(move |sample| {
                 let _ = tx.send(FromZenoh::NodeToken {
                     key: sample.key_expr().as_str().to_owned(),
@@ -515,6 +604,7 @@ impl Bridge {
             app.clone(),
             AppWatch {
                 linked_channels: 1,
+                nodes: HashSet::new(),
                 _token: token,
                 _node_tokens: node_tokens,
                 _roster: roster,
@@ -545,6 +635,13 @@ impl Bridge {
             FromZenoh::Roster { key, payload } => self.on_roster(&key, &payload),
             FromZenoh::RosterQuery { app, query } => self.on_roster_query(&app, &query).await,
             FromZenoh::Check { channel, member } => self.on_check(channel, &member),
+            FromZenoh::RosterQueryOver { ask, replies } => self.on_roster_query_over(ask, replies),
+            FromZenoh::AskAgain(ask) => {
+                if self.still_worth_asking(&ask) {
+                    debug!(app = %ask.app, selector = %ask.selector, attempt = ask.attempt, "mesh: asking for rosters again");
+                    self.ask_rosters(ask).await;
+                }
+            }
         }
     }
 
@@ -607,16 +704,17 @@ impl Bridge {
             let who = (mesh.to_owned(), sid);
             if relayed.kind == Kind::Control(Op::PeerOffline) {
                 // A node's leave: delivered below like any message, unless
-                // its member is not (or no longer) known here: its node's
-                // token went first (declarations overtake data), and that
-                // already said so.
-                if link.remote.remove(&who).is_none() {
-                    link.gone.remove(&who);
+                // its node's token went first (declarations can overtake
+                // data) and said so already. One of a member never known
+                // here is delivered: the browsers may know it from its own
+                // messages.
+                if link.remote.remove(&who).is_some() {
+                    self.stats.mesh.remote_members.fetch_sub(1, Relaxed);
+                    self.stats.mesh.remote_offline.fetch_add(1, Relaxed);
+                } else if link.gone.remove(&who).is_some() {
                     debug!(app = %id.0, channel = %id.1, peer = relayed.peer, %mesh, "mesh: leave of a member already offline");
                     return;
                 }
-                self.stats.mesh.remote_members.fetch_sub(1, Relaxed);
-                self.stats.mesh.remote_offline.fetch_add(1, Relaxed);
             } else if let Some(remote) = link.remote.get_mut(&who) {
                 // The first thing heard from a new member is not its
                 // peer_online: its announcement was lost (both nodes
@@ -694,24 +792,41 @@ impl Bridge {
             .then_some((id, place.mesh_id))
     }
 
-    /// A node's token of an app appeared: ask it for its rosters of the
-    /// app's channels (it is new to the app, or back after a partition). It
-    /// went away: every member of that node is offline.
+    /// A node's token of an app appeared (it is new to the app, already
+    /// there when the watch began, or back after a partition): ask it for its
+    /// rosters of the app's channels. It went away: every member of that node
+    /// is offline.
     async fn on_node_token(&mut self, key: &str, alive: bool) {
         let Some((app, mesh_id)) = keys::parse_node_token(key) else {
             debug!(%key, "mesh: not a node token");
             return;
         };
-        if mesh_id == self.mesh_id || !self.apps.contains_key(app.as_str()) {
+        if mesh_id == self.mesh_id {
             return;
         }
+        let Some(app) = self
+            .apps
+            .get_key_value(app.as_str())
+            .map(|(a, _)| a.clone())
+        else {
+            return;
+        };
+        let Some(watch) = self.apps.get_mut(&app) else {
+            return;
+        };
         if alive {
+            watch.nodes.insert(mesh_id.clone());
             let selector = keys::node_members_of_app(&app, &mesh_id);
-            if let Err(e) = self.query_rosters(selector).await {
-                warn!(%app, mesh = %mesh_id, error = %e, "mesh: cannot ask for rosters");
-            }
+            self.ask_rosters(RosterAsk {
+                app,
+                selector,
+                node: Some(mesh_id),
+                attempt: 0,
+            })
+            .await;
             return;
         }
+        watch.nodes.remove(&mesh_id);
         let now = Instant::now();
         let mut offline = Vec::new();
         for (id, link) in self.channels.iter_mut().filter(|((a, _), _)| **a == *app) {
