@@ -294,8 +294,8 @@ async fn memberships_of_other_channels_are_ignored_until_joined() {
     let mut bob = nodes[1].ws(KEY1, "bob").await;
     alice.join("room-a").await;
     bob.join("room-b").await;
-    // Each node has heard the other's token by now (bob's join crossed
-    // after alice's), yet neither counts a remote member.
+    // Each node has heard the other's token by now and had its rosters
+    // (room-a or room-b), yet neither counts a remote member.
     tokio::time::sleep(QUIET).await;
     for node in &nodes {
         assert_eq!(node.counter(&["mesh", "remote_members"]).await, 0);

@@ -11,11 +11,12 @@
 //! In: a sample on a joined channel's key is checked, re-encoded without
 //! `sid`/`app`, and handed to the hub for the local members (never back to
 //! zenoh: no loops). Another node's leave becomes one `peer_offline` for the
-//! local members; so does each of its members when its token goes away (it
-//! left the channel, died, or was cut off and zenoh's lease expired). A token
-//! that comes back is asked for its roster, and a member back from a
-//! partition becomes `peer_online` plus its last state, so the browsers on
-//! this side see it again without it having to rejoin.
+//! local members; so does each of its members when its node's token of the
+//! app goes away (it left the app's channels, died, or was cut off and
+//! zenoh's lease expired). A node whose token appears is asked for its
+//! rosters; a member back from a partition becomes `peer_online` plus its
+//! last state, so the browsers on this side see it again without it having
+//! to rejoin. A `channel_join` is the bridge's, never the browsers'.
 //!
 //! The hub never waits for zenoh: events cross an unbounded, ordered queue
 //! whose publish backlog is capped by the hub. The mesh knows nothing of
@@ -72,8 +73,9 @@ pub enum MeshError {
     Open(String),
 }
 
-/// When a channel's roster query is asked again, and the first wait and
-/// number of attempts for a node's (see `Bridge::on_roster_query_over`).
+/// When a channel's roster query is asked again; a node's first wait
+/// (doubling each time) and how many times it is asked again at most (see
+/// `Bridge::on_roster_query_over`).
 const ROSTER_RECHECK: Duration = Duration::from_secs(1);
 const ROSTER_RETRY: Duration = Duration::from_millis(250);
 const ROSTER_ATTEMPTS: u32 = 5;
@@ -271,7 +273,7 @@ impl Drop for QueryOver {
     }
 }
 
-/// A peer of another node, as named in that node's membership samples.
+/// A peer of another node, as named in its node's `channel_join` or roster.
 #[derive(Debug, Clone)]
 struct RemoteMember {
     mesh_id: String,
