@@ -34,11 +34,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
+use zenoh::bytes::ZBytes;
 use zenoh::liveliness::LivelinessToken;
 use zenoh::pubsub::Subscriber;
 use zenoh::qos::CongestionControl;
 use zenoh::query::{ConsolidationMode, Query, QueryTarget, Queryable};
 use zenoh::sample::{Locality, SampleKind};
+use zenoh::session::SessionPutBuilder;
 use zenoh::Session;
 
 use crate::hub::{Hub, MeshEvent, PeerId};
@@ -408,21 +410,7 @@ impl Bridge {
                 self.backlog.fetch_sub(1, Relaxed);
                 let key = keys::channel_key(&app, &channel);
                 let publish = tracing::info_span!(target: "otel", parent: &span, "mesh.publish", key = %key, bytes = msg.len(), mesh_id = %self.mesh_id);
-                let attachment = Origin {
-                    sid: Some(sid),
-                    sent_us: unix_micros(),
-                    traceparent: telemetry::traceparent(&publish),
-                }
-                .encode();
-                // Remote only: this node's own subscribers take remote samples
-                // only, and a local destination would make zenoh match every
-                // put against every local subscriber (one per channel).
-                let put = self
-                    .session
-                    .put(&key, msg)
-                    .attachment(attachment)
-                    .allowed_destination(Locality::Remote)
-                    .congestion_control(CongestionControl::Block);
+                let put = self.channel_put(&key, sid, msg, telemetry::traceparent(&publish));
                 match put.into_future().instrument(publish.clone()).await {
                     Ok(()) => {
                         self.stats.mesh.published.fetch_add(1, Relaxed);
@@ -483,24 +471,36 @@ impl Bridge {
         })
     }
 
+    /// A publication on a channel's key, with the sender's sid in the
+    /// attachment. Remote only: this node's own subscribers take remote
+    /// samples only, and a local destination would make zenoh match every
+    /// put against every local subscriber (one per channel).
+    fn channel_put<'a>(
+        &'a self,
+        key: &'a str,
+        sid: PeerId,
+        msg: impl Into<ZBytes>,
+        traceparent: Option<String>,
+    ) -> SessionPutBuilder<'a, 'a> {
+        let attachment = Origin {
+            sid: Some(sid),
+            sent_us: unix_micros(),
+            traceparent,
+        }
+        .encode();
+        self.session
+            .put(key, msg)
+            .attachment(attachment)
+            .allowed_destination(Locality::Remote)
+            .congestion_control(CongestionControl::Block)
+    }
+
     /// Publishes a local join (`channel_join`, never delivered to browsers)
     /// or leave (`peer_offline`) on the channel's key, in order with the
     /// member's messages, the sid in the attachment as for its messages.
     async fn publish_membership(&self, id: &ChannelId, sid: PeerId, msg: Vec<u8>) {
         let key = keys::channel_key(&id.0, &id.1);
-        let attachment = Origin {
-            sid: Some(sid),
-            sent_us: unix_micros(),
-            traceparent: None,
-        }
-        .encode();
-        let put = self
-            .session
-            .put(&key, msg)
-            .attachment(attachment)
-            .allowed_destination(Locality::Remote)
-            .congestion_control(CongestionControl::Block);
-        if let Err(e) = put.await {
+        if let Err(e) = self.channel_put(&key, sid, msg, None).await {
             warn!(%key, error = %e, "mesh: cannot publish a membership change");
         }
     }
