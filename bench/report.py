@@ -264,11 +264,15 @@ def main(out):
             sp = r.get("server_process") or {}
             joined = r["setup"]["joined"] or 1
             cpu = sp.get("cpu_s")
-            rows.append([s, tls, r["setup"]["joined"], fmt(r["setup"]["conn_per_s"]),
+            # Older results do not count resumed handshakes.
+            resumed = r["setup"].get("tls_resumed")
+            rows.append([s, tls, r["setup"]["joined"], "" if resumed is None or prefix == "storm" else resumed,
+                         fmt(r["setup"]["conn_per_s"]),
                          fmt(None if cpu is None else cpu * 1e6 / joined), fmt(r["client"]["cpu_s"], 2)])
     if rows:
         md.append("### Connect storm: TLS connect + join, 256 at a time (client: 2 threads)\n")
-        md.append(table(["server", "TLS", "connections", "connect+join /s", "server CPU µs per connection", "client CPU s"], rows))
+        md.append(table(["server", "TLS", "connections", "resumed", "connect+join /s", "server CPU µs per connection",
+                         "client CPU s"], rows))
 
     # 6. Transports.
     rows = []

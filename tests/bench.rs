@@ -84,6 +84,14 @@ fn every_client_scenario_against_prscd() {
     let r = bench_with("storm --connections 200 --connect-concurrency 32", &common);
     assert_eq!(r["setup"]["joined"], 200, "{r}");
     assert!(r["setup"]["conn_per_s"].as_f64().unwrap() > 0.0, "{r}");
+    assert_eq!(r["setup"]["tls_resumed"], 0, "new clients: {r}");
+    // A reconnect storm: later connections resume the sessions of earlier ones.
+    let r = bench_with(
+        "storm --connections 200 --connect-concurrency 8 --tls-resume",
+        &common,
+    );
+    assert_eq!(r["setup"]["joined"], 200, "{r}");
+    assert!(r["setup"]["tls_resumed"].as_u64().unwrap() > 0, "{r}");
 }
 
 #[test]

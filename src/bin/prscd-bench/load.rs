@@ -841,6 +841,7 @@ pub async fn run(spec: LoadSpec) -> anyhow::Result<(serde_json::Value, bool)> {
             "failed": failed,
             "seconds": measure::round(setup_secs, 4),
             "conn_per_s": measure::per_s(joined as f64, setup_secs),
+            "tls_resumed": sh.dialer.resumed.load(Ordering::Relaxed),
         },
         "publish": {
             "sent": sent,
@@ -920,6 +921,12 @@ pub fn summary(r: &serde_json::Value) -> String {
         "  setup      {} joined ({} failed) in {} s = {} conn/s\n",
         r["setup"]["joined"], r["setup"]["failed"], r["setup"]["seconds"], r["setup"]["conn_per_s"]
     );
+    if p["tls_resume"] == true {
+        s += &format!(
+            "  tls        {} handshakes resumed\n",
+            r["setup"]["tls_resumed"]
+        );
+    }
     if r["publish"]["sent"].as_u64().unwrap_or(0) > 0 {
         s += &format!(
             "  publish    {} sent in {} s = {} msg/s (max send lag {} µs)\n",

@@ -74,6 +74,8 @@ pub struct Dialer {
     /// the kernel choose).
     source_ips: u8,
     next: AtomicUsize,
+    /// TLS handshakes that resumed a session (with `--tls-resume`).
+    pub resumed: AtomicUsize,
     wt_endpoints: Vec<wtransport::Endpoint<wtransport::endpoint::endpoint_side::Client>>,
 }
 
@@ -118,6 +120,7 @@ impl Dialer {
             tls: TlsConnector::from(Arc::new(config)),
             source_ips: source_ips.max(1),
             next: AtomicUsize::new(0),
+            resumed: AtomicUsize::new(0),
             wt_endpoints,
         })
     }
@@ -146,7 +149,11 @@ impl Dialer {
         let tcp = socket.connect(addr).await.context("tcp connect")?;
         tcp.set_nodelay(true)?;
         let name = ServerName::try_from(ep.host.clone()).context("bad host")?;
-        self.tls.connect(name, tcp).await.context("tls handshake")
+        let stream = self.tls.connect(name, tcp).await.context("tls handshake")?;
+        if stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+            self.resumed.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(stream)
     }
 
     /// A WebSocket for client `id` in `room`, handshake done (not joined).
