@@ -1,10 +1,12 @@
 //! Backend services on the mesh, as YoMo source/stream functions were:
 //! `examples/backend.py` (Python `eclipse-zenoh` 1.10.2) publishes into a
-//! channel and reads its traffic and membership, against a real node.
+//! channel and reads its traffic and membership, against a real node; and
+//! a zenoh session in the test holds a node to the membership contract
+//! (`mesh/README.md`).
 //!
-//! Needs the venv from `mesh/install-python.sh` (`scripts/test` makes it).
-//! Without it the test says so and passes, unless `PRSCD_REQUIRE_MESH_TOOLS`
-//! is set, as `scripts/test` and CI do.
+//! The Python test needs the venv from `mesh/install-python.sh` (`scripts/test`
+//! makes it). Without it the test says so and passes, unless
+//! `PRSCD_REQUIRE_MESH_TOOLS` is set, as `scripts/test` and CI do.
 
 mod common;
 
@@ -133,6 +135,98 @@ async fn python_backend_writes_into_and_reads_a_channel() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(node.counter(&["mesh", "received"]).await, 1);
+}
+
+/// What a zenoh client sees of a node's memberships, and what it may not do:
+/// the roster query answers, a `channel_join` needs a node's sid, broken
+/// samples are dropped and counted, and a node's join and leave (here
+/// forged by the test, with a sid) become a remote member and one
+/// `peer_offline` for the browsers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)] // zenoh needs it
+async fn the_membership_contract_seen_from_a_zenoh_client() {
+    use prscd::mesh::{keys, membership, Origin};
+    let zport = free_port();
+    let node = Node::start_with(&[
+        ("MESH_ID", "eu"),
+        ("ZENOH_LISTEN", &format!("tcp/127.0.0.1:{zport}")),
+    ]);
+    let mut alice = node.ws(KEY1, "alice").await;
+    alice.join("room").await;
+
+    let mut config = zenoh::Config::default();
+    for (key, value) in [
+        ("mode", r#""client""#.to_owned()),
+        ("connect/endpoints", format!(r#"["tcp/127.0.0.1:{zport}"]"#)),
+        ("scouting/multicast/enabled", "false".to_owned()),
+    ] {
+        config.insert_json5(key, &value).unwrap();
+    }
+    let session = zenoh::open(config).await.unwrap();
+    let channel = keys::channel_key("app1", "room");
+    let publisher = session.declare_publisher(channel.clone()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !publisher.matching_status().await.unwrap().matching() {
+        assert!(Instant::now() < deadline, "the node never subscribed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The roster: one reply per node, alice in it.
+    let replies = session.get(keys::members_of("app1", "room")).await.unwrap();
+    let reply = replies.recv_async().await.expect("a roster reply");
+    let sample = reply.result().expect("a roster");
+    assert_eq!(
+        sample.key_expr().as_str(),
+        keys::members_key("app1", "room", "eu")
+    );
+    let roster = membership::decode_roster(&sample.payload().to_bytes()).unwrap();
+    assert_eq!(roster.len(), 1);
+    assert_eq!(roster[0].client_id, "alice");
+
+    // A backend cannot join, and junk is dropped: counted, alice undisturbed.
+    let join = |p: &str| {
+        msg(vec![
+            ("t", "control".into()),
+            ("op", "channel_join".into()),
+            ("c", "room".into()),
+            ("p", p.into()),
+        ])
+    };
+    publisher.put(join("intruder")).await.unwrap();
+    publisher.put(b"junk".to_vec()).await.unwrap();
+    node.wait_counter(&["dropped", "mesh_invalid"], 2).await;
+    assert_eq!(node.counter(&["mesh", "remote_members"]).await, 0);
+    alice.expect_silence(Duration::from_millis(300)).await;
+
+    // A node's join (its sid in the attachment) is a remote member; its
+    // leave is one peer_offline.
+    let from_node = |p: &str, op: &str| {
+        let body = msg(vec![
+            ("t", "control".into()),
+            ("op", op.into()),
+            ("c", "room".into()),
+            ("p", p.into()),
+            ("mesh", "us".into()),
+        ]);
+        let origin = Origin {
+            sid: Some(7),
+            sent_us: 0,
+            traceparent: None,
+        };
+        (body, origin.encode())
+    };
+    let (body, attachment) = from_node("bob", "channel_join");
+    publisher.put(body).attachment(attachment).await.unwrap();
+    node.wait_counter(&["mesh", "remote_members"], 1).await;
+    let (body, attachment) = from_node("bob", "peer_offline");
+    publisher.put(body).attachment(attachment).await.unwrap();
+    let off = alice.recv_op("peer_offline").await;
+    assert_eq!(
+        (field(&off, "p"), field(&off, "mesh")),
+        (Some("bob"), Some("us"))
+    );
+    alice.expect_silence(Duration::from_millis(300)).await;
+    assert_eq!(node.counter(&["mesh", "remote_members"]).await, 0);
+    session.close().await.unwrap();
 }
 
 async fn next(
