@@ -636,7 +636,7 @@ impl Peer {
             mesh: Some(&self.hub.mesh_id),
         }));
         if msg.kind == Kind::Control(Op::PeerOffline) {
-            // Other nodes learn it from the membership token going away.
+            // Other nodes learn it from the peer_offline the mesh publishes on Left.
             if let Some(channel) = self.joined.take(msg.channel) {
                 self.hub.leave(&self.app, &channel, self.id, &relayed);
                 self.hub.to_mesh(MeshEvent::Left {
