@@ -235,9 +235,11 @@ async fn tls_between_nodes_refuses_a_certificate_from_another_ca() {
     a.join("room").await;
     b.join("room").await;
     r.join("room").await;
+    // Both sides know the other's member (each has the other's subscription).
     eu.wait_remote_members(1).await;
+    us.wait_remote_members(1).await;
     a.send(&data("room", "hi", "{}")).await;
-    assert_eq!(field(&b.recv().await, "p"), Some("alice"));
+    assert_eq!(field(&b.recv_op("data").await, "p"), Some("alice"));
 
     // The rogue node stays alone: nothing reaches it, nothing from it arrives.
     tokio::time::sleep(Duration::from_secs(3)).await;
