@@ -393,6 +393,41 @@ async fn a_remote_member_first_heard_by_its_state_is_announced_at_once() {
 
 /// alice on `nodes[0]` and bob on `nodes[1]`, both in `room`, each node
 /// knowing the other's member.
+/// Once a node counts another node's member, a message to the channel
+/// reaches it: the member is learned from its node's `channel_join` or
+/// roster, both sent after that node's subscription. Twenty fresh channels,
+/// joined in both orders.
+#[tokio::test]
+async fn the_first_message_after_a_remote_member_is_known_arrives() {
+    let nodes = mesh_of(&["eu", "us"], &[SILENT_CLIENTS]);
+    wait_meshed(&nodes).await;
+    for i in 0..20 {
+        let room = format!("room-{i}");
+        let mut a = nodes[0].ws(KEY1, &format!("alice-{i}")).await;
+        let mut b = nodes[1].ws(KEY1, &format!("bob-{i}")).await;
+        if i % 2 == 0 {
+            a.join(&room).await;
+            b.join(&room).await;
+        } else {
+            b.join(&room).await;
+            a.join(&room).await;
+        }
+        nodes[0].wait_remote_members(1).await;
+        a.send(&data(&room, "first", "{}")).await;
+        let got = b.recv_op("data").await;
+        assert_eq!(
+            field(&got, "p"),
+            Some(format!("alice-{i}").as_str()),
+            "{room}"
+        );
+        a.close().await;
+        b.close().await;
+        for node in &nodes {
+            node.wait_remote_members(0).await;
+        }
+    }
+}
+
 async fn alice_and_bob_in_room(nodes: &[Node]) -> (Client, Client) {
     let mut a = nodes[0].ws(KEY1, "alice").await;
     let mut b = nodes[1].ws(KEY1, "bob").await;
