@@ -21,10 +21,14 @@ use std::time::Instant;
 use prscd::mesh::keys;
 use prscd::protocol::{encode_control, Op};
 
+fn channel(c: usize) -> String {
+    format!("room-{c}")
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let usage = "usage: zenoh-tokens CHANNELS [per-channel|per-app|none] [TOKENS]";
+    let usage = "usage: zenoh-tokens CHANNELS [per-channel|per-app|none|samples] [TOKENS]";
     let channels: usize = args.next().ok_or_else(|| anyhow::anyhow!(usage))?.parse()?;
     let layout = args.next().unwrap_or_else(|| "per-app".into());
     let tokens: usize = args.next().map_or(Ok(10_000), |t| t.parse())?;
@@ -41,7 +45,6 @@ async fn main() -> anyhow::Result<()> {
             .map_err(anyhow::Error::msg)?;
     }
     let session = zenoh::open(config).await.map_err(anyhow::Error::msg)?;
-    let channel = |c: usize| format!("room-{c}");
     let mut subscribers = Vec::new();
     let mut watches = Vec::new();
     let started = Instant::now();
@@ -149,7 +152,7 @@ async fn samples(
         .map_err(e)?;
     let link = started.elapsed();
     let put = |i: usize, op: Op| {
-        let channel = format!("room-{}", i % channels);
+        let channel = channel(i % channels);
         let msg = encode_control(op, &channel, &format!("client-{i}"), "bench");
         session
             .put(keys::channel_key("app", &channel), msg)

@@ -135,6 +135,12 @@ pub struct MeshStats {
 }
 
 impl MeshStats {
+    /// A remote member went offline here (its `peer_offline` is delivered).
+    pub fn remote_member_gone(&self) {
+        self.remote_members.fetch_sub(1, Relaxed);
+        self.remote_offline.fetch_add(1, Relaxed);
+    }
+
     pub fn observe_hop(&self, micros: u64) {
         if let Some(i) = HOP_BUCKETS_US.iter().position(|b| micros <= *b) {
             self.hop_buckets[i].fetch_add(1, Relaxed);

@@ -57,16 +57,8 @@ pub fn node_tokens_of_app(app: &str) -> String {
 
 /// Parses a node token key into (app, mesh_id).
 pub fn parse_node_token(key: &str) -> Option<(String, String)> {
-    let mut chunks = key.split('/');
-    if chunks.next()? != ROOT {
-        return None;
-    }
-    let app = concrete(chunks.next()?)?;
-    if chunks.next()? != NODES {
-        return None;
-    }
-    let mesh_id = concrete(chunks.next()?)?;
-    chunks.next().is_none().then_some((app, mesh_id))
+    let [app, mesh_id] = captures(key, &[Some(ROOT), None, Some(NODES), None])?;
+    Some((app, mesh_id))
 }
 
 /// Node `mesh_id`'s roster of a channel (the key of its replies):
@@ -105,24 +97,31 @@ pub struct NodeChannel {
 /// Parses `prscd/<app>/<channel>/@member/<mesh_id>`; `None` if the key is
 /// not one (or has a wildcard).
 pub fn parse_members_key(key: &str) -> Option<NodeChannel> {
-    let mut chunks = key.split('/');
-    if chunks.next()? != ROOT {
-        return None;
-    }
-    let app = concrete(chunks.next()?)?;
-    let channel = concrete(chunks.next()?)?;
-    if chunks.next()? != MEMBERS {
-        return None;
-    }
-    let mesh_id = concrete(chunks.next()?)?;
-    if chunks.next().is_some() {
-        return None;
-    }
+    let [app, channel, mesh_id] = captures(key, &[Some(ROOT), None, None, Some(MEMBERS), None])?;
     Some(NodeChannel {
         app,
         channel,
         mesh_id,
     })
+}
+
+/// Matches `key` chunk by chunk against `shape`: a `Some` chunk must be
+/// exactly that, a `None` one is captured (decoded, and no wildcard).
+fn captures<const N: usize>(key: &str, shape: &[Option<&str>]) -> Option<[String; N]> {
+    let mut chunks = key.split('/');
+    let mut captured = Vec::with_capacity(N);
+    for part in shape {
+        let chunk = chunks.next()?;
+        match part {
+            Some(literal) if chunk != *literal => return None,
+            Some(_) => {}
+            None => captured.push(concrete(chunk)?),
+        }
+    }
+    if chunks.next().is_some() {
+        return None;
+    }
+    captured.try_into().ok()
 }
 
 /// The channel a key names in its third chunk, if that chunk is no wildcard.

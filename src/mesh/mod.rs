@@ -391,11 +391,13 @@ impl Bridge {
                 let leave =
                     protocol::encode_control(Op::PeerOffline, &id.1, &client_id, &self.mesh_id);
                 self.publish_membership(&id, sid, leave).await;
-                if let (true, Some(link)) = (last, self.channels.get(&id)) {
-                    // Dropping the link undeclares its subscriber.
+                if !last {
+                    return;
+                }
+                if let Some(link) = self.channels.remove(&id) {
                     let remote = link.remote.len() as u64;
                     self.stats.mesh.remote_members.fetch_sub(remote, Relaxed);
-                    self.channels.remove(&id);
+                    drop(link); // undeclares its subscriber, before the app's watch
                     self.unwatch(&id.0);
                     debug!(app = %id.0, channel = %id.1, "mesh: last local member left, unsubscribed");
                 }
@@ -508,9 +510,8 @@ impl Bridge {
     /// Asks for rosters, and again if the answer may have been missed
     /// (see [`Bridge::on_roster_query_over`]).
     async fn ask_rosters(&self, ask: RosterAsk) {
-        let tx = self.inbound_tx.clone();
         let over = QueryOver {
-            tx: tx.clone(),
+            tx: self.inbound_tx.clone(),
             ask: Some(ask.clone()),
             replies: AtomicUsize::new(0),
         };
@@ -523,7 +524,7 @@ impl Bridge {
             .callback(move |reply| {
                 if let Ok(sample) = reply.result() {
                     over.replies.fetch_add(1, Relaxed);
-                    let _ = tx.send(FromZenoh::Roster {
+                    let _ = over.tx.send(FromZenoh::Roster {
                         key: sample.key_expr().as_str().to_owned(),
                         payload: sample.payload().to_bytes().into_owned(),
                     });
@@ -648,9 +649,9 @@ impl Bridge {
     }
 
     fn on_message(&mut self, id: ChannelId, payload: &[u8], origin: Origin) {
-        if !self.channels.contains_key(&id) {
+        let Some(link) = self.channels.get_mut(&id) else {
             return; // unsubscribed meanwhile
-        }
+        };
         let hop_us = unix_micros().saturating_sub(origin.sent_us);
         let span = tracing::info_span!(
             target: "otel", parent: None, "mesh.receive",
@@ -696,9 +697,6 @@ impl Bridge {
             self.member_alive(&id, mesh.to_owned(), joined);
             return;
         }
-        let Some(link) = self.channels.get_mut(&id) else {
-            return;
-        };
         // Re-encoded: whatever a backend sent, browsers get a clean map.
         let bytes = Bytes::from(protocol::encode(&relayed));
         let mut missed_announcement = None;
@@ -711,8 +709,7 @@ impl Bridge {
                 // here is delivered: the browsers may know it from its own
                 // messages.
                 if link.remote.remove(&who).is_some() {
-                    self.stats.mesh.remote_members.fetch_sub(1, Relaxed);
-                    self.stats.mesh.remote_offline.fetch_add(1, Relaxed);
+                    self.stats.mesh.remote_member_gone();
                 } else if link.gone.remove(&who).is_some() {
                     debug!(app = %id.0, channel = %id.1, peer = relayed.peer, %mesh, "mesh: leave of a member already offline");
                     return;
@@ -806,21 +803,14 @@ impl Bridge {
         if mesh_id == self.mesh_id {
             return;
         }
-        let Some(app) = self
-            .apps
-            .get_key_value(app.as_str())
-            .map(|(a, _)| a.clone())
-        else {
-            return;
-        };
-        let Some(watch) = self.apps.get_mut(&app) else {
+        let Some(watch) = self.apps.get_mut(app.as_str()) else {
             return;
         };
         if alive {
             watch.nodes.insert(mesh_id.clone());
             let selector = keys::node_members_of_app(&app, &mesh_id);
             self.ask_rosters(RosterAsk {
-                app,
+                app: app.into(),
                 selector,
                 node: Some(mesh_id),
                 attempt: 0,
@@ -962,8 +952,7 @@ impl Bridge {
 
     /// A remote member is gone: one `peer_offline` for the local members.
     fn offline(&self, id: &ChannelId, client_id: &str, mesh_id: &str) {
-        self.stats.mesh.remote_members.fetch_sub(1, Relaxed);
-        self.stats.mesh.remote_offline.fetch_add(1, Relaxed);
+        self.stats.mesh.remote_member_gone();
         deliver_presence(&self.hub, id, Op::PeerOffline, client_id, mesh_id);
     }
 }
