@@ -88,7 +88,7 @@ async fn upgrade(
     tls: TlsAcceptor,
     ctx: &Context,
 ) -> anyhow::Result<Option<(Ws, Admission)>> {
-    let mut stream = timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await??;
+    let (mut stream, secrets) = timeout(HANDSHAKE_TIMEOUT, records::accept(&tls, tcp)).await??;
     let (request, mut leftover) =
         match timeout(HANDSHAKE_TIMEOUT, http::read_request(&mut stream)).await? {
             Ok(read) => read,
@@ -154,7 +154,7 @@ async fn upgrade(
     }
     head.push_str("\r\n");
     // From here on a TLS 1.3 connection holds its keys, not rustls' buffers.
-    let mut stream = records::take_over(stream, &mut leftover).await?;
+    let mut stream = records::take_over(stream, secrets, &mut leftover).await?;
     tokio::io::AsyncWriteExt::write_all(&mut stream, head.as_bytes()).await?;
 
     let config = websocket_config(ctx.max_message_size);

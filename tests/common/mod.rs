@@ -703,6 +703,15 @@ impl Client {
         }
     }
 
+    /// Queues a TLS 1.3 KeyUpdate asking for the node's (WebSocket only); it
+    /// goes out with the next message.
+    pub fn refresh_tls_keys(&mut self) {
+        match &mut self.transport {
+            Transport::Ws(ws) => ws.get_mut().get_mut().1.refresh_traffic_keys().unwrap(),
+            Transport::Wt { .. } => panic!("{}: TLS key updates are for WebSocket", self.id),
+        }
+    }
+
     pub async fn wt(id: &str, conn: wtransport::Connection, stream: bool) -> Client {
         let stream = if stream {
             let (send, recv) = conn.open_bi().await.unwrap().await.unwrap();
