@@ -271,7 +271,9 @@ impl KeySchedule {
     /// Whether `secret` is the one behind the handshake's keys (its IV
     /// matches): a secret kept from another handshake is never used.
     fn derives(&self, secret: &TrafficSecret, iv: &[u8; 12]) -> bool {
-        self.traffic_keys(secret).1 == *iv
+        let mut derived = [0u8; 12];
+        self.expand_label(secret, b"iv", &mut derived);
+        derived == *iv
     }
 }
 
