@@ -4,8 +4,9 @@
 //! Each test does a real handshake, reads a request through rustls as the
 //! WebSocket upgrade does, takes the connection over, then checks one thing
 //! the record layer must get right: bulk both ways, records cut into many
-//! TCP segments, the client's close_notify, the client's key update, what it
-//! refuses (a tampered record), and TLS 1.2 staying with rustls.
+//! TCP segments, the client's close_notify, the client's key update (after a
+//! full and after a resumed handshake), what it refuses (a tampered record),
+//! and TLS 1.2 staying with rustls.
 
 mod common;
 
@@ -82,11 +83,35 @@ async fn connect(
     versions: &[&'static rustls::SupportedProtocolVersion],
     max_write: usize,
 ) -> (Client, Stream, Vec<u8>, Tap) {
-    let pki = common::pki();
-    let server_config = prscd::tls::Certificate::load(&pki.chain_pem, &pki.key_pem)
-        .unwrap()
-        .server_config()
-        .unwrap();
+    connect_with(&Configs::new(versions), max_write).await
+}
+
+/// A node's and a client's TLS configs; connections that share them can
+/// resume a session.
+struct Configs {
+    server: Arc<rustls::ServerConfig>,
+    client: Arc<rustls::ClientConfig>,
+}
+
+impl Configs {
+    fn new(versions: &[&'static rustls::SupportedProtocolVersion]) -> Configs {
+        let pki = common::pki();
+        let server = prscd::tls::Certificate::load(&pki.chain_pem, &pki.key_pem)
+            .unwrap()
+            .server_config()
+            .unwrap();
+        let client = rustls::ClientConfig::builder_with_protocol_versions(versions)
+            .with_root_certificates(common::test_roots())
+            .with_no_client_auth();
+        Configs {
+            server,
+            client: Arc::new(client),
+        }
+    }
+}
+
+async fn connect_with(configs: &Configs, max_write: usize) -> (Client, Stream, Vec<u8>, Tap) {
+    let server_config = configs.server.clone();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(async move {
@@ -110,10 +135,7 @@ async fn connect(
         max: max_write,
         tap: tap.clone(),
     };
-    let config = rustls::ClientConfig::builder_with_protocol_versions(versions)
-        .with_root_certificates(common::test_roots())
-        .with_no_client_auth();
-    let mut client = tokio_rustls::TlsConnector::from(Arc::new(config))
+    let mut client = tokio_rustls::TlsConnector::from(configs.client.clone())
         .connect(ServerName::try_from("127.0.0.1").unwrap(), dribble)
         .await
         .unwrap();
@@ -292,7 +314,26 @@ async fn reply(server: &mut Stream, client: &mut Client, tap: &Tap) -> Vec<u8> {
 
 #[tokio::test]
 async fn a_client_key_update_is_followed_and_answered() {
-    let (mut client, mut server, _, tap) = connect(&[&rustls::version::TLS13], usize::MAX).await;
+    let (client, server, _, tap) = connect(&[&rustls::version::TLS13], usize::MAX).await;
+    key_updates_both_ways(client, server, tap).await;
+}
+
+#[tokio::test]
+async fn a_key_update_after_a_resumed_handshake_is_followed_too() {
+    let configs = Configs::new(&[&rustls::version::TLS13]);
+    let (first, ..) = connect_with(&configs, usize::MAX).await;
+    drop(first);
+    let (client, server, _, tap) = connect_with(&configs, usize::MAX).await;
+    assert_eq!(
+        client.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed),
+        "the second handshake resumed the first's session"
+    );
+    key_updates_both_ways(client, server, tap).await;
+}
+
+/// Two rounds of client key updates, each answered by the node's.
+async fn key_updates_both_ways(mut client: Client, mut server: Stream, tap: Tap) {
     // Twice, so both sides go through more than one generation of keys.
     // rustls asks for the node's update in return (update_requested); the
     // second time it asks twice, and one answer does for both.
