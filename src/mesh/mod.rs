@@ -454,15 +454,14 @@ impl Bridge {
             .await?;
         self.watch(app).await?;
         // Nodes not known yet are asked when their token arrives.
-        let others_known = self.apps.get(app).is_some_and(|w| !w.nodes.is_empty());
-        if others_known {
-            self.ask_rosters(RosterAsk {
-                app: app.clone(),
-                selector: keys::members_of(app, channel),
-                node: None,
-                attempt: 0,
-            })
-            .await;
+        let ask = RosterAsk {
+            app: app.clone(),
+            selector: keys::members_of(app, channel),
+            node: None,
+            attempt: 0,
+        };
+        if self.has_someone_to_ask(&ask) {
+            self.ask_rosters(ask).await;
         }
         debug!(%app, %channel, "mesh: subscribed to channel");
         Ok(ChannelLink {
@@ -558,8 +557,9 @@ impl Bridge {
         });
     }
 
-    /// Whether a second (or later) roster query still has someone to ask.
-    fn still_worth_asking(&self, ask: &RosterAsk) -> bool {
+    /// Whether a roster query has someone to ask: its node, or any other
+    /// node of the app.
+    fn has_someone_to_ask(&self, ask: &RosterAsk) -> bool {
         self.apps.get(&ask.app).is_some_and(|w| match &ask.node {
             Some(node) => w.nodes.contains(node),
             None => !w.nodes.is_empty(),
@@ -640,7 +640,7 @@ impl Bridge {
             FromZenoh::Check { channel, member } => self.on_check(channel, &member),
             FromZenoh::RosterQueryOver { ask, replies } => self.on_roster_query_over(ask, replies),
             FromZenoh::AskAgain(ask) => {
-                if self.still_worth_asking(&ask) {
+                if self.has_someone_to_ask(&ask) {
                     debug!(app = %ask.app, selector = %ask.selector, attempt = ask.attempt, "mesh: asking for rosters again");
                     self.ask_rosters(ask).await;
                 }

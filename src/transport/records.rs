@@ -176,10 +176,8 @@ pub async fn take_over(
         }
     }
     let keys = conn.dangerous_extract_secrets().map_err(io::Error::other)?;
-    let mut rx = Direction::new(keys.rx.0, keys.rx.1)?;
-    let mut tx = Direction::new(keys.tx.0, keys.tx.1)?;
-    rx.secret = secrets.client.filter(|s| schedule.derives(s, &rx.iv));
-    tx.secret = secrets.server.filter(|s| schedule.derives(s, &tx.iv));
+    let rx = Direction::new(&schedule, keys.rx, secrets.client)?;
+    let tx = Direction::new(&schedule, keys.tx, secrets.server)?;
     Ok(Stream::Records(RecordStream::new(
         tcp, rx, tx, schedule, limit,
     )))
@@ -287,16 +285,20 @@ struct Direction {
 }
 
 impl Direction {
-    fn new(seq: u64, secrets: ConnectionTrafficSecrets) -> io::Result<Direction> {
-        let (algorithm, key, iv) = match &secrets {
-            ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (&aead::AES_128_GCM, key, iv),
-            ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (&aead::AES_256_GCM, key, iv),
-            ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => {
-                (&aead::CHACHA20_POLY1305, key, iv)
-            }
+    /// A direction from the keys rustls handed over, keeping `secret` only
+    /// if it is the one behind them.
+    fn new(
+        schedule: &KeySchedule,
+        (seq, keys): (u64, ConnectionTrafficSecrets),
+        secret: Option<TrafficSecret>,
+    ) -> io::Result<Direction> {
+        let (key, iv) = match &keys {
+            ConnectionTrafficSecrets::Aes128Gcm { key, iv }
+            | ConnectionTrafficSecrets::Aes256Gcm { key, iv }
+            | ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => (key, iv),
             _ => return Err(io::Error::other("unsupported TLS 1.3 cipher")),
         };
-        let key = UnboundKey::new(algorithm, key.as_ref())
+        let key = UnboundKey::new(schedule.aead, key.as_ref())
             .map_err(|_| io::Error::other("bad TLS traffic key"))?;
         let iv = iv
             .as_ref()
@@ -306,7 +308,7 @@ impl Direction {
             key: LessSafeKey::new(key),
             iv,
             seq,
-            secret: None,
+            secret: secret.filter(|s| schedule.derives(s, &iv)),
         })
     }
 
