@@ -53,6 +53,13 @@ def ratio(a, b):
     return None if not a or not b else a / b
 
 
+def steal(r, phase="traffic"):
+    """Share of the time the guest wanted a CPU that the hypervisor took
+    during a run's phase, in % (None in results from before the tool kept it)."""
+    m = ((r.get("machine") or {}).get(phase)) or {}
+    return None if m.get("steal_share") is None else 100 * m["steal_share"]
+
+
 def table(head, rows):
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -204,7 +211,8 @@ def main(out):
             load_rows.append((s, rate, [s, fmt(rate), fmt(rate * subs), fmt(r["delivery"]["msgs_per_s"]),
                                         fmt(ms(l.get("p50")), 2), fmt(ms(l.get("p99")), 2),
                                         fmt(ms(l.get("p999")), 2), fmt(ms(l.get("max")), 1),
-                                        r["delivery"]["lost"], fmt((r.get("server_process") or {}).get("cpu_us_per_delivery"), 2)]))
+                                        r["delivery"]["lost"], fmt((r.get("server_process") or {}).get("cpu_us_per_delivery"), 2),
+                                        fmt(steal(r))]))
             pts50.append((rate * subs, l.get("p50")))
             pts99.append((rate * subs, l.get("p99")))
         if pts50:
@@ -214,7 +222,7 @@ def main(out):
         md.append("### Fan-out latency vs offered load (same subscribers, fixed publish rate)\n")
         load_rows.sort(key=lambda x: (SERVERS.index(x[0]), x[1]))
         md.append(table(["server", "msg/s offered", "deliveries/s offered", "delivered msg/s", "p50 ms", "p99 ms",
-                         "p99.9 ms", "max ms", "lost", "server CPU µs/delivery"], [r[2] for r in load_rows]))
+                         "p99.9 ms", "max ms", "lost", "server CPU µs/delivery", "host steal %"], [r[2] for r in load_rows]))
         svg_chart(os.path.join(out, "latency-vs-load.svg"),
                   "Fan-out latency vs offered load (TLS WebSocket, 2 cores, loopback)",
                   "offered deliveries per second", "end-to-end latency (µs, log)", series, logy=True,
@@ -268,11 +276,12 @@ def main(out):
             resumed = r["setup"].get("tls_resumed")
             rows.append([s, tls, r["setup"]["joined"], "" if resumed is None or prefix == "storm" else resumed,
                          fmt(r["setup"]["conn_per_s"]),
-                         fmt(None if cpu is None else cpu * 1e6 / joined), fmt(r["client"]["cpu_s"], 2)])
+                         fmt(None if cpu is None else cpu * 1e6 / joined), fmt(r["client"]["cpu_s"], 2),
+                         fmt(steal(r, "setup"))])
     if rows:
         md.append("### Connect storm: TLS connect + join, 256 at a time (client: 2 threads)\n")
         md.append(table(["server", "TLS", "connections", "resumed", "connect+join /s", "server CPU µs per connection",
-                         "client CPU s"], rows))
+                         "client CPU s", "host steal %"], rows))
 
     # 6. Transports.
     rows = []
@@ -297,17 +306,19 @@ def main(out):
                 lat = [r["latency_us"] for r in rs if r["latency_us"]]
                 hop[(kind, where)] = {"p50": med([l["p50"] for l in lat]), "p99s": [l["p99"] for l in lat],
                                       "p99": med([l["p99"] for l in lat]), "runs": len(rs),
-                                      "rate": rs[0]["params"]["rate"], "members": rs[0]["params"]["members"]}
+                                      "rate": rs[0]["params"]["rate"], "members": rs[0]["params"]["members"],
+                                      "steal": med([x for x in map(steal, rs) if x is not None])}
     for kind in ["light", ""]:
         if (kind, "same") in hop and (kind, "cross") in hop:
             s, c = hop[(kind, "same")], hop[(kind, "cross")]
             rows.append([f"{s['rate']:g} msg/s to {s['members']:,}" + (" (50% of max)" if not kind else ""), c["runs"],
                          fmt(ms(s["p50"]), 2), fmt(ms(c["p50"]), 2), fmt(ms(c["p50"] - s["p50"]), 2),
-                         fmt(ms(s["p99"]), 2), fmt(ms(c["p99"]), 2), fmt(ms(c["p99"] - s["p99"]), 2)])
+                         fmt(ms(s["p99"]), 2), fmt(ms(c["p99"]), 2), fmt(ms(c["p99"] - s["p99"]), 2),
+                         f"{fmt(s['steal'])} / {fmt(c['steal'])}"])
     if rows:
         md.append("### The zenoh hop: subscribers on node B; publisher on B (same node) or on A (cross node)\n")
         md.append(table(["load", "runs", "same p50 ms", "cross p50 ms", "hop adds p50", "same p99 ms", "cross p99 ms",
-                         "hop adds p99"], rows))
+                         "hop adds p99", "host steal %, same / cross (median)"], rows))
 
     # 8. Node death.
     r = load(os.path.join(out, "node-death.json"))

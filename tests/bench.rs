@@ -60,6 +60,10 @@ fn every_client_scenario_against_prscd() {
         "{r}"
     );
     assert!(r["client"]["traffic_cpu_s"].as_f64().is_some(), "{r}");
+    for phase in ["setup", "traffic"] {
+        let share = r["machine"][phase]["steal_share"].as_f64();
+        assert!(share.is_some_and(|s| (0.0..=1.0).contains(&s)), "{r}");
+    }
     let r = bench_with("fanout --subscribers 10 --messages 50 --rate 500", &common);
     assert_delivered(&r);
     let r = bench_with(

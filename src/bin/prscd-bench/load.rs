@@ -585,6 +585,7 @@ pub async fn run(spec: LoadSpec) -> anyhow::Result<(serde_json::Value, bool)> {
     let mem_before = pid.and_then(measure::proc_mem);
     let cpu_before = pid.and_then(measure::proc_cpu);
     let self_cpu_before = measure::self_cpu();
+    let machine_before = measure::MachineCpu::now();
 
     // RSS against connections, sampled while connections come up.
     let rss_series = Arc::new(Mutex::new(Vec::<(u64, u64)>::new()));
@@ -675,6 +676,7 @@ pub async fn run(spec: LoadSpec) -> anyhow::Result<(serde_json::Value, bool)> {
     // CPU from here on is the traffic's, not the handshakes' and joins'.
     let cpu_go = pid.and_then(measure::proc_cpu);
     let self_cpu_go = measure::self_cpu();
+    let machine_go = measure::MachineCpu::now();
     sh.go.cancel();
 
     // 3. Wait for the end: publishers done and every live client has all
@@ -711,6 +713,7 @@ pub async fn run(spec: LoadSpec) -> anyhow::Result<(serde_json::Value, bool)> {
     let mem_end = pid.and_then(measure::proc_mem);
     let cpu_end = pid.and_then(measure::proc_cpu);
     let self_cpu_end = measure::self_cpu();
+    let machine_end = measure::MachineCpu::now();
     if limit_hit.load(Ordering::Acquire) {
         stopped_by = Some(format!(
             "duration limit ({:?}) reached",
@@ -882,9 +885,25 @@ pub async fn run(spec: LoadSpec) -> anyhow::Result<(serde_json::Value, bool)> {
             "traffic_cpu_s": measure::round(self_cpu_end - self_cpu_go, 3),
             "nofile": nofile,
         },
+        // The whole machine (all CPUs) during setup and during the traffic:
+        // how much of it the host took.
+        "machine": {
+            "setup": machine_between(machine_before, machine_go),
+            "traffic": machine_between(machine_go, machine_end),
+        },
         "failures": failure_kinds.iter().take(20).map(|(f, c)| json!({"count": c, "what": f})).collect::<Vec<_>>(),
     });
     Ok((result, complete))
+}
+
+fn machine_between(
+    a: Option<measure::MachineCpu>,
+    b: Option<measure::MachineCpu>,
+) -> serde_json::Value {
+    match (a, b) {
+        (Some(a), Some(b)) => a.until(&b),
+        _ => json!(null),
+    }
 }
 
 /// Deliveries owed for `sent` messages, assuming every client joined.

@@ -1,5 +1,6 @@
 //! What the bench reads off a run: latency histograms, a server's memory
-//! and CPU from `/proc`, its own CPU, and the progress line on stderr.
+//! and CPU from `/proc`, its own CPU, the machine's CPU time stolen by the
+//! hypervisor, and the progress line on stderr.
 
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -68,6 +69,55 @@ pub fn proc_cpu(pid: u32) -> Option<f64> {
     let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     Some(ticks as f64 / if hz > 0 { hz as f64 } else { 100.0 })
+}
+
+/// The machine's CPU time so far, all CPUs, from the first line of
+/// `/proc/stat`. On a VM, `steal` is time a vCPU had work but the host ran
+/// something else: it shows up as latency no process on the guest caused.
+#[derive(Debug, Clone, Copy)]
+pub struct MachineCpu {
+    busy: u64,
+    idle: u64,
+    steal: u64,
+}
+
+impl MachineCpu {
+    pub fn now() -> Option<MachineCpu> {
+        let s = std::fs::read_to_string("/proc/stat").ok()?;
+        let ticks: Vec<u64> = s
+            .lines()
+            .next()?
+            .strip_prefix("cpu ")?
+            .split_whitespace()
+            .map(|f| f.parse().ok())
+            .collect::<Option<_>>()?;
+        // user nice system idle iowait irq softirq steal [guest guest_nice]
+        let t = |i: usize| ticks.get(i).copied().unwrap_or(0);
+        Some(MachineCpu {
+            busy: t(0) + t(1) + t(2) + t(5) + t(6),
+            idle: t(3) + t(4),
+            steal: t(7),
+        })
+    }
+
+    /// CPU seconds between `self` and `later`, and the share of the time
+    /// the guest wanted a CPU that the host took (steal ÷ (busy + steal)).
+    pub fn until(&self, later: &MachineCpu) -> serde_json::Value {
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        let hz = if hz > 0 { hz as f64 } else { 100.0 };
+        let secs = |a: u64, b: u64| b.saturating_sub(a) as f64 / hz;
+        let (busy, idle, steal) = (
+            secs(self.busy, later.busy),
+            secs(self.idle, later.idle),
+            secs(self.steal, later.steal),
+        );
+        json!({
+            "busy_s": round(busy, 2),
+            "idle_s": round(idle, 2),
+            "steal_s": round(steal, 2),
+            "steal_share": if busy + steal > 0.0 { round(steal / (busy + steal), 3) } else { 0.0 },
+        })
+    }
 }
 
 /// CPU seconds used by this process so far.
