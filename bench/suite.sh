@@ -30,10 +30,10 @@ done
 # Sizes: full, or --quick.
 if [ "$QUICK" = 1 ]; then
   SUBS=200 MSGS=500 REPS=1 FANOUT_REPS=1 ROOMS=100 ROOM_SECS=3 IDLE=2000 STORM=2000
-  FRACTIONS="0.25 0.5 0.9" DEATH_TRIALS=3 HOP_REPS=1 WT_SUBS=100
+  FRACTIONS="0.25 0.5 0.9" DEATH_TRIALS=3 HOP_REPS=${HOP_REPS:-1} WT_SUBS=100
 else
   SUBS=1000 MSGS=3000 REPS=3 FANOUT_REPS=5 ROOMS=1000 ROOM_SECS=10 IDLE=19000 STORM=19000
-  FRACTIONS="0.1 0.25 0.5 0.75 0.9" DEATH_TRIALS=20 HOP_REPS=3 WT_SUBS=200
+  FRACTIONS="0.1 0.25 0.5 0.75 0.9" DEATH_TRIALS=20 HOP_REPS=${HOP_REPS:-3} WT_SUBS=200
 fi
 
 echo "==> build (release) and comparison servers"
@@ -133,7 +133,8 @@ stop
 
 SERVERS="prscd ceiling node-ws socketio"
 # BENCH_ONLY="rooms hop" runs only those sections (fanout load rooms idle storm
-# transport hop death); results of earlier runs in $OUT are kept.
+# transport hop death); results of earlier runs in $OUT are kept. HOP_REPS=N
+# repeats the hop's same/cross pairs N times (3; 1 with --quick).
 want() { [ -z "${BENCH_ONLY:-}" ] || [[ " $BENCH_ONLY " == *" $1 "* ]]; }
 
 if want fanout; then
@@ -160,8 +161,9 @@ done
 
 fi
 
-# Offered loads: fractions of prscd's median max rate (messages/s).
-PRSCD_MAX=$(python3 - "$OUT" "$FANOUT_REPS" "$SUBS" <<'EOF'
+# Offered loads: fractions of prscd's median max rate (messages/s), from this
+# run's fan-out, or PRSCD_MAX=<msg/s> when re-running later sections alone.
+[ -n "${PRSCD_MAX:-}" ] || PRSCD_MAX=$(python3 - "$OUT" "$FANOUT_REPS" "$SUBS" <<'EOF'
 import json, sys, statistics
 out, reps, subs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 rates = []
