@@ -98,6 +98,19 @@ fn every_client_scenario_against_prscd() {
     assert!(r["setup"]["tls_resumed"].as_u64().unwrap() > 0, "{r}");
 }
 
+/// The tool's own WebSocket client answers the node's pings: with a ping
+/// every 100 ms and 400 ms of silence allowed, idle clients that did not
+/// answer would be closed during the 1.5 s settle.
+#[test]
+fn idle_clients_answer_the_nodes_pings() {
+    let node = Node::start_with(&[("KEEPALIVE_INTERVAL_MS", "100"), ("IDLE_TIMEOUT_MS", "400")]);
+    let (u, pid) = (url(node.port, "/v1"), node.pid().to_string());
+    let common = ["--url", &u, "--publickey", KEY1, "--server-pid", &pid];
+    let r = bench_with("idle --connections 20 --settle 1.5", &common);
+    assert_eq!(r["setup"]["joined"], 20, "{r}");
+    assert_eq!(r["delivery"]["disconnected"], 0, "{r}");
+}
+
 #[test]
 fn cross_node_and_node_death() {
     let nodes = common::mesh_of(&["a", "b"], &[("PEER_MSG_RATE", "0")]);

@@ -20,6 +20,7 @@ mod net;
 mod opts;
 mod socketio;
 mod wire;
+mod ws;
 
 use std::path::PathBuf;
 use std::sync::Arc;

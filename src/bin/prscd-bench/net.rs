@@ -1,7 +1,7 @@
 //! Client connections the bench opens: TLS WebSocket (any [`Wire`]) or
 //! WebTransport datagrams (prscd only), with client source addresses spread
 //! over 127.0.0.x so one machine can hold more than one address's worth of
-//! ephemeral ports.
+//! ephemeral ports. The WebSocket framing is the tool's own ([`WsClient`]).
 //!
 //! TLS: the client accepts ANY server certificate ([`AcceptAnyCert`]). That
 //! is for benchmarking a node on loopback only; never point it at a network
@@ -13,7 +13,6 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -21,11 +20,10 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::TlsConnector;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
 
 use crate::wire::Wire;
+use crate::ws::WsClient;
 
 /// `wss://host:port/path`, split.
 #[derive(Debug, Clone)]
@@ -81,7 +79,7 @@ pub struct Dialer {
 
 /// One open client connection.
 pub enum Conn {
-    Ws(Box<WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>>),
+    Ws(Box<WsClient>),
     Wt(wtransport::Connection),
 }
 
@@ -165,12 +163,8 @@ impl Dialer {
         room: &str,
     ) -> anyhow::Result<Conn> {
         let tls = self.tls(ep).await?;
-        let url = format!("wss://{}:{}{}", ep.host, ep.port, wire.ws_path(id, room));
-        // Small buffers: 100k idle clients must fit next to the server.
-        let config = WebSocketConfig::default()
-            .read_buffer_size(4096)
-            .write_buffer_size(0);
-        let (ws, _) = tokio_tungstenite::client_async_with_config(url, tls, Some(config))
+        let host = format!("{}:{}", ep.host, ep.port);
+        let ws = WsClient::connect(tls, &host, &wire.ws_path(id, room))
             .await
             .context("websocket handshake")?;
         Ok(Conn::Ws(Box::new(ws)))
@@ -207,16 +201,7 @@ impl Dialer {
 impl Conn {
     pub async fn send(&mut self, frames: Vec<Message>) -> anyhow::Result<()> {
         match self {
-            Conn::Ws(ws) => {
-                let n = frames.len();
-                for (i, f) in frames.into_iter().enumerate() {
-                    if i + 1 < n {
-                        ws.feed(f).await?;
-                    } else {
-                        ws.send(f).await?;
-                    }
-                }
-            }
+            Conn::Ws(ws) => ws.send(frames).await?,
             Conn::Wt(c) => {
                 for f in frames {
                     c.send_datagram(f.into_data()).context("send datagram")?;
@@ -229,12 +214,7 @@ impl Conn {
     /// The next frame; `Ok(None)` when the connection ended.
     pub async fn recv(&mut self) -> anyhow::Result<Option<Message>> {
         match self {
-            Conn::Ws(ws) => match ws.next().await {
-                Some(Ok(Message::Close(f))) => bail!("closed by the server: {f:?}"),
-                Some(Ok(m)) => Ok(Some(m)),
-                Some(Err(e)) => Err(e.into()),
-                None => Ok(None),
-            },
+            Conn::Ws(ws) => ws.recv().await,
             Conn::Wt(c) => match c.receive_datagram().await {
                 Ok(d) => Ok(Some(Message::Binary(Bytes::copy_from_slice(&d)))),
                 Err(e) => bail!("session ended: {e}"),
@@ -244,9 +224,7 @@ impl Conn {
 
     pub async fn close(self) {
         match self {
-            Conn::Ws(mut ws) => {
-                let _ = WebSocketStream::close(&mut ws, None).await;
-            }
+            Conn::Ws(ws) => ws.close().await,
             Conn::Wt(c) => c.close(0u32.into(), b""),
         }
     }
