@@ -307,7 +307,7 @@ def main(out):
                 hop[(kind, where)] = {"p50": med([l["p50"] for l in lat]), "p99s": [l["p99"] for l in lat],
                                       "p99": med([l["p99"] for l in lat]), "runs": len(rs),
                                       "rate": rs[0]["params"]["rate"], "members": rs[0]["params"]["members"],
-                                      "steal": med([x for x in map(steal, rs) if x is not None])}
+                                      "steal": med([steal(r) for r in rs])}
     for kind in ["light", ""]:
         if (kind, "same") in hop and (kind, "cross") in hop:
             s, c = hop[(kind, "same")], hop[(kind, "cross")]

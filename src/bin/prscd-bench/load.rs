@@ -888,22 +888,12 @@ pub async fn run(spec: LoadSpec) -> anyhow::Result<(serde_json::Value, bool)> {
         // The whole machine (all CPUs) during setup and during the traffic:
         // how much of it the host took.
         "machine": {
-            "setup": machine_between(machine_before, machine_go),
-            "traffic": machine_between(machine_go, machine_end),
+            "setup": machine_before.zip(machine_go).map(|(a, b)| a.until(&b)),
+            "traffic": machine_go.zip(machine_end).map(|(a, b)| a.until(&b)),
         },
         "failures": failure_kinds.iter().take(20).map(|(f, c)| json!({"count": c, "what": f})).collect::<Vec<_>>(),
     });
     Ok((result, complete))
-}
-
-fn machine_between(
-    a: Option<measure::MachineCpu>,
-    b: Option<measure::MachineCpu>,
-) -> serde_json::Value {
-    match (a, b) {
-        (Some(a), Some(b)) => a.until(&b),
-        _ => json!(null),
-    }
 }
 
 /// Deliveries owed for `sent` messages, assuming every client joined.

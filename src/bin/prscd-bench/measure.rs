@@ -67,8 +67,17 @@ pub fn proc_cpu(pid: u32) -> Option<f64> {
     let f: Vec<&str> = after_comm.split_whitespace().collect();
     // Fields 14 and 15 of stat; after the comm, index 11 and 12.
     let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / clock_ticks_per_s())
+}
+
+/// The unit of `/proc`'s CPU times (`USER_HZ`).
+fn clock_ticks_per_s() -> f64 {
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    Some(ticks as f64 / if hz > 0 { hz as f64 } else { 100.0 })
+    if hz > 0 {
+        hz as f64
+    } else {
+        100.0
+    }
 }
 
 /// The machine's CPU time so far, all CPUs, from the first line of
@@ -103,8 +112,7 @@ impl MachineCpu {
     /// CPU seconds between `self` and `later`, and the share of the time
     /// the guest wanted a CPU that the host took (steal ÷ (busy + steal)).
     pub fn until(&self, later: &MachineCpu) -> serde_json::Value {
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-        let hz = if hz > 0 { hz as f64 } else { 100.0 };
+        let hz = clock_ticks_per_s();
         let secs = |a: u64, b: u64| b.saturating_sub(a) as f64 / hz;
         let (busy, idle, steal) = (
             secs(self.busy, later.busy),

@@ -31,6 +31,8 @@ const OP_BINARY: u8 = 0x2;
 const OP_CLOSE: u8 = 0x8;
 const OP_PING: u8 = 0x9;
 const OP_PONG: u8 = 0xA;
+/// A close frame's payload: status 1000, normal closure.
+const CLOSE_NORMAL: [u8; 2] = 1000u16.to_be_bytes();
 
 pub struct WsClient {
     io: TlsStream<TcpStream>,
@@ -104,7 +106,7 @@ impl WsClient {
                 Message::Text(t) => (OP_TEXT, t.into()),
                 Message::Ping(p) => (OP_PING, p),
                 Message::Pong(p) => (OP_PONG, p),
-                Message::Close(_) => (OP_CLOSE, Bytes::from_static(&[0x03, 0xE8])),
+                Message::Close(_) => (OP_CLOSE, Bytes::from_static(&CLOSE_NORMAL)),
                 Message::Frame(_) => bail!("raw frames are not sent"),
             };
             self.encode(op, &data);
@@ -130,7 +132,7 @@ impl WsClient {
 
     /// Sends a close (1000) and flushes; does not wait for the answer.
     pub async fn close(mut self) {
-        self.encode(OP_CLOSE, &[0x03, 0xE8]);
+        self.encode(OP_CLOSE, &CLOSE_NORMAL);
         if self.flush().await.is_ok() {
             let _ = self.io.shutdown().await;
         }
