@@ -7,7 +7,7 @@
 //! then `TOKENS` memberships spread over the channels; prints the mean time
 //! to add and to remove one.
 //!
-//!   cargo run --release --example zenoh-tokens -- CHANNELS [per-channel|per-app|none|samples] [TOKENS]
+//!   cargo run --release --example zenoh-tokens -- CHANNELS [per-channel|per-app|none|samples] [TOKENS] [EVICT_KIB]
 //!
 //! A liveliness token per membership (`prscd/app/<channel>/<mesh_id>/<sid>/<client_id>`,
 //! the mesh before fix 16) watched by `per-channel`: a liveliness subscriber
@@ -15,8 +15,12 @@
 //! watch at all. `samples`: the mesh now (fix 16), a token per app, and one
 //! `channel_join` or `peer_offline` published on the channel's key per
 //! membership.
+//!
+//! `EVICT_KIB` (default 0): before each channel's link, write that much of a
+//! buffer, untimed, as a node's handshakes between two links would: the link
+//! then walks zenoh's tables from a cold cache (BENCHMARKS.md, fix 19).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use prscd::mesh::keys;
 use prscd::protocol::{encode_control, Op};
@@ -28,10 +32,12 @@ fn channel(c: usize) -> String {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let usage = "usage: zenoh-tokens CHANNELS [per-channel|per-app|none|samples] [TOKENS]";
+    let usage =
+        "usage: zenoh-tokens CHANNELS [per-channel|per-app|none|samples] [TOKENS] [EVICT_KIB]";
     let channels: usize = args.next().ok_or_else(|| anyhow::anyhow!(usage))?.parse()?;
     let layout = args.next().unwrap_or_else(|| "per-app".into());
     let tokens: usize = args.next().map_or(Ok(10_000), |t| t.parse())?;
+    let mut evict = vec![0u8; args.next().map_or(Ok(0), |k| k.parse::<usize>())? * 1024];
     anyhow::ensure!(channels > 0 && tokens > 0, "{usage}");
 
     let mut config = zenoh::Config::default();
@@ -47,8 +53,13 @@ async fn main() -> anyhow::Result<()> {
     let session = zenoh::open(config).await.map_err(anyhow::Error::msg)?;
     let mut subscribers = Vec::new();
     let mut watches = Vec::new();
-    let started = Instant::now();
+    let mut link = Duration::ZERO;
     for c in 0..channels {
+        for (i, line) in evict.chunks_mut(64).enumerate() {
+            line[0] = line[0].wrapping_add(i as u8);
+        }
+        std::hint::black_box(&evict);
+        let started = Instant::now();
         subscribers.push(
             session
                 .declare_subscriber(keys::channel_key("app", &channel(c)))
@@ -67,7 +78,9 @@ async fn main() -> anyhow::Result<()> {
                     .map_err(anyhow::Error::msg)?,
             );
         }
+        link += started.elapsed();
     }
+    let started = Instant::now();
     match layout.as_str() {
         "per-app" => watches.push(
             session
@@ -77,12 +90,12 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .map_err(anyhow::Error::msg)?,
         ),
-        "samples" => return samples(session, channels, tokens, started).await,
+        "samples" => return samples(session, channels, tokens, link, started).await,
         "per-channel" | "none" => {}
         other => anyhow::bail!("unknown layout {other:?}; {usage}"),
     }
 
-    let link = started.elapsed();
+    let link = link + started.elapsed();
     let started = Instant::now();
     let mut declared = Vec::with_capacity(tokens);
     for i in 0..tokens {
@@ -110,11 +123,11 @@ fn report(
     channels: usize,
     layout: &str,
     tokens: usize,
-    link: std::time::Duration,
-    add: std::time::Duration,
-    remove: std::time::Duration,
+    link: Duration,
+    add: Duration,
+    remove: Duration,
 ) {
-    let per = |d: std::time::Duration| d.as_secs_f64() * 1e6 / tokens as f64;
+    let per = |d: Duration| d.as_secs_f64() * 1e6 / tokens as f64;
     println!(
         "channels {channels:>6}  watch {layout:<11}  memberships {tokens:>6}  link {:>7.1} µs/channel  add {:>8.1} µs  remove {:>8.1} µs",
         link.as_secs_f64() * 1e6 / channels as f64,
@@ -131,6 +144,7 @@ async fn samples(
     session: zenoh::Session,
     channels: usize,
     joins: usize,
+    link: Duration,
     started: Instant,
 ) -> anyhow::Result<()> {
     let e = anyhow::Error::msg;
@@ -150,7 +164,7 @@ async fn samples(
         .callback(|_| {})
         .await
         .map_err(e)?;
-    let link = started.elapsed();
+    let link = link + started.elapsed();
     let put = |i: usize, op: Op| {
         let channel = channel(i % channels);
         let msg = encode_control(op, &channel, &format!("client-{i}"), "bench");
