@@ -17,8 +17,9 @@
 //! membership.
 //!
 //! `EVICT_KIB` (default 0): before each channel's link, write that much of a
-//! buffer, untimed, as a node's handshakes between two links would: the link
-//! then walks zenoh's tables from a cold cache (BENCHMARKS.md, fix 19).
+//! buffer, untimed, so the link walks zenoh's tables from colder caches, as
+//! in a node whose handshakes run between two links (32768 evicts this VM's
+//! L3; BENCHMARKS.md, fix 19).
 
 use std::time::{Duration, Instant};
 
