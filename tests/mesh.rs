@@ -391,8 +391,6 @@ async fn a_remote_member_first_heard_by_its_state_is_announced_at_once() {
     b.expect_silence(QUIET).await;
 }
 
-/// alice on `nodes[0]` and bob on `nodes[1]`, both in `room`, each node
-/// knowing the other's member.
 /// Once a node counts another node's member, a message to the channel
 /// reaches it: the member is learned from its node's `channel_join` or
 /// roster, both sent after that node's subscription. Twenty fresh channels,
@@ -428,6 +426,8 @@ async fn the_first_message_after_a_remote_member_is_known_arrives() {
     }
 }
 
+/// alice on `nodes[0]` and bob on `nodes[1]`, both in `room`, each node
+/// knowing the other's member.
 async fn alice_and_bob_in_room(nodes: &[Node]) -> (Client, Client) {
     let mut a = nodes[0].ws(KEY1, "alice").await;
     let mut b = nodes[1].ws(KEY1, "bob").await;

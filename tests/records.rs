@@ -144,15 +144,20 @@ async fn connect_with(configs: &Configs, max_write: usize) -> (Client, Stream, V
     client.write_all(b"hello+extra").await.unwrap();
     client.flush().await.unwrap();
     let (stream, leftover) = timeout(WAIT, server).await.unwrap().unwrap();
-    let mut go = [0u8; 2];
-    timeout(WAIT, client.read_exact(&mut go))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(&go, b"go");
+    assert_eq!(read_n(&mut client, 2).await, b"go");
     // From here on the tap holds only records the node sealed.
     tap.received.lock().unwrap().clear();
     (client, stream, leftover, tap)
+}
+
+/// Exactly `n` bytes from `stream`, within `WAIT`.
+async fn read_n(stream: &mut (impl AsyncRead + Unpin), n: usize) -> Vec<u8> {
+    let mut got = vec![0u8; n];
+    timeout(WAIT, stream.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    got
 }
 
 /// Pseudo-random bytes, the same every run.
@@ -230,14 +235,7 @@ async fn bulk_both_ways_in_records_cut_into_small_segments() {
         server.flush().await.unwrap();
         server
     };
-    let reader = async {
-        let mut got = vec![0u8; down.len()];
-        timeout(WAIT, client.read_exact(&mut got))
-            .await
-            .unwrap()
-            .unwrap();
-        got
-    };
+    let reader = read_n(&mut client, down.len());
     let (mut server, got) = tokio::join!(writer, reader);
     assert!(got == down, "the client read what the server wrote");
     // Records of at most 4 KiB of plaintext (+ content type and tag), so a
@@ -303,12 +301,7 @@ fn record_lengths(wire: &[u8]) -> Vec<usize> {
 async fn reply(server: &mut Stream, client: &mut Client, tap: &Tap) -> Vec<u8> {
     server.write_all(b"reply, 14 long").await.unwrap();
     server.flush().await.unwrap();
-    let mut reply = [0u8; 14];
-    timeout(WAIT, client.read_exact(&mut reply))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(&reply, b"reply, 14 long");
+    assert_eq!(read_n(client, 14).await, b"reply, 14 long");
     std::mem::take(&mut *tap.received.lock().unwrap())
 }
 
@@ -344,12 +337,11 @@ async fn key_updates_both_ways(mut client: Client, mut server: Stream, tap: Tap)
         }
         client.write_all(b"after").await.unwrap();
         client.flush().await.unwrap();
-        let mut got = [0u8; 11];
-        timeout(WAIT, server.read_exact(&mut got))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(&got, b"beforeafter", "round {round}");
+        assert_eq!(
+            read_n(&mut server, 11).await,
+            b"beforeafter",
+            "round {round}"
+        );
 
         tap.received.lock().unwrap().clear();
         let wire = reply(&mut server, &mut client, &tap).await;
