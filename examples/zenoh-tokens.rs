@@ -91,7 +91,7 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .map_err(anyhow::Error::msg)?,
         ),
-        "samples" => return samples(session, channels, tokens, link, started).await,
+        "samples" => return samples(session, channels, tokens, link).await,
         "per-channel" | "none" => {}
         other => anyhow::bail!("unknown layout {other:?}; {usage}"),
     }
@@ -140,15 +140,16 @@ fn report(
 /// The mesh's layout: per channel, a subscriber (declared by the caller);
 /// per app, the node's token, a liveliness subscriber for node tokens and
 /// the roster queryable; then a `channel_join` per join and a `peer_offline`
-/// per leave on the channel's key.
+/// per leave on the channel's key. `link`: the caller's time declaring the
+/// channels' subscribers, to which the per-app declarations are added.
 async fn samples(
     session: zenoh::Session,
     channels: usize,
     joins: usize,
     link: Duration,
-    started: Instant,
 ) -> anyhow::Result<()> {
     let e = anyhow::Error::msg;
+    let started = Instant::now();
     let token = session
         .liveliness()
         .declare_token(keys::node_token_key("app", "bench"))
