@@ -1,16 +1,17 @@
 //! Node configuration from the environment (and `.env`, loaded by `main`).
 //!
 //! Names are the operator-facing contract (see `env.example`): the
-//! original's `PORT`, `MESH_ID`, `DEBUG`, `CERT_FILE`, `KEY_FILE`, plus `APPS`
-//! / `APPS_FILE` for the public key → app table and a few limits. Reading is
+//! original's `PORT`, `MESH_ID`, `DEBUG`, `CERT_FILE`, `KEY_FILE`, plus the
+//! apps ([`crate::apps`]: `APPS`, `APP_TOKEN_SECRETS`, `APPS_FILE`) and the
+//! caps of README's "Limits" table. Reading is
 //! separated from the process environment (`Config::from_lookup`) so that it
 //! is unit-tested without touching global state.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::apps::{AppLimits, AppSources, Apps, AppsError};
 use crate::hub::Limits;
 use crate::mesh::MeshSettings;
 
@@ -24,10 +25,6 @@ const DEPRECATED: &[&str] = &[
     "DOMAIN",
 ];
 
-/// The dev app's public key, used when no app table is configured.
-pub const DEV_PUBLIC_KEY: &str = "dev";
-pub const DEV_APP_ID: &str = "dev";
-
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{name}={value:?}: {why}")]
@@ -36,81 +33,12 @@ pub enum ConfigError {
         value: String,
         why: String,
     },
-    #[error("APPS_FILE {path}: {source}")]
-    AppsFile {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Apps(#[from] AppsError),
     #[error("{0} is set without {1}: give both or neither")]
     HalfPair(&'static str, &'static str),
-    #[error("MESH_ID is required when APPS or APPS_FILE is set (it names this node in the mesh)")]
+    #[error("MESH_ID is required when apps are configured (it names this node in the mesh)")]
     MeshIdRequired,
-}
-
-/// Public key → app id. Apps are isolated from each other.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AppTable {
-    keys: HashMap<String, String>,
-}
-
-impl AppTable {
-    /// Parses `publickey:app_id` pairs separated by commas or newlines;
-    /// blank lines and `#` comments are ignored.
-    pub fn parse(text: &str) -> Result<AppTable, String> {
-        let mut keys = HashMap::new();
-        for line in text.lines() {
-            let line = line.split('#').next().unwrap_or("");
-            for pair in line.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-                let (key, app) = pair
-                    .split_once(':')
-                    .map(|(k, a)| (k.trim(), a.trim()))
-                    .filter(|(k, a)| !k.is_empty() && !a.is_empty())
-                    .ok_or_else(|| format!("`{pair}` is not publickey:app_id"))?;
-                if let Some(previous) = keys.insert(key.to_owned(), app.to_owned()) {
-                    if previous != app {
-                        return Err(format!(
-                            "public key `{key}` maps to both `{previous}` and `{app}`"
-                        ));
-                    }
-                }
-            }
-        }
-        Ok(AppTable { keys })
-    }
-
-    pub fn dev() -> AppTable {
-        AppTable {
-            keys: HashMap::from([(DEV_PUBLIC_KEY.to_owned(), DEV_APP_ID.to_owned())]),
-        }
-    }
-
-    pub fn app_for(&self, public_key: &str) -> Option<&str> {
-        self.keys.get(public_key).map(String::as_str)
-    }
-
-    pub fn len(&self) -> usize {
-        self.keys.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
-    }
-
-    fn merge(&mut self, other: AppTable) -> Result<(), String> {
-        for (key, app) in other.keys {
-            match self.keys.get(&key) {
-                Some(previous) if *previous != app => {
-                    return Err(format!(
-                        "public key `{key}` maps to both `{previous}` and `{app}`"
-                    ))
-                }
-                _ => {
-                    self.keys.insert(key, app);
-                }
-            }
-        }
-        Ok(())
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -123,11 +51,18 @@ pub struct Config {
     /// PEM certificate chain and key; `None` generates a dev certificate.
     pub tls_files: Option<(PathBuf, PathBuf)>,
     pub dev_cert_dir: PathBuf,
-    pub apps: AppTable,
-    /// True when no app table was given and the dev app is in use.
+    pub apps: Apps,
+    /// Where `apps` came from, to load them again on SIGHUP.
+    pub app_sources: AppSources,
+    /// True when no app was configured and the dev app is in use.
     pub dev_app: bool,
     pub max_message_size: usize,
+    /// Longest `id` accepted at the handshake, in bytes.
+    pub max_id_len: usize,
     pub limits: Limits,
+    pub quic: QuicLimits,
+    /// Bearer token for `/metrics` on the client port.
+    pub metrics_token: Option<String>,
     pub keepalive_interval: Duration,
     pub idle_timeout: Duration,
     pub drain_grace: Duration,
@@ -138,6 +73,17 @@ pub struct Config {
     pub mesh: MeshSettings,
     /// One line each, printed by `main` once logging is up.
     pub warnings: Vec<String>,
+}
+
+/// Bounds on what one WebTransport session may hold.
+#[derive(Debug, Clone)]
+pub struct QuicLimits {
+    /// Bidirectional streams a client may have open at once.
+    pub max_streams: u32,
+    /// Bytes a client may send on one stream ahead of the node's reading.
+    pub stream_window: u32,
+    /// ... and on all of a session's streams together.
+    pub connection_window: u32,
 }
 
 /// Upper bound for MAX_MESSAGE_SIZE.
@@ -152,7 +98,6 @@ impl Config {
         let get = |name: &str| get(name).filter(|v| !v.trim().is_empty());
         let mut warnings = Vec::new();
 
-        let host = parse(&get, "HOST", "0.0.0.0".parse().expect("literal"))?;
         let port = parse(&get, "PORT", 8443u16)?;
         let debug = get("DEBUG").is_some_and(|v| {
             matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")
@@ -165,25 +110,30 @@ impl Config {
             (None, Some(_)) => return Err(ConfigError::HalfPair("KEY_FILE", "CERT_FILE")),
         };
 
-        let mut apps = AppTable::default();
-        if let Some(text) = get("APPS") {
-            let table = AppTable::parse(&text).map_err(|why| invalid("APPS", &text, why))?;
-            apps.merge(table)
-                .map_err(|why| invalid("APPS", &text, why))?;
-        }
-        if let Some(path) = get("APPS_FILE") {
-            let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::AppsFile {
-                path: path.clone(),
-                source,
-            })?;
-            let table = AppTable::parse(&text).map_err(|why| invalid("APPS_FILE", &path, why))?;
-            apps.merge(table)
-                .map_err(|why| invalid("APPS_FILE", &path, why))?;
-        }
-        let dev_app = apps.is_empty();
-        if dev_app {
-            apps = AppTable::dev();
-        }
+        let app_defaults = AppLimits::default();
+        let app_limits = AppLimits {
+            max_connections: parse(&get, "APP_MAX_CONNECTIONS", app_defaults.max_connections)?,
+            max_connections_per_ip: parse(
+                &get,
+                "APP_MAX_CONNECTIONS_PER_IP",
+                app_defaults.max_connections_per_ip,
+            )?,
+            max_channels: parse(&get, "APP_MAX_CHANNELS", app_defaults.max_channels)?,
+            max_members: parse(&get, "CHANNEL_MAX_MEMBERS", app_defaults.max_members)?,
+        };
+        let app_sources = AppSources {
+            pairs: get("APPS"),
+            token_secrets: get("APP_TOKEN_SECRETS"),
+            file: get("APPS_FILE").map(PathBuf::from),
+            limits: app_limits.clone(),
+        };
+        let (apps, dev_app) = match app_sources.load()? {
+            Some(apps) => (apps, false),
+            None => (Apps::dev(app_limits), true),
+        };
+        // A dev node listens on loopback unless told otherwise.
+        let default_host = if dev_app { "127.0.0.1" } else { "0.0.0.0" };
+        let host = parse(&get, "HOST", default_host.parse().expect("literal"))?;
         let mesh_id = match get("MESH_ID") {
             Some(id) => id,
             None if dev_app => {
@@ -233,9 +183,17 @@ impl Config {
         let defaults = Limits::default();
         let limits = Limits {
             outbox: parse(&get, "PEER_QUEUE", defaults.outbox)?.max(1),
+            outbox_bytes: parse(&get, "PEER_QUEUE_BYTES", defaults.outbox_bytes)?,
             msg_rate: parse(&get, "PEER_MSG_RATE", defaults.msg_rate)?,
+            byte_rate: parse(&get, "PEER_BYTE_RATE", defaults.byte_rate)?,
             max_channels: parse(&get, "PEER_MAX_CHANNELS", defaults.max_channels)?.max(1),
         };
+        let quic = QuicLimits {
+            max_streams: parse(&get, "WT_MAX_STREAMS", 4u32)?,
+            stream_window: parse(&get, "QUIC_STREAM_WINDOW", 256u32 << 10)?.max(1 << 10),
+            connection_window: parse(&get, "QUIC_CONNECTION_WINDOW", 1u32 << 20)?.max(1 << 10),
+        };
+        let max_id_len = parse(&get, "MAX_ID_LEN", 256usize)?.max(1);
 
         let ms = |name: &'static str, default: u64| -> Result<Duration, ConfigError> {
             parse(&get, name, default).map(Duration::from_millis)
@@ -261,9 +219,13 @@ impl Config {
                 .unwrap_or_else(|| ".prscd-dev".into())
                 .into(),
             apps,
+            app_sources,
             dev_app,
             max_message_size,
+            max_id_len,
             limits,
+            quic,
+            metrics_token: get("METRICS_TOKEN"),
             keepalive_interval,
             idle_timeout,
             drain_grace: ms("DRAIN_GRACE_MS", 2_000)?,
@@ -308,6 +270,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
     use std::path::Path;
 
     fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
@@ -322,36 +285,37 @@ mod tests {
     fn defaults_are_a_dev_node() {
         let c = config(&[]).unwrap();
         assert_eq!(c.port, 8443);
-        assert_eq!(c.host.to_string(), "0.0.0.0");
+        assert_eq!(c.host.to_string(), "127.0.0.1", "dev binds loopback");
         assert!(c.dev_app);
-        assert_eq!(c.apps.app_for("dev"), Some("dev"));
+        assert_eq!(&*c.apps.for_public_key("dev").unwrap().id, "dev");
         assert_eq!(c.max_message_size, 1 << 20);
         assert!(c.tls_files.is_none());
         assert!(c.warnings.iter().any(|w| w.contains("MESH_ID")));
+        let c = config(&[("HOST", "0.0.0.0")]).unwrap();
+        assert_eq!(c.host.to_string(), "0.0.0.0");
+        let c = config(&[("APPS", "k:a"), ("MESH_ID", "eu")]).unwrap();
+        assert_eq!(c.host.to_string(), "0.0.0.0");
     }
 
     #[test]
-    fn app_table_from_env_and_file() {
-        let dir = std::env::temp_dir().join(format!("prscd-apps-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("apps");
-        std::fs::write(&file, "# keys\nk2:app2\n\nk3 : app3, k4:app2 # trailing\n").unwrap();
+    fn apps_and_caps_from_env() {
         let c = config(&[
-            ("APPS", "k1:app1,k2:app2"),
-            ("APPS_FILE", file.to_str().unwrap()),
+            ("APPS", "k1:app1"),
+            ("APP_TOKEN_SECRETS", "app2:0123456789abcdef0123"),
+            ("APP_MAX_CONNECTIONS_PER_IP", "7"),
             ("MESH_ID", "eu"),
         ])
         .unwrap();
         assert!(!c.dev_app);
-        assert_eq!(c.apps.len(), 4);
-        assert_eq!(c.apps.app_for("k3"), Some("app3"));
-        assert_eq!(c.apps.app_for("dev"), None);
+        assert_eq!(c.apps.len(), 2);
+        assert_eq!(c.apps.get("app2").unwrap().limits.max_connections_per_ip, 7);
+        assert!(c.apps.for_public_key("dev").is_none());
         assert!(matches!(
             config(&[("APPS", "k1:a")]),
             Err(ConfigError::MeshIdRequired)
         ));
-        assert!(config(&[("APPS", "k1:a,k1:b")]).is_err());
-        assert!(config(&[("APPS", "nocolon")]).is_err());
+        assert!(config(&[("APPS", "k1:a,k1:b"), ("MESH_ID", "eu")]).is_err());
+        assert!(config(&[("APP_TOKEN_SECRETS", "a:short"), ("MESH_ID", "eu")]).is_err());
         assert!(config(&[("APPS_FILE", "/nonexistent/apps")]).is_err());
     }
 

@@ -17,12 +17,15 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock, RwLockWriteGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::apps::App;
+use crate::auth::Grant;
+use crate::budget::Budget;
 use crate::outbox::{outbox, Outbox, OutboxReceiver, SendError};
 use crate::protocol::{self, DecodeError, Kind, Op, Outbound};
 use crate::stats::{DropReason, Gauges, Stats, Transport};
@@ -35,8 +38,12 @@ pub type PeerId = u64;
 pub struct Limits {
     /// Capacity of each peer's outgoing queue, in messages.
     pub outbox: usize,
+    /// ... and in bytes; 0 = no byte bound.
+    pub outbox_bytes: usize,
     /// Messages per second a peer may send; 0 = unlimited.
     pub msg_rate: u32,
+    /// Bytes per second a peer may send; 0 = unlimited.
+    pub byte_rate: u32,
     /// Channels one connection may join.
     pub max_channels: usize,
 }
@@ -45,7 +52,9 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             outbox: 1024,
+            outbox_bytes: 8 << 20,
             msg_rate: 500,
+            byte_rate: 1 << 20,
             max_channels: 64,
         }
     }
@@ -225,15 +234,17 @@ impl Hub {
         &self.stats
     }
 
-    /// Registers a new connection of `client_id` in `app`. The receiver is
-    /// the peer's outbox, drained by its transport's writer.
+    /// Registers a new connection of `client_id` in `app`, with what its
+    /// token granted. The receiver is the peer's outbox, drained by its
+    /// transport's writer.
     pub fn connect(
         self: &Arc<Self>,
-        app: &str,
+        app: &Arc<App>,
         client_id: &str,
         transport: Transport,
+        grant: Grant,
     ) -> (Peer, OutboxReceiver) {
-        let (tx, rx) = outbox(self.limits.outbox);
+        let (tx, rx) = outbox(self.limits.outbox, self.limits.outbox_bytes);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let member = Member {
             client_id: client_id.into(),
@@ -241,7 +252,8 @@ impl Hub {
             ctl: Arc::default(),
             transport,
         };
-        let app: Arc<str> = app.into();
+        let settings = app.clone();
+        let app: Arc<str> = app.id.clone();
         self.write().peers.insert(
             id,
             PeerEntry {
@@ -256,7 +268,9 @@ impl Hub {
             app,
             member,
             joined: HashSet::new(),
-            limiter: RateLimiter::new(self.limits.msg_rate),
+            budget: Budget::new(self.limits.msg_rate, self.limits.byte_rate, Instant::now()),
+            settings,
+            grant: (grant != Grant::default()).then(|| Box::new(grant)),
         };
         (peer, rx)
     }
@@ -314,14 +328,34 @@ impl Hub {
         }
     }
 
-    fn join(&self, app: &Arc<str>, channel: &str, id: PeerId, member: &Member) {
+    /// Adds `id` to `app/channel` within the app's caps on this node.
+    fn join(
+        &self,
+        app: &App,
+        channel: &str,
+        id: PeerId,
+        member: &Member,
+    ) -> Result<(), DropReason> {
+        let limits = &app.limits;
         let mut state = self.write();
-        let channels = state.apps.entry(app.clone()).or_default();
+        let channels = state.apps.entry(app.id.clone()).or_default();
         let members = match channels.get_mut(channel) {
             Some(members) => members,
-            None => channels.entry(channel.into()).or_default(),
+            None => {
+                if limits.max_channels != 0 && channels.len() >= limits.max_channels {
+                    return Err(DropReason::AppChannelLimit);
+                }
+                channels.entry(channel.into()).or_default()
+            }
         };
+        if limits.max_members != 0 && members.len() >= limits.max_members {
+            if members.is_empty() {
+                channels.remove(channel);
+            }
+            return Err(DropReason::ChannelFull);
+        }
         members.insert(id, member.clone());
+        Ok(())
     }
 
     /// Removes `id` from `app/channel` and tells the others it went offline.
@@ -374,7 +408,14 @@ impl Hub {
     }
 
     /// Delivers a message that came through the mesh to the local members.
+    /// A state is pinned to its sender here too: the node that relayed it
+    /// did so already, unless it was no node.
     pub fn deliver_remote(&self, app: &str, channel: &str, msg: &Bytes, kind: Kind) -> Delivery {
+        if kind == Kind::Control(Op::PeerState) {
+            if let Some(pinned) = pin_relayed(msg) {
+                return self.relay(app, channel, None, &pinned, kind);
+            }
+        }
         self.relay(app, channel, None, msg, kind)
     }
 
@@ -534,6 +575,17 @@ fn offline_msg(channel: &str, client_id: &str, mesh_id: &str) -> Bytes {
     ))
 }
 
+/// A relayed state whose `pl.id` is not its `p`, pinned; `None` if it is
+/// fine as it is (or is not a relayed message at all).
+fn pin_relayed(msg: &[u8]) -> Option<Bytes> {
+    let relayed = protocol::decode_relayed(msg).ok()?;
+    let pinned = protocol::pin_state(relayed.payload?, relayed.peer, &[])?;
+    Some(Bytes::from(protocol::encode(&Outbound {
+        payload: Some(&pinned),
+        ..relayed
+    })))
+}
+
 /// One connected client, owned by its transport's reader.
 pub struct Peer {
     hub: Arc<Hub>,
@@ -541,7 +593,11 @@ pub struct Peer {
     app: Arc<str>,
     member: Member,
     joined: HashSet<Arc<str>>,
-    limiter: RateLimiter,
+    budget: Budget,
+    /// The app's settings when the peer connected (its caps).
+    settings: Arc<App>,
+    /// What the peer's token granted; `None`: no restriction, no overlay.
+    grant: Option<Box<Grant>>,
 }
 
 impl Peer {
@@ -559,6 +615,28 @@ impl Peer {
 
     pub fn ctl(&self) -> &Arc<PeerCtl> {
         &self.member.ctl
+    }
+
+    /// Charges one message of `len` bytes read from a reliable transport
+    /// (WebSocket, WebTransport stream) to the peer's budget. Returns how
+    /// long the transport must stop reading: nothing is dropped, the
+    /// sender is slowed by flow control instead.
+    pub fn charge(&mut self, len: usize) -> Option<Duration> {
+        let pause = self.budget.charge(len, Instant::now());
+        if pause.is_some() {
+            self.hub.stats.count_throttle();
+        }
+        pause
+    }
+
+    /// Charges one datagram; `false` when it is over budget, and counted.
+    pub fn try_charge(&mut self, len: usize) -> bool {
+        let ok = self.budget.try_charge(len, Instant::now());
+        if !ok {
+            self.hub.stats.count_drop(DropReason::RateLimited);
+            self.hub.stats.record_in(self.member.transport, None, len);
+        }
+        ok
     }
 
     /// Applies one client frame (PROTOCOL.md §3). A frame that is dropped is
@@ -583,10 +661,6 @@ impl Peer {
 
     fn apply(&mut self, frame: &[u8], span: &tracing::Span) -> Result<(), DropReason> {
         let transport = self.member.transport;
-        if !self.limiter.allow() {
-            self.hub.stats.record_in(transport, None, frame.len());
-            return Err(DropReason::RateLimited);
-        }
         let msg = protocol::decode(frame).map_err(|e: DecodeError| {
             tracing::debug!(error = %e, len = frame.len(), "undecodable message");
             self.hub.stats.record_in(transport, None, frame.len());
@@ -607,8 +681,16 @@ impl Peer {
                 if self.joined.len() >= self.hub.limits.max_channels {
                     return Err(DropReason::TooManyChannels);
                 }
+                if self
+                    .grant
+                    .as_ref()
+                    .is_some_and(|g| !g.may_join(msg.channel))
+                {
+                    return Err(DropReason::ChannelNotAllowed);
+                }
                 let channel: Arc<str> = msg.channel.into();
-                self.hub.join(&self.app, &channel, self.id, &self.member);
+                self.hub
+                    .join(&self.settings, &channel, self.id, &self.member)?;
                 self.hub.to_mesh(MeshEvent::Joined {
                     app: self.app.clone(),
                     channel: channel.clone(),
@@ -628,11 +710,18 @@ impl Peer {
         if !self.joined.contains(msg.channel) {
             return Err(DropReason::NotJoined);
         }
+        let pinned = match (msg.kind, msg.payload) {
+            (Kind::Control(Op::PeerState), Some(pl)) => {
+                let overlay = self.grant.as_ref().map_or(&[][..], |g| &g.state[..]);
+                protocol::pin_state(pl, &self.member.client_id, overlay)
+            }
+            _ => None,
+        };
         let relayed = Bytes::from(protocol::encode(&Outbound {
             kind: msg.kind,
             channel: msg.channel,
             peer: &self.member.client_id,
-            payload: msg.payload,
+            payload: pinned.as_deref().or(msg.payload),
             mesh: Some(&self.hub.mesh_id),
         }));
         if msg.kind == Kind::Control(Op::PeerOffline) {
@@ -707,42 +796,10 @@ fn first_peer_id() -> u64 {
     (u64::from_be_bytes(bytes) >> 16).max(1)
 }
 
-/// Token bucket: `rate` per second, bursts of up to two seconds' worth.
-struct RateLimiter {
-    rate: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl RateLimiter {
-    fn new(rate: u32) -> Self {
-        RateLimiter {
-            rate: f64::from(rate),
-            tokens: f64::from(rate) * 2.0,
-            last: Instant::now(),
-        }
-    }
-
-    fn allow(&mut self) -> bool {
-        if self.rate == 0.0 {
-            return true;
-        }
-        let now = Instant::now();
-        let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
-        self.tokens = (self.tokens + refill).min(self.rate * 2.0);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::apps::AppLimits;
     use serde_json::{json, Value};
 
     fn frame(v: Value) -> Vec<u8> {
@@ -751,6 +808,16 @@ mod tests {
 
     fn join(c: &str) -> Vec<u8> {
         frame(json!({"t": "control", "op": "channel_join", "c": c}))
+    }
+
+    /// The state in the next relayed message's `pl`.
+    fn recv_state(rx: &mut OutboxReceiver) -> rmpv::Value {
+        let msg = rx.try_recv_one().expect("a message");
+        let relayed = protocol::decode_relayed(&msg).unwrap();
+        match rmpv::decode::read_value(&mut relayed.payload.unwrap()).unwrap() {
+            rmpv::Value::Binary(inner) => rmpv::decode::read_value(&mut &inner[..]).unwrap(),
+            other => other,
+        }
     }
 
     fn recv(rx: &mut OutboxReceiver) -> Option<Value> {
@@ -762,11 +829,17 @@ mod tests {
         Hub::new("m1", limits, Arc::default())
     }
 
+    fn app(id: &str) -> Arc<App> {
+        Arc::new(App::new(id, AppLimits::default()))
+    }
+
     #[test]
     fn join_acks_only_the_joiner_and_relays_without_echo() {
         let hub = hub(Limits::default());
-        let (mut a, mut rx_a) = hub.connect("app", "alice", Transport::WebSocket);
-        let (mut b, mut rx_b) = hub.connect("app", "bob", Transport::WebSocket);
+        let (mut a, mut rx_a) =
+            hub.connect(&app("app"), "alice", Transport::WebSocket, Grant::default());
+        let (mut b, mut rx_b) =
+            hub.connect(&app("app"), "bob", Transport::WebSocket, Grant::default());
         a.handle(&join("room")).unwrap();
         b.handle(&join("room")).unwrap();
         assert_eq!(
@@ -789,8 +862,14 @@ mod tests {
     #[test]
     fn apps_are_isolated() {
         let hub = hub(Limits::default());
-        let (mut a, _rx_a) = hub.connect("app1", "alice", Transport::WebSocket);
-        let (mut b, mut rx_b) = hub.connect("app2", "bob", Transport::WebSocket);
+        let (mut a, _rx_a) = hub.connect(
+            &app("app1"),
+            "alice",
+            Transport::WebSocket,
+            Grant::default(),
+        );
+        let (mut b, mut rx_b) =
+            hub.connect(&app("app2"), "bob", Transport::WebSocket, Grant::default());
         a.handle(&join("room")).unwrap();
         b.handle(&join("room")).unwrap();
         recv(&mut rx_b);
@@ -801,8 +880,10 @@ mod tests {
     #[test]
     fn drop_and_explicit_leave_send_peer_offline_once() {
         let hub = hub(Limits::default());
-        let (mut a, _rx_a) = hub.connect("app", "alice", Transport::WebSocket);
-        let (mut b, mut rx_b) = hub.connect("app", "bob", Transport::WebSocket);
+        let (mut a, _rx_a) =
+            hub.connect(&app("app"), "alice", Transport::WebSocket, Grant::default());
+        let (mut b, mut rx_b) =
+            hub.connect(&app("app"), "bob", Transport::WebSocket, Grant::default());
         a.handle(&join("r1")).unwrap();
         a.handle(&join("r2")).unwrap();
         b.handle(&join("r1")).unwrap();
@@ -834,7 +915,8 @@ mod tests {
     #[test]
     fn not_joined_unknown_and_malformed_are_dropped_and_counted() {
         let hub = hub(Limits::default());
-        let (mut a, _rx) = hub.connect("app", "alice", Transport::WebSocket);
+        let (mut a, _rx) =
+            hub.connect(&app("app"), "alice", Transport::WebSocket, Grant::default());
         assert_eq!(
             a.handle(&frame(json!({"t":"data","c":"x"}))),
             Err(DropReason::NotJoined)
@@ -855,9 +937,12 @@ mod tests {
             outbox: 4,
             ..Limits::default()
         });
-        let (mut a, _rx_a) = hub.connect("app", "alice", Transport::WebSocket);
-        let (mut slow, _rx_slow) = hub.connect("app", "slow", Transport::WebSocket);
-        let (mut fast, mut rx_fast) = hub.connect("app", "fast", Transport::WebSocket);
+        let (mut a, _rx_a) =
+            hub.connect(&app("app"), "alice", Transport::WebSocket, Grant::default());
+        let (mut slow, _rx_slow) =
+            hub.connect(&app("app"), "slow", Transport::WebSocket, Grant::default());
+        let (mut fast, mut rx_fast) =
+            hub.connect(&app("app"), "fast", Transport::WebSocket, Grant::default());
         for p in [&mut a, &mut slow, &mut fast] {
             p.handle(&join("room")).unwrap();
         }
@@ -872,26 +957,99 @@ mod tests {
     }
 
     #[test]
-    fn rate_limit_drops_the_excess() {
+    fn over_budget_reliable_waits_and_datagrams_are_dropped() {
         let hub = hub(Limits {
             msg_rate: 5,
             ..Limits::default()
         });
-        let (mut a, _rx) = hub.connect("app", "alice", Transport::WebSocket);
-        a.handle(&join("room")).unwrap();
-        let dropped = (0..50)
-            .filter(|_| {
-                a.handle(&frame(json!({"t":"data","c":"room"}))) == Err(DropReason::RateLimited)
-            })
-            .count();
-        assert!(dropped >= 35, "dropped {dropped}");
+        let (mut a, _rx) =
+            hub.connect(&app("app"), "alice", Transport::WebSocket, Grant::default());
+        // Reliable: the burst passes, then every message asks for a pause.
+        let waits: Vec<_> = (0..12).map(|_| a.charge(10)).collect();
+        assert!(waits[..10].iter().all(Option::is_none), "{waits:?}");
+        assert!(waits[10..].iter().all(Option::is_some), "{waits:?}");
+        // Datagrams: refused and counted while the budget is in debt.
+        assert!(!a.try_charge(10));
+        assert_eq!(hub.stats().to_json()["dropped"]["rate_limited"], 1);
+    }
+
+    #[test]
+    fn token_grants_limit_channels_and_pin_state() {
+        let hub = hub(Limits::default());
+        let grant = Grant {
+            channels: Some(vec!["room-*".into()]),
+            state: vec![("name".into(), "Alice".into())],
+        };
+        let (mut a, mut rx_a) = hub.connect(&app("app"), "alice", Transport::WebSocket, grant);
+        let (mut b, mut rx_b) =
+            hub.connect(&app("app"), "bob", Transport::WebSocket, Grant::default());
+        assert_eq!(a.handle(&join("lobby")), Err(DropReason::ChannelNotAllowed));
+        assert!(recv(&mut rx_a).is_none(), "no ack outside the grant");
+        a.handle(&join("room-1")).unwrap();
+        b.handle(&join("room-1")).unwrap();
+        recv(&mut rx_a);
+        recv(&mut rx_b);
+        let state =
+            rmp_serde::to_vec_named(&json!({"id": "mallory", "name": "M", "x": 1})).unwrap();
+        let state_frame = |pl: &[u8]| {
+            let msg = rmpv::Value::Map(vec![
+                ("t".into(), "control".into()),
+                ("op".into(), "peer_state".into()),
+                ("c".into(), "room-1".into()),
+                ("pl".into(), rmpv::Value::Binary(pl.to_vec())),
+            ]);
+            let mut out = Vec::new();
+            rmpv::encode::write_value(&mut out, &msg).unwrap();
+            out
+        };
+        a.handle(&state_frame(&state)).unwrap();
+        let bin = recv_state(&mut rx_b);
+        assert_eq!(bin["id"].as_str(), Some("alice"));
+        assert_eq!(bin["name"].as_str(), Some("Alice"));
+        // bob has no grant: his forged id is pinned, his name left alone.
+        b.handle(&state_frame(&state)).unwrap();
+        let bin = recv_state(&mut rx_a);
+        assert_eq!(
+            (bin["id"].as_str(), bin["name"].as_str()),
+            (Some("bob"), Some("M"))
+        );
+    }
+
+    #[test]
+    fn app_caps_on_channels_and_members() {
+        let hub = hub(Limits::default());
+        let capped = Arc::new(App::new(
+            "app",
+            AppLimits {
+                max_channels: 2,
+                max_members: 2,
+                ..AppLimits::default()
+            },
+        ));
+        let (mut a, _ra) = hub.connect(&capped, "a", Transport::WebSocket, Grant::default());
+        let (mut b, _rb) = hub.connect(&capped, "b", Transport::WebSocket, Grant::default());
+        let (mut c, mut rc) = hub.connect(&capped, "c", Transport::WebSocket, Grant::default());
+        a.handle(&join("1")).unwrap();
+        a.handle(&join("2")).unwrap();
+        assert_eq!(a.handle(&join("3")), Err(DropReason::AppChannelLimit));
+        b.handle(&join("1")).unwrap();
+        assert_eq!(c.handle(&join("1")), Err(DropReason::ChannelFull));
+        assert!(recv(&mut rc).is_none(), "no ack over the cap");
+        drop(b);
+        c.handle(&join("1")).unwrap();
     }
 
     #[test]
     fn close_all_announces_everyone_then_closes() {
         let hub = hub(Limits::default());
-        let (mut a, mut rx_a) = hub.connect("app", "alice", Transport::WebSocket);
-        let (mut b, mut rx_b) = hub.connect("app", "bob", Transport::WebTransport);
+        let (mut a, mut rx_a) =
+            hub.connect(&app("app"), "alice", Transport::WebSocket, Grant::default());
+        let (mut b, mut rx_b) = hub.connect(
+            &app("app"),
+            "bob",
+            Transport::WebTransport,
+            Grant::default(),
+        );
         a.handle(&join("room")).unwrap();
         b.handle(&join("room")).unwrap();
         recv(&mut rx_a);
@@ -913,7 +1071,8 @@ mod tests {
             max_channels: 2,
             ..Limits::default()
         });
-        let (mut a, _rx) = hub.connect("app", "alice", Transport::WebSocket);
+        let (mut a, _rx) =
+            hub.connect(&app("app"), "alice", Transport::WebSocket, Grant::default());
         a.handle(&join("1")).unwrap();
         a.handle(&join("2")).unwrap();
         a.handle(&join("2")).unwrap();

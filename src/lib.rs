@@ -6,15 +6,20 @@
 //! - [`outbox`]: the bounded queue from the hub to one peer's writer.
 //! - [`transport`]: WebSocket (TLS/TCP) and WebTransport (QUIC/UDP).
 //! - [`mesh`]: the zenoh bridge that makes several nodes one service.
+//! - [`apps`], [`auth`], [`quota`], [`budget`]: who may connect, as whom, and how much.
 //! - [`config`], [`tls`], [`stats`], [`telemetry`]: the node's set-up.
 //! - [`server`]: start, signals, drain.
 
+pub mod apps;
+pub mod auth;
+pub mod budget;
 pub mod config;
 pub mod hub;
 pub mod mesh;
 pub mod outbox;
 pub mod percent;
 pub mod protocol;
+pub mod quota;
 pub mod server;
 pub mod stats;
 pub mod telemetry;

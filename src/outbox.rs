@@ -13,8 +13,9 @@
 //! the node's profile samples in a 1,000-subscriber fan-out); the writer
 //! gives it back with [`OutboxReceiver::release_idle`] on a timer.
 //!
-//! The bound counts queued messages; the batch the writer is writing is not
-//! counted, so a peer holds at most `bound` queued plus one batch.
+//! The bound counts queued messages and their bytes; the batch the writer is
+//! writing is not counted, so a peer holds at most `bound` queued messages
+//! (or `max_bytes` of them) plus one batch.
 
 use std::future::poll_fn;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -26,11 +27,18 @@ use bytes::Bytes;
 /// Capacity an idle queue may keep; more is freed by `release_idle`.
 const IDLE_CAPACITY: usize = 4;
 
-/// Creates an outbox holding at most `bound` queued messages.
-pub fn outbox(bound: usize) -> (Outbox, OutboxReceiver) {
+/// Creates an outbox holding at most `bound` queued messages and
+/// `max_bytes` of them (0: no byte bound). One message is always accepted
+/// into an empty queue, whatever its size.
+pub fn outbox(bound: usize, max_bytes: usize) -> (Outbox, OutboxReceiver) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State::default()),
         bound: bound.max(1),
+        max_bytes: if max_bytes == 0 {
+            usize::MAX
+        } else {
+            max_bytes
+        },
         senders: AtomicUsize::new(1),
     });
     (
@@ -53,12 +61,15 @@ pub enum SendError {
 struct Shared {
     state: Mutex<State>,
     bound: usize,
+    max_bytes: usize,
     senders: AtomicUsize,
 }
 
 #[derive(Default)]
 struct State {
     queue: Vec<Bytes>,
+    /// Bytes in `queue`.
+    bytes: usize,
     waker: Option<Waker>,
     receiver_gone: bool,
     senders_gone: bool,
@@ -84,9 +95,13 @@ impl Outbox {
         if state.receiver_gone {
             return Err(SendError::Closed);
         }
-        if state.queue.len() >= self.shared.bound {
+        let bytes = state.bytes.saturating_add(msg.len());
+        if state.queue.len() >= self.shared.bound
+            || (bytes > self.shared.max_bytes && !state.queue.is_empty())
+        {
             return Err(SendError::Full);
         }
+        state.bytes = bytes;
         state.queue.push(msg);
         // A non-empty queue means the writer was woken already.
         let waker = if state.queue.len() == 1 {
@@ -141,7 +156,7 @@ impl OutboxReceiver {
     /// Polls [`recv`](Self::recv).
     pub fn poll_recv(&mut self, cx: &mut Context<'_>, batch: &mut Vec<Bytes>) -> Poll<bool> {
         let mut state = self.shared.lock();
-        if take_all(&mut state.queue, batch) {
+        if take_all(&mut state, batch) {
             return Poll::Ready(true);
         }
         if state.senders_gone {
@@ -178,14 +193,16 @@ impl OutboxReceiver {
     /// Moves what is queued now to the end of `batch`, without waiting.
     /// Returns whether there was anything.
     pub fn try_recv(&mut self, batch: &mut Vec<Bytes>) -> bool {
-        take_all(&mut self.shared.lock().queue, batch)
+        take_all(&mut self.shared.lock(), batch)
     }
 
     /// The oldest queued message, for tests that look at one at a time.
     #[cfg(test)]
     pub(crate) fn try_recv_one(&mut self) -> Option<Bytes> {
         let mut state = self.shared.lock();
-        (!state.queue.is_empty()).then(|| state.queue.remove(0))
+        let msg = (!state.queue.is_empty()).then(|| state.queue.remove(0))?;
+        state.bytes -= msg.len();
+        Some(msg)
     }
 }
 
@@ -202,7 +219,9 @@ impl Drop for OutboxReceiver {
 
 /// Moves `queue` into `batch`: a swap when `batch` is empty (no copy, and the
 /// queue keeps `batch`'s buffer for what comes next).
-fn take_all(queue: &mut Vec<Bytes>, batch: &mut Vec<Bytes>) -> bool {
+fn take_all(state: &mut State, batch: &mut Vec<Bytes>) -> bool {
+    state.bytes = 0;
+    let queue = &mut state.queue;
     if queue.is_empty() {
         return false;
     }
@@ -225,7 +244,7 @@ mod tests {
 
     #[test]
     fn keeps_order_and_bound() {
-        let (tx, mut rx) = outbox(3);
+        let (tx, mut rx) = outbox(3, 0);
         for i in 0..3 {
             tx.try_send(msg(i)).unwrap();
         }
@@ -241,8 +260,25 @@ mod tests {
     }
 
     #[test]
+    fn bytes_are_bounded_too_but_one_message_always_fits() {
+        let (tx, mut rx) = outbox(100, 10);
+        tx.try_send(Bytes::from(vec![0; 25])).unwrap();
+        assert_eq!(tx.try_send(msg(1)), Err(SendError::Full));
+        let mut batch = Vec::new();
+        assert!(rx.try_recv(&mut batch));
+        for i in 0..10 {
+            tx.try_send(msg(i)).unwrap();
+        }
+        assert_eq!(tx.try_send(msg(10)), Err(SendError::Full));
+        batch.clear();
+        assert!(rx.try_recv(&mut batch));
+        assert_eq!(batch.len(), 10);
+        tx.try_send(Bytes::from(vec![0; 10])).unwrap();
+    }
+
+    #[test]
     fn closed_once_the_receiver_is_gone() {
-        let (tx, rx) = outbox(3);
+        let (tx, rx) = outbox(3, 0);
         tx.try_send(msg(0)).unwrap();
         drop(rx);
         assert_eq!(tx.try_send(msg(1)), Err(SendError::Closed));
@@ -250,7 +286,7 @@ mod tests {
 
     #[tokio::test]
     async fn recv_wakes_on_send_and_ends_when_every_sender_is_gone() {
-        let (tx, mut rx) = outbox(8);
+        let (tx, mut rx) = outbox(8, 0);
         let tx2 = tx.clone();
         let sender = tokio::spawn(async move {
             for i in 0..5 {
@@ -278,7 +314,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_busy_outbox_keeps_its_buffers_until_released_idle() {
-        let (tx, mut rx) = outbox(1024);
+        let (tx, mut rx) = outbox(1024, 0);
         let mut batch = Vec::new();
         for round in 0..2 {
             for i in 0..100 {

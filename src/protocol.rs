@@ -262,6 +262,54 @@ pub fn encode_join_ack(channel: &str, mesh: &str) -> Vec<u8> {
     encode_control(Op::ChannelJoin, channel, "", mesh)
 }
 
+/// A `channel_join` or `peer_state` payload with its `id` pinned to the
+/// sender `peer` and the server-vouched `overlay` fields set over the
+/// sender's (PROTOCOL.md §2: the client builds a member as `{id: p, ...pl}`,
+/// so an unchecked `pl.id` would rename the sender). `payload` is the raw
+/// `pl` value: a bin holding the msgpack state, as the published client
+/// sends it, or the state map itself. `None` when the bytes may pass as
+/// they are: no map inside, or a map whose `id` is already `peer` and no
+/// overlay.
+pub fn pin_state(payload: &[u8], peer: &str, overlay: &[(String, rmpv::Value)]) -> Option<Vec<u8>> {
+    let read = |mut bytes: &[u8]| rmpv::decode::read_value(&mut bytes).ok();
+    let (entries, in_bin) = match read(payload)? {
+        rmpv::Value::Map(entries) => (entries, false),
+        rmpv::Value::Binary(inner) => match read(&inner)? {
+            rmpv::Value::Map(entries) => (entries, true),
+            _ => return None,
+        },
+        _ => return None,
+    };
+    let is_key = |k: &rmpv::Value, name: &str| k.as_str() == Some(name);
+    let id_ok = entries
+        .iter()
+        .filter(|(k, _)| is_key(k, "id"))
+        .all(|(_, v)| v.as_str() == Some(peer));
+    if id_ok && overlay.is_empty() {
+        return None;
+    }
+    let mut pinned = Vec::with_capacity(entries.len() + overlay.len() + 1);
+    pinned.push((rmpv::Value::from("id"), rmpv::Value::from(peer)));
+    pinned.extend(
+        entries
+            .into_iter()
+            .filter(|(k, _)| !is_key(k, "id") && !overlay.iter().any(|(name, _)| is_key(k, name))),
+    );
+    pinned.extend(
+        overlay
+            .iter()
+            .map(|(k, v)| (rmpv::Value::from(k.as_str()), v.clone())),
+    );
+    let mut state = Vec::with_capacity(payload.len() + 16);
+    rmpv::encode::write_value(&mut state, &rmpv::Value::Map(pinned)).expect("vec write");
+    if !in_bin {
+        return Some(state);
+    }
+    let mut out = Vec::with_capacity(state.len() + 5);
+    rmpv::encode::write_value(&mut out, &rmpv::Value::Binary(state)).expect("vec write");
+    Some(out)
+}
+
 fn write_pair(out: &mut Vec<u8>, key: &str, value: &str) {
     rmp::encode::write_str(out, key).expect("vec write");
     rmp::encode::write_str(out, value).expect("vec write");
@@ -391,6 +439,43 @@ impl fmt::Display for Inbound<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn state_is_pinned_to_its_sender() {
+        let decode = |b: &[u8]| rmpv::decode::read_value(&mut &b[..]).unwrap();
+        let forged = pack(&serde_json::json!({"id": "mallory", "name": "M"}));
+        let pinned = decode(&pin_state(&forged, "alice", &[]).unwrap());
+        assert_eq!(pinned["id"].as_str(), Some("alice"));
+        assert_eq!(pinned["name"].as_str(), Some("M"));
+        // As the published client sends it: the state inside a bin.
+        let mut bin = Vec::new();
+        rmpv::encode::write_value(&mut bin, &rmpv::Value::Binary(forged)).unwrap();
+        let rmpv::Value::Binary(inner) = decode(&pin_state(&bin, "alice", &[]).unwrap()) else {
+            panic!("a bin stays a bin");
+        };
+        assert_eq!(decode(&inner)["id"].as_str(), Some("alice"));
+        // Already right, or not a map: passed through as sent.
+        assert_eq!(
+            pin_state(&pack(&serde_json::json!({"id": "alice"})), "alice", &[]),
+            None
+        );
+        assert_eq!(
+            pin_state(&pack(&serde_json::json!({"x": 1})), "alice", &[]),
+            None
+        );
+        assert_eq!(
+            pin_state(&pack(&serde_json::json!([1, 2])), "alice", &[]),
+            None
+        );
+        assert_eq!(pin_state(&[0xc1], "alice", &[]), None);
+        // The server's fields win over the sender's.
+        let overlay = [("name".to_owned(), rmpv::Value::from("Alice"))];
+        let state = pack(&serde_json::json!({"name": "Evil", "cursor": 3}));
+        let pinned = decode(&pin_state(&state, "alice", &overlay).unwrap());
+        assert_eq!(pinned["name"].as_str(), Some("Alice"));
+        assert_eq!(pinned["id"].as_str(), Some("alice"));
+        assert_eq!(pinned["cursor"].as_u64(), Some(3));
+    }
     use serde::Serialize;
 
     #[derive(Serialize, Default)]

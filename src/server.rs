@@ -5,6 +5,10 @@
 //! connected) every channel's members get `peer_offline` for the peers that
 //! go away, every connection is closed with 1001, and the process exits
 //! when they are done or after `DRAIN_TIMEOUT_MS`, whichever comes first.
+//!
+//! Reload (`SIGHUP`): the apps and the certificate are read again from
+//! where they came from. New handshakes use them; open connections keep
+//! theirs. A reload that fails keeps everything as it was and logs why.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -12,24 +16,22 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context as _;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_rustls::TlsAcceptor;
-use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::config::{Config, DEV_PUBLIC_KEY};
+use crate::apps::DEV_PUBLIC_KEY;
+use crate::config::Config;
 use crate::hub::Hub;
 use crate::mesh::Mesh;
 use crate::stats::{Stats, Transport};
-use crate::tls::Certificate;
-use crate::transport::{self, webtransport, ws, Context};
+use crate::tls::{CertStore, Certificate, EXPIRY_WARNING};
+use crate::transport::{self, webtransport, ws, Context, Settings};
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     for warning in &config.warnings {
         warn!("{warning}");
     }
-    let cert = match &config.tls_files {
-        Some((cert, key)) => Certificate::load(cert, key)?,
-        None => Certificate::dev(&config.dev_cert_dir)?,
-    };
+    let cert = load_certificate(&config)?;
+    let store = CertStore::new(&cert)?;
     let (tcp, udp) = transport::bind(config.host, config.port)
         .with_context(|| format!("cannot bind {}:{} on TCP and UDP", config.host, config.port))?;
     let port = tcp.local_addr()?.port();
@@ -40,31 +42,34 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Arc::new(Stats::default()),
     );
     // Outside any span: zenoh's background tasks inherit the current one.
+    hub.stats()
+        .set_certificate_expiry(cert.not_after.unix_timestamp());
     let mesh = Mesh::start(hub.clone(), &config.mesh).await?;
-    let ctx = Arc::new(Context {
-        hub: hub.clone(),
-        apps: config.apps.clone(),
-        max_message_size: config.max_message_size,
-        keepalive_interval: config.keepalive_interval,
-        idle_timeout: config.idle_timeout,
-        tasks: TaskTracker::new(),
-    });
+    let ctx = Arc::new(Context::new(
+        hub.clone(),
+        Settings {
+            apps: config.apps.clone(),
+            max_id_len: config.max_id_len,
+            metrics_token: config.metrics_token.clone(),
+            max_message_size: config.max_message_size,
+            keepalive_interval: config.keepalive_interval,
+            idle_timeout: config.idle_timeout,
+        },
+    ));
 
     // Created outside any span: quinn attaches the current span to its tasks.
-    let wt_config = wtransport::ServerConfig::builder()
-        .with_bind_socket(udp)
-        .with_identity(cert.wtransport_identity()?)
-        .keep_alive_interval(Some(config.keepalive_interval))
-        .max_idle_timeout(Some(config.idle_timeout))
-        .map_err(|_| anyhow::anyhow!("IDLE_TIMEOUT_MS is out of QUIC's range"))?
-        .build();
+    let wt_config = webtransport::server_config(
+        wtransport::ServerConfig::builder().with_bind_socket(udp),
+        cert.wtransport_identity()?,
+        &config,
+    )?;
     let endpoint = Arc::new(
         wtransport::Endpoint::server(wt_config).context("cannot start the QUIC endpoint")?,
     );
     let listener = tokio::net::TcpListener::from_std(tcp)?;
     tokio::spawn(ws::serve(
         listener,
-        TlsAcceptor::from(cert.server_config()?),
+        TlsAcceptor::from(store.serve_from(&*cert.server_config()?)),
         ctx.clone(),
     ));
     let wt_accept = tokio::spawn(webtransport::serve(endpoint.clone(), ctx.clone()));
@@ -79,8 +84,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     std::fs::write(&config.pid_file, format!("{}\n", std::process::id()))
         .with_context(|| format!("cannot write {}", config.pid_file.display()))?;
     announce(&config, &cert, port);
+    warn_if_expiring(&cert);
+    let reload = Reload {
+        config: &config,
+        ctx: &ctx,
+        store: &store,
+        endpoint: &endpoint,
+        port,
+    };
+    tokio::spawn(watch_expiry(hub.clone()));
 
-    wait_for_shutdown(&hub).await?;
+    wait_for_shutdown(&hub, &reload).await?;
     drain(&config, &ctx).await;
     // The accept loop must be gone before the endpoint closes (wtransport
     // panics in a pending accept on a closed endpoint).
@@ -125,10 +139,85 @@ fn announce(config: &Config, cert: &Certificate, port: u16) {
     );
 }
 
+fn load_certificate(config: &Config) -> Result<Certificate, crate::tls::TlsError> {
+    match &config.tls_files {
+        Some((cert, key)) => Certificate::load(cert, key),
+        None => Certificate::dev(&config.dev_cert_dir),
+    }
+}
+
+fn warn_if_expiring(cert: &Certificate) {
+    let left = cert.seconds_left();
+    if left < EXPIRY_WARNING.whole_seconds() {
+        warn!(
+            days_left = left / 86_400,
+            not_after = %cert.not_after,
+            path = %cert.source.display(),
+            "the TLS certificate expires soon: renew it and send SIGHUP"
+        );
+    }
+}
+
+/// Warns daily while the served certificate is within the warning window.
+async fn watch_expiry(hub: Arc<Hub>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(86_400));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let left = hub.stats().certificate_seconds_left();
+        if let Some(left) = left.filter(|s| *s < EXPIRY_WARNING.whole_seconds()) {
+            warn!(
+                days_left = left / 86_400,
+                "the TLS certificate expires soon: renew it and send SIGHUP"
+            );
+        }
+    }
+}
+
+/// What SIGHUP reloads, and where into.
+struct Reload<'a> {
+    config: &'a Config,
+    ctx: &'a Context,
+    store: &'a CertStore,
+    endpoint: &'a wtransport::Endpoint<wtransport::endpoint::endpoint_side::Server>,
+    port: u16,
+}
+
+impl Reload<'_> {
+    /// Everything or nothing: a failure leaves the running settings alone.
+    fn run(&self) -> anyhow::Result<()> {
+        let apps = match self.config.app_sources.load()? {
+            Some(apps) => apps,
+            None if self.config.dev_app => self.config.apps.clone(),
+            None => anyhow::bail!("the reloaded sources name no app"),
+        };
+        let cert = load_certificate(self.config)?;
+        let wt_config = webtransport::server_config(
+            wtransport::ServerConfig::builder().with_bind_default(self.port),
+            cert.wtransport_identity()?,
+            self.config,
+        )?;
+        self.store.replace(&cert)?;
+        self.endpoint
+            .reload_config(wt_config, false)
+            .context("QUIC endpoint")?;
+        let apps_count = apps.len();
+        self.ctx.set_apps(apps);
+        self.ctx
+            .hub
+            .stats()
+            .set_certificate_expiry(cert.not_after.unix_timestamp());
+        info!(apps = apps_count, not_after = %cert.not_after, "SIGHUP: reloaded apps and certificate");
+        warn_if_expiring(&cert);
+        Ok(())
+    }
+}
+
 /// Serves signals until SIGTERM or SIGINT.
-async fn wait_for_shutdown(hub: &Arc<Hub>) -> anyhow::Result<()> {
+async fn wait_for_shutdown(hub: &Arc<Hub>, reload: &Reload<'_>) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
     let mut usr1 = signal(SignalKind::user_defined1())?;
     let mut usr2 = signal(SignalKind::user_defined2())?;
     loop {
@@ -141,6 +230,11 @@ async fn wait_for_shutdown(hub: &Arc<Hub>) -> anyhow::Result<()> {
                 }
             }
             _ = usr2.recv() => report_connections(hub),
+            _ = hup.recv() => {
+                if let Err(e) = reload.run() {
+                    warn!("SIGHUP: reload failed, keeping the running settings: {e:#}");
+                }
+            }
         }
     }
 }

@@ -29,8 +29,11 @@ reasons! {
     Malformed => "malformed": "Not exactly one well-formed msgpack Signalling map.",
     UnknownType => "unknown_type": "Well-formed, but an unknown `t` or `op`.",
     NotJoined => "not_joined": "For a channel the sender has not joined.",
-    RateLimited => "rate_limited": "Over the per-peer message rate.",
+    RateLimited => "rate_limited": "A datagram over the connection's budget (reliable transports are slowed instead).",
     TooManyChannels => "too_many_channels": "A join over the per-peer channel limit.",
+    ChannelNotAllowed => "channel_not_allowed": "A join outside the channels the peer's token grants.",
+    AppChannelLimit => "app_channel_limit": "A join that would open a channel over the app's channel cap on this node.",
+    ChannelFull => "channel_full": "A join into a channel at the app's member cap on this node.",
     TextFrame => "text_frame": "A WebSocket text frame (connection closed 1003).",
     Oversize => "oversize": "Over MAX_MESSAGE_SIZE (connection closed 1009).",
     DatagramTooLarge => "datagram_too_large": "Too large for the receiver's datagram size, and it has no stream.",
@@ -56,14 +59,18 @@ impl Transport {
 }
 
 /// Handshake statuses that are counted (PROTOCOL.md §1 plus 426 and 503).
-pub const REJECT_STATUSES: &[u16] = &[400, 401, 403, 404, 426, 503];
+pub const REJECT_STATUSES: &[u16] = &[400, 401, 403, 404, 426, 429, 503];
 
 #[derive(Default)]
 pub struct Stats {
-    drops: [AtomicU64; 11],
+    drops: [AtomicU64; DropReason::ALL.len()],
     connections: [AtomicU64; 2],
     connections_total: [AtomicU64; 2],
-    rejected: [AtomicU64; 6],
+    rejected: [AtomicU64; REJECT_STATUSES.len()],
+    /// Times a connection's reading was paused for being over its budget.
+    throttled: AtomicU64,
+    /// The served certificate's notAfter, Unix seconds (0: not known yet).
+    cert_not_after: std::sync::atomic::AtomicI64,
     /// Per transport and message kind: (messages, bytes), in and out.
     traffic_in: [[Counter2; KINDS]; 2],
     traffic_out: [[Counter2; KINDS]; 2],
@@ -182,6 +189,24 @@ impl Stats {
         self.drops[reason as usize].load(Relaxed)
     }
 
+    pub fn count_throttle(&self) {
+        self.throttled.fetch_add(1, Relaxed);
+    }
+
+    /// Records the notAfter (Unix seconds) of the certificate now served.
+    pub fn set_certificate_expiry(&self, not_after_unix: i64) {
+        self.cert_not_after.store(not_after_unix, Relaxed);
+    }
+
+    /// Seconds until the served certificate expires, once one is known.
+    pub fn certificate_seconds_left(&self) -> Option<i64> {
+        let not_after = self.cert_not_after.load(Relaxed);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        (not_after != 0).then(|| not_after - now)
+    }
+
     pub fn reject(&self, status: u16) {
         if let Some(i) = REJECT_STATUSES.iter().position(|s| *s == status) {
             self.rejected[i].fetch_add(1, Relaxed);
@@ -245,6 +270,7 @@ impl Stats {
             "messages_in": Self::total(&self.traffic_in),
             "messages_out": Self::total(&self.traffic_out),
             "dropped": drops,
+            "throttled": self.throttled.load(Relaxed),
             "handshake_rejected": rejected,
             "mesh": self.mesh.to_json(),
         })
@@ -314,6 +340,14 @@ impl Stats {
             "Channels with at least one member on this node.",
         );
         x.sample("prscd_channels", "", gauges.channels);
+        if let Some(left) = self.certificate_seconds_left() {
+            x.family(
+                "prscd_certificate_expiry_seconds",
+                "gauge",
+                "Seconds until the served TLS certificate expires (negative: expired).",
+            );
+            x.sample("prscd_certificate_expiry_seconds", "", left);
+        }
         x.family("prscd_draining", "gauge", "1 while the node drains.");
         x.sample("prscd_draining", "", u8::from(gauges.draining));
 
@@ -357,6 +391,12 @@ impl Stats {
             "",
             self.drops(DropReason::SlowReader),
         );
+        x.family(
+            "prscd_throttled_total",
+            "counter",
+            "Times a connection's reading was paused for being over its message or byte budget (nothing dropped).",
+        );
+        x.sample("prscd_throttled_total", "", self.throttled.load(Relaxed));
         x.family(
             "prscd_handshake_failures_total",
             "counter",

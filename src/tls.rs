@@ -10,7 +10,7 @@
 //! working across restarts, and renews it when less than a day is left.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use base64::Engine as _;
 use ring::digest::{digest, SHA256};
@@ -187,6 +187,72 @@ impl Certificate {
         ))
     }
 }
+
+/// The certificate the TLS port serves, swapped on SIGHUP: handshakes
+/// after the swap get the new one, connections already up keep theirs.
+#[derive(Debug)]
+pub struct CertStore {
+    current: RwLock<Arc<rustls::sign::CertifiedKey>>,
+}
+
+impl CertStore {
+    pub fn new(cert: &Certificate) -> Result<Arc<CertStore>, TlsError> {
+        Ok(Arc::new(CertStore {
+            current: RwLock::new(cert.certified_key()?),
+        }))
+    }
+
+    pub fn replace(&self, cert: &Certificate) -> Result<(), TlsError> {
+        let key = cert.certified_key()?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = key;
+        Ok(())
+    }
+
+    /// `config` serving this store's certificate instead of its own.
+    pub fn serve_from(
+        self: &Arc<Self>,
+        config: &rustls::ServerConfig,
+    ) -> Arc<rustls::ServerConfig> {
+        let mut config = config.clone();
+        config.cert_resolver = self.clone();
+        Arc::new(config)
+    }
+}
+
+impl rustls::server::ResolvesServerCert for CertStore {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        )
+    }
+}
+
+impl Certificate {
+    fn certified_key(&self) -> Result<Arc<rustls::sign::CertifiedKey>, TlsError> {
+        let provider = rustls::crypto::ring::default_provider();
+        let key = provider
+            .key_provider
+            .load_private_key(self.key.clone_key())?;
+        Ok(Arc::new(rustls::sign::CertifiedKey::new(
+            self.chain.clone(),
+            key,
+        )))
+    }
+
+    /// Seconds from now until the leaf expires.
+    pub fn seconds_left(&self) -> i64 {
+        (self.not_after - OffsetDateTime::now_utc()).whole_seconds()
+    }
+}
+
+/// How long before expiry the node starts warning.
+pub const EXPIRY_WARNING: Duration = Duration::days(14);
 
 /// Returns the leaf's notAfter, or why it cannot be used at `now`.
 fn check_validity(

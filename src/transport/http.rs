@@ -100,6 +100,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
         404 => "Not Found",
         405 => "Method Not Allowed",
         426 => "Upgrade Required",
+        429 => "Too Many Requests",
         503 => "Service Unavailable",
         _ => "Unknown",
     }
@@ -126,21 +127,62 @@ pub async fn respond<S: AsyncWrite + Unpin>(
     stream.flush().await
 }
 
-/// `/health` and `/metrics`, on the TLS port and on `METRICS_PORT`:
-/// (status, content type, body), or `None` for any other path.
-pub fn observability(request: &Request, hub: &Hub) -> Option<(u16, &'static str, String)> {
+/// Who may read `/metrics` on a port.
+#[derive(Debug, Clone, Copy)]
+pub enum Metrics<'a> {
+    /// Anyone: `METRICS_PORT`, which operators keep private.
+    Open,
+    /// The client port: only with `Authorization: Bearer <METRICS_TOKEN>`,
+    /// and not at all without a token set.
+    Bearer(Option<&'a str>),
+}
+
+/// `/health` (public) and `/metrics` (as `metrics` says), on the TLS port
+/// and on `METRICS_PORT`: (status, content type, body), or `None` for any
+/// other path.
+pub fn observability(
+    request: &Request,
+    hub: &Hub,
+    metrics: Metrics<'_>,
+) -> Option<(u16, &'static str, String)> {
     match request.path() {
         "/health" => {
             let (status, body) = health(hub);
             Some((status, "application/json", body))
         }
-        "/metrics" => Some((
-            200,
-            "text/plain; version=0.0.4",
-            hub.stats().prometheus(&hub.gauges()),
-        )),
+        "/metrics" => {
+            let allowed = match metrics {
+                Metrics::Open => true,
+                Metrics::Bearer(None) => {
+                    return Some((
+                        404,
+                        "text/plain",
+                        "metrics are served on METRICS_PORT\n".into(),
+                    ))
+                }
+                Metrics::Bearer(Some(token)) => request
+                    .header("authorization")
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .is_some_and(|given| constant_time_eq(given.trim(), token)),
+            };
+            Some(if allowed {
+                (
+                    200,
+                    "text/plain; version=0.0.4",
+                    hub.stats().prometheus(&hub.gauges()),
+                )
+            } else {
+                (401, "text/plain", "bearer token required\n".into())
+            })
+        }
         _ => None,
     }
+}
+
+/// Compares secrets without an early exit that would time their prefix.
+fn constant_time_eq(a: &str, b: &str) -> bool {
+    use subtle::ConstantTimeEq as _;
+    bool::from(a.as_bytes().ct_eq(b.as_bytes()))
 }
 
 /// Serves `/health` and `/metrics` in plain HTTP (for Prometheus and load
@@ -155,11 +197,8 @@ pub async fn serve_plain(listener: tokio::net::TcpListener, hub: std::sync::Arc<
         tokio::spawn(async move {
             let read = tokio::time::timeout(super::HANDSHAKE_TIMEOUT, read_request(&mut tcp)).await;
             let Ok(Ok((request, _))) = read else { return };
-            let (status, content_type, body) = observability(&request, &hub).unwrap_or((
-                404,
-                "text/plain",
-                "not found\n".to_owned(),
-            ));
+            let (status, content_type, body) = observability(&request, &hub, Metrics::Open)
+                .unwrap_or((404, "text/plain", "not found\n".to_owned()));
             let _ = respond(&mut tcp, status, &[], content_type, &body).await;
         });
     }

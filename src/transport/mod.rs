@@ -2,8 +2,8 @@
 //! UDP, both on the same port number.
 //!
 //! What the two share lives here: the handshake checks of PROTOCOL.md §1
-//! ([`admit`]), the per-connection settings ([`Context`]), and binding one
-//! port number on both TCP and UDP. Transports decode nothing and route
+//! and of the app's credentials and origins ([`admit`]), the per-connection
+//! settings ([`Context`]), and binding one port number on both TCP and UDP. Transports decode nothing and route
 //! nothing themselves: each frame goes to [`crate::hub::Peer::handle`], and
 //! each message in the peer's outbox is written out as one frame/datagram.
 
@@ -13,13 +13,15 @@ pub mod webtransport;
 pub mod ws;
 
 use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio_util::task::TaskTracker;
 
-use crate::config::AppTable;
+use crate::apps::{App, Apps};
+use crate::auth::{self, Grant};
 use crate::hub::Hub;
+use crate::quota::{Quotas, Slot};
 
 /// Version sent in `X-Prscd-Version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -30,7 +32,14 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// What every connection needs to know.
 pub struct Context {
     pub hub: Arc<Hub>,
-    pub apps: AppTable,
+    /// Swapped whole on SIGHUP; a connection keeps the settings it was
+    /// admitted with.
+    apps: RwLock<Arc<Apps>>,
+    pub quotas: Arc<Quotas>,
+    /// Longest `id` accepted at the handshake, in bytes.
+    pub max_id_len: usize,
+    /// Bearer token for `/metrics` on the client port; `None`: not served there.
+    pub metrics_token: Option<String>,
     pub max_message_size: usize,
     pub keepalive_interval: Duration,
     pub idle_timeout: Duration,
@@ -38,7 +47,47 @@ pub struct Context {
     pub tasks: TaskTracker,
 }
 
+/// The settings of a [`Context`] other than its state.
+pub struct Settings {
+    pub apps: Apps,
+    pub max_id_len: usize,
+    pub metrics_token: Option<String>,
+    pub max_message_size: usize,
+    pub keepalive_interval: Duration,
+    pub idle_timeout: Duration,
+}
+
 impl Context {
+    pub fn new(hub: Arc<Hub>, settings: Settings) -> Context {
+        Context {
+            hub,
+            apps: RwLock::new(Arc::new(settings.apps)),
+            quotas: Arc::default(),
+            max_id_len: settings.max_id_len,
+            metrics_token: settings.metrics_token,
+            max_message_size: settings.max_message_size,
+            keepalive_interval: settings.keepalive_interval,
+            idle_timeout: settings.idle_timeout,
+            tasks: TaskTracker::new(),
+        }
+    }
+
+    pub fn apps(&self) -> Arc<Apps> {
+        self.apps.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Serves new handshakes with `apps` from now on.
+    pub fn set_apps(&self, apps: Apps) {
+        *self.apps.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(apps);
+    }
+
+    /// Counts a connection against its app's caps, or the 429 that refuses it.
+    pub fn take_slot(&self, app: &App, ip: IpAddr) -> Result<Slot, Rejection> {
+        self.quotas
+            .acquire(app, ip)
+            .map_err(|refused| reject(429, refused.as_str()))
+    }
+
     /// The `X-Prscd-*` headers carried by every handshake response.
     pub fn prscd_headers(&self) -> [(&'static str, String); 2] {
         [
@@ -48,11 +97,12 @@ impl Context {
     }
 }
 
-/// An accepted handshake: which app, which client.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An accepted handshake: which app, which client, what its token grants.
+#[derive(Debug)]
 pub struct Admission {
-    pub app: String,
+    pub app: Arc<App>,
     pub client_id: String,
+    pub grant: Grant,
 }
 
 /// A refused handshake: the HTTP status and why (for the log and the body).
@@ -67,8 +117,15 @@ const fn reject(status: u16, why: &'static str) -> Rejection {
 }
 
 /// The checks of PROTOCOL.md §1, in order, on a request target such as
-/// `/v1?publickey=K&id=I` (origin form) or `https://host/v1?...` (absolute form).
-pub fn admit(target: &str, apps: &AppTable) -> Result<Admission, Rejection> {
+/// `/v1?publickey=K&id=I` (origin form) or `https://host/v1?...` (absolute
+/// form), then the `id`'s length, the key or signed token (README,
+/// "Signed tokens"), and the request's `Origin` against the app's list.
+pub fn admit(
+    target: &str,
+    origin: Option<&str>,
+    apps: &Apps,
+    max_id_len: usize,
+) -> Result<Admission, Rejection> {
     let origin_form = match target.split_once("://") {
         Some((_, rest)) if target.starts_with("http") => {
             rest.find(['/', '?']).map_or("/", |i| &rest[i..])
@@ -99,12 +156,27 @@ pub fn admit(target: &str, apps: &AppTable) -> Result<Admission, Rejection> {
     let public_key = public_key
         .filter(|v| !v.is_empty())
         .ok_or(reject(401, "publickey is empty or missing"))?;
-    let app = apps
-        .app_for(&public_key)
-        .ok_or(reject(403, "unknown publickey"))?;
+    if client_id.len() > max_id_len {
+        return Err(reject(400, "id is longer than MAX_ID_LEN"));
+    }
+    let (app, grant) = if auth::is_token(&public_key) {
+        auth::verify(&public_key, &client_id, apps).map_err(|e| reject(e.status(), e.as_str()))?
+    } else {
+        let app = apps
+            .for_public_key(&public_key)
+            .ok_or(reject(403, "unknown publickey"))?;
+        if app.tokens_only {
+            return Err(reject(403, "this app accepts signed tokens only"));
+        }
+        (app, Grant::default())
+    };
+    if !app.origin_allowed(origin) {
+        return Err(reject(403, "origin not allowed for this app"));
+    }
     Ok(Admission {
-        app: app.to_owned(),
+        app: app.clone(),
         client_id,
+        grant,
     })
 }
 
@@ -130,20 +202,29 @@ pub fn bind(host: IpAddr, port: u16) -> std::io::Result<(TcpListener, UdpSocket)
 mod tests {
     use super::*;
 
-    fn apps() -> AppTable {
-        AppTable::parse("k1:app1").unwrap()
+    fn apps() -> Apps {
+        crate::apps::AppSources {
+            pairs: Some("k1:app1".into()),
+            ..Default::default()
+        }
+        .load()
+        .unwrap()
+        .unwrap()
     }
 
     #[test]
     fn handshake_rows_of_protocol_section_1() {
-        let status = |t: &str| admit(t, &apps()).map_err(|r| r.status);
+        let apps = apps();
+        let status = |t: &str| {
+            admit(t, None, &apps, 16)
+                .map(|a| (a.app.id.to_string(), a.client_id))
+                .map_err(|r| r.status)
+        };
         assert_eq!(
             status("/v1?publickey=k1&id=alice"),
-            Ok(Admission {
-                app: "app1".into(),
-                client_id: "alice".into()
-            })
+            Ok(("app1".into(), "alice".into()))
         );
+        assert_eq!(status("/v1?publickey=k1&id=a-very-long-user-id"), Err(400));
         assert_eq!(status("/v2?publickey=k1&id=a"), Err(404));
         assert_eq!(status("/?publickey=k1&id=a"), Err(404));
         assert_eq!(status("/v1?publickey=k1"), Err(401));
@@ -153,12 +234,9 @@ mod tests {
         assert_eq!(status("/v1?id=a&publickey=nope"), Err(403));
         assert_eq!(status("/v1?id=a%zz&publickey=k1"), Err(400));
         assert_eq!(status("v1?id=a&publickey=k1"), Err(400));
+        assert_eq!(status("/v1?id=%C3%A9+x&publickey=k1").unwrap().1, "é+x");
         assert_eq!(
-            status("/v1?id=%C3%A9+x&publickey=k1").unwrap().client_id,
-            "é+x"
-        );
-        assert_eq!(
-            status("https://h:1/v1?id=a&publickey=k1").unwrap().app,
+            status("https://h:1/v1?id=a&publickey=k1").unwrap().0,
             "app1"
         );
     }

@@ -14,8 +14,13 @@
 //! peer should use WebSocket or a stream for large payloads.
 //!
 //! wtransport 0.7.2 can answer a CONNECT only with 200, 403, 404 or 429, so
-//! the 400 and 401 rows of PROTOCOL.md §1 are answered 403 here (the counter
-//! and the debug log keep the precise status); WebSocket answers each exactly.
+//! the 400 and 401 rows of PROTOCOL.md §1 (an expired token among them) are
+//! answered 403 here (the counter and the debug log keep the precise
+//! status); WebSocket answers each exactly.
+//!
+//! Datagrams over the connection's budget are dropped and counted (they
+//! have no flow control to slow the sender); a stream over budget is not
+//! read until the budget refills, so QUIC's flow control slows it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +41,29 @@ use crate::stats::{DropReason, Stats, Transport};
 
 /// Complete messages read from streams, waiting for the peer.
 const STREAM_INBOX: usize = 64;
+
+/// The QUIC endpoint's settings: the node's keep-alive and idle timeout,
+/// and bounds on what one session may make the node hold (streams and
+/// flow-control windows; quinn's defaults allow 100 streams of ~1 MiB).
+pub fn server_config(
+    builder: wtransport::config::ServerConfigBuilder<wtransport::config::states::WantsIdentity>,
+    identity: wtransport::Identity,
+    config: &crate::config::Config,
+) -> anyhow::Result<wtransport::ServerConfig> {
+    use wtransport::quinn::VarInt as QVarInt;
+    let limits = &config.quic;
+    let mut transport = wtransport::config::QuicTransportConfig::default();
+    transport
+        .max_concurrent_bidi_streams(QVarInt::from_u32(limits.max_streams))
+        .stream_receive_window(QVarInt::from_u32(limits.stream_window))
+        .receive_window(QVarInt::from_u32(limits.connection_window));
+    Ok(builder
+        .with_custom_transport(identity, transport)
+        .keep_alive_interval(Some(config.keepalive_interval))
+        .max_idle_timeout(Some(config.idle_timeout))
+        .map_err(|_| anyhow::anyhow!("IDLE_TIMEOUT_MS is out of QUIC's range"))?
+        .build())
+}
 
 /// Accepts QUIC connections until the process exits.
 pub async fn serve(endpoint: Arc<Endpoint<Server>>, ctx: Arc<Context>) {
@@ -59,13 +87,21 @@ pub async fn serve(endpoint: Arc<Endpoint<Server>>, ctx: Arc<Context>) {
 async fn handle(incoming: IncomingSession, ctx: Arc<Context>) -> anyhow::Result<()> {
     let request = timeout(HANDSHAKE_TIMEOUT, incoming).await??;
     let addr = request.remote_address();
-    let admission = match admit(request.path(), &ctx.apps) {
+    let admitted = admit(
+        request.path(),
+        request.origin(),
+        &ctx.apps(),
+        ctx.max_id_len,
+    )
+    .and_then(|a| Ok((ctx.take_slot(&a.app, addr.ip())?, a)));
+    let (_slot, admission) = match admitted {
         Ok(a) => a,
         Err(rejection) => {
             ctx.hub.stats().reject(rejection.status);
             debug!(%addr, status = rejection.status, why = rejection.why, path = request.path(), "webtransport CONNECT refused");
             match rejection.status {
                 404 => request.not_found().await,
+                429 => request.too_many_requests().await,
                 _ => request.forbidden().await,
             }
             return Ok(());
@@ -81,8 +117,9 @@ async fn handle(incoming: IncomingSession, ctx: Arc<Context>) -> anyhow::Result<
         &admission.app,
         &admission.client_id,
         Transport::WebTransport,
+        admission.grant,
     );
-    let span = info_span!("connection", transport = "webtransport", app = %admission.app, peer = %admission.client_id, sid = peer.id(), mesh_id = ctx.hub.mesh_id(), %addr, close_reason = tracing::field::Empty);
+    let span = info_span!("connection", transport = "webtransport", app = %admission.app.id, peer = %admission.client_id, sid = peer.id(), mesh_id = ctx.hub.mesh_id(), %addr, close_reason = tracing::field::Empty);
     async move {
         debug!(max_datagram = ?connection.max_datagram_size(), "connected");
         run(connection, peer, outbox, &ctx).await;
@@ -101,12 +138,20 @@ async fn run(conn: Connection, mut peer: Peer, mut outbox: OutboxReceiver, ctx: 
     let reader = async {
         let mut stream_rx = stream_rx;
         let mut reply_tx = Some(reply_tx);
+        // Streams are not read while the budget is in debt.
+        let resume = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(resume);
+        let mut paused = false;
         loop {
             tokio::select! {
                 _ = ctl.closing() => break,
+                _ = &mut resume, if paused => paused = false,
                 datagram = conn.receive_datagram() => match datagram {
                     Ok(d) => {
-                        if let Err(reason) = peer.handle(&d.payload()) {
+                        let payload = d.payload();
+                        if !peer.try_charge(payload.len()) {
+                            debug!("datagram over budget: dropped");
+                        } else if let Err(reason) = peer.handle(&payload) {
                             debug!(reason = reason.as_str(), "datagram dropped");
                         }
                     }
@@ -127,9 +172,13 @@ async fn run(conn: Connection, mut peer: Peer, mut outbox: OutboxReceiver, ctx: 
                         break;
                     }
                 },
-                Some(frame) = stream_rx.recv() => {
+                Some(frame) = stream_rx.recv(), if !paused => {
                     if let Err(reason) = peer.handle(&frame) {
                         debug!(reason = reason.as_str(), "stream message dropped");
+                    }
+                    if let Some(pause) = peer.charge(frame.len()) {
+                        resume.as_mut().reset(tokio::time::Instant::now() + pause);
+                        paused = true;
                     }
                 }
             }

@@ -30,6 +30,7 @@ use super::records;
 use super::{admit, Admission, Context, HANDSHAKE_TIMEOUT};
 use crate::hub::{CloseReason, Peer};
 use crate::outbox::OutboxReceiver;
+use crate::quota::Slot;
 use crate::stats::{DropReason, Transport};
 
 /// Accepts TCP connections until the process exits.
@@ -62,14 +63,17 @@ async fn handle(
 ) -> anyhow::Result<()> {
     // Boxed: the handshake's state (TLS accept, request parsing) is freed
     // once it is done instead of sizing the connection's task for good.
-    let Some((ws, admission)) = Box::pin(upgrade(tcp, addr, tls, &ctx)).await? else {
+    let Some((ws, admission, _slot)) = Box::pin(upgrade(tcp, addr, tls, &ctx)).await? else {
         return Ok(());
     };
     let _live = ctx.hub.stats().connection(Transport::WebSocket);
-    let (peer, outbox) =
-        ctx.hub
-            .connect(&admission.app, &admission.client_id, Transport::WebSocket);
-    let span = info_span!("connection", transport = "websocket", app = %admission.app, peer = %admission.client_id, sid = peer.id(), mesh_id = ctx.hub.mesh_id(), %addr, close_reason = tracing::field::Empty);
+    let (peer, outbox) = ctx.hub.connect(
+        &admission.app,
+        &admission.client_id,
+        Transport::WebSocket,
+        admission.grant,
+    );
+    let span = info_span!("connection", transport = "websocket", app = %admission.app.id, peer = %admission.client_id, sid = peer.id(), mesh_id = ctx.hub.mesh_id(), %addr, close_reason = tracing::field::Empty);
     span.in_scope(|| debug!("connected"));
     // Split here and box the session: the task then holds pointers, not a
     // second copy of the WebSocket state (idle memory per connection).
@@ -81,13 +85,14 @@ async fn handle(
 }
 
 /// TLS, the HTTP request, admission and the 101: the connection's
-/// WebSocket, or `None` when it was answered otherwise (health, refusal).
+/// WebSocket and its counted slot, or `None` when it was answered otherwise
+/// (health, refusal).
 async fn upgrade(
     tcp: TcpStream,
     addr: SocketAddr,
     tls: TlsAcceptor,
     ctx: &Context,
-) -> anyhow::Result<Option<(Ws, Admission)>> {
+) -> anyhow::Result<Option<(Ws, Admission, Slot)>> {
     let (mut stream, secrets) = timeout(HANDSHAKE_TIMEOUT, records::accept(&tls, tcp)).await??;
     let (request, mut leftover) =
         match timeout(HANDSHAKE_TIMEOUT, http::read_request(&mut stream)).await? {
@@ -108,7 +113,8 @@ async fn upgrade(
         };
     let headers = ctx.prscd_headers();
 
-    if let Some((status, content_type, body)) = http::observability(&request, &ctx.hub) {
+    let metrics = http::Metrics::Bearer(ctx.metrics_token.as_deref());
+    if let Some((status, content_type, body)) = http::observability(&request, &ctx.hub, metrics) {
         http::respond(&mut stream, status, &headers, content_type, &body).await?;
         return Ok(None);
     }
@@ -121,7 +127,14 @@ async fn upgrade(
         http::respond(&mut stream, 503, &headers, "text/plain", "draining\n").await?;
         return Ok(None);
     }
-    let admission = match admit(&request.target, &ctx.apps) {
+    let admitted = admit(
+        &request.target,
+        request.header("origin"),
+        &ctx.apps(),
+        ctx.max_id_len,
+    )
+    .and_then(|a| Ok((ctx.take_slot(&a.app, addr.ip())?, a)));
+    let (slot, admission) = match admitted {
         Ok(a) => a,
         Err(rejection) => {
             refuse(rejection.status, rejection.why);
@@ -161,7 +174,7 @@ async fn upgrade(
     let ws =
         WebSocketStream::from_partially_read(stream, leftover, Role::Server, Some(config)).await;
 
-    Ok(Some((ws, admission)))
+    Ok(Some((ws, admission, slot)))
 }
 
 /// Buffer sizes of every node WebSocket (and of the bench's ceiling server,
@@ -245,6 +258,15 @@ fn run(
                 Some(Ok(Message::Binary(bytes))) => {
                     if let Err(reason) = peer.handle(&bytes) {
                         debug!(reason = reason.as_str(), "message dropped");
+                    }
+                    // Over budget: stop reading until it refills, so TCP
+                    // slows the sender; nothing is dropped.
+                    if let Some(pause) = peer.charge(bytes.len()) {
+                        tokio::select! {
+                            _ = &mut closing => break,
+                            _ = tokio::time::sleep(pause) => {}
+                        }
+                        last_frame = Instant::now();
                     }
                 }
                 Some(Ok(Message::Text(_))) => {
