@@ -74,7 +74,7 @@ start() {
   local log="$OUT/logs/$name.log"
   case "$kind" in
     prscd)
-      env PORT=0 HOST=127.0.0.1 DEV_CERT_DIR="$CERT_DIR" PEER_MSG_RATE=0 PID_FILE= \
+      env PORT=0 HOST=127.0.0.1 DEV_CERT_DIR="$CERT_DIR" PEER_MSG_RATE=0 PEER_BYTE_RATE=0 APP_MAX_CONNECTIONS_PER_IP=0 PID_FILE= \
         MESH_ID="${MESH_ID:-bench}" RUST_LOG=warn,prscd::server=info "$@" \
         "$BIN/prscd" 2>"$log" &
       ;;

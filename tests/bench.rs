@@ -49,7 +49,7 @@ fn assert_delivered(r: &serde_json::Value) {
 
 #[test]
 fn every_client_scenario_against_prscd() {
-    let node = Node::start_with(&[("PEER_MSG_RATE", "0")]);
+    let node = Node::start_with(&[("PEER_MSG_RATE", "0"), ("PEER_BYTE_RATE", "0")]);
     let (u, pid) = (url(node.port, "/v1"), node.pid().to_string());
     let common = ["--url", &u, "--publickey", KEY1, "--server-pid", &pid];
     let r = bench_with("fanout --subscribers 20 --messages 100", &common);
@@ -113,7 +113,10 @@ fn idle_clients_answer_the_nodes_pings() {
 
 #[test]
 fn cross_node_and_node_death() {
-    let nodes = common::mesh_of(&["a", "b"], &[("PEER_MSG_RATE", "0")]);
+    let nodes = common::mesh_of(
+        &["a", "b"],
+        &[("PEER_MSG_RATE", "0"), ("PEER_BYTE_RATE", "0")],
+    );
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         nodes[0].wait_mesh_state("connected").await;

@@ -36,7 +36,12 @@ fn browser_ready() -> Option<(&'static Path, String)> {
 
 /// A dev node (generated certificate, dev app) and its Chromium SPKI hash.
 fn dev_node(extra: &[(&str, &str)]) -> (Node, String) {
-    let mut env = vec![("CERT_FILE", ""), ("KEY_FILE", ""), ("APPS", "")];
+    let mut env = vec![
+        ("CERT_FILE", ""),
+        ("KEY_FILE", ""),
+        ("APPS", ""),
+        ("APP_TOKEN_SECRETS", ""),
+    ];
     env.extend_from_slice(extra);
     let node = Node::start_with(&env);
     let line = node.wait_log_blocking("dev certificate sha256=", Duration::from_secs(5));
@@ -99,6 +104,37 @@ fn published_client_over_webtransport_and_websocket() {
         .logs()
         .iter()
         .any(|l| l.contains("transport=\"websocket\"")));
+}
+
+/// The published client with a signed token per user in `publicKey`, over
+/// both transports: the node verifies it, and the token's state claim
+/// (a server-vouched name) is what the other page sees.
+#[test]
+fn published_client_with_signed_tokens() {
+    let Some((root, chromium)) = browser_ready() else {
+        return;
+    };
+    let secrets = format!("app1:{APP1_SECRET}");
+    let (node, spki) = dev_node(&[("MESH_ID", "token-node"), ("APP_TOKEN_SECRETS", &secrets)]);
+    let url = format!("https://127.0.0.1:{}/v1", node.port);
+    run_browser(
+        root,
+        &chromium,
+        &[
+            "--url",
+            &url,
+            "--spki",
+            &spki,
+            "--token-secret",
+            APP1_SECRET,
+            "--token-app",
+            "app1",
+            "--case",
+            "wt-ws",
+        ],
+        &[&node],
+    );
+    assert!(!node.logs().iter().any(|l| l.contains("DEV MODE")));
 }
 
 #[test]

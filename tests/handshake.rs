@@ -125,9 +125,13 @@ async fn dev_defaults_generate_a_pinnable_certificate_and_a_dev_app() {
         ("CERT_FILE", ""),
         ("KEY_FILE", ""),
         ("APPS", ""),
+        ("APP_TOKEN_SECRETS", ""),
         ("MESH_ID", ""),
+        ("HOST", ""),
     ]);
     node.wait_log("DEV MODE").await;
+    // A dev node listens on loopback unless HOST says otherwise.
+    node.wait_log("host=127.0.0.1").await;
     node.wait_log("MESH_ID is not set").await;
     let line = node.wait_log("dev certificate sha256=").await;
     let hex = line

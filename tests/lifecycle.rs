@@ -198,7 +198,11 @@ async fn oversize_message_closes_1009_on_websocket_and_streams() {
 
 #[tokio::test]
 async fn slow_reader_is_dropped_while_the_channel_keeps_flowing() {
-    let node = Node::start_with(&[("PEER_QUEUE", "256"), ("PEER_MSG_RATE", "0")]);
+    let node = Node::start_with(&[
+        ("PEER_QUEUE", "256"),
+        ("PEER_MSG_RATE", "0"),
+        ("PEER_BYTE_RATE", "0"),
+    ]);
     let mut fast = node.ws(KEY1, "fast").await;
     let mut slow = node.ws(KEY1, "slow").await;
     let mut sender = node.ws(KEY1, "sender").await;

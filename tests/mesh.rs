@@ -34,7 +34,10 @@ async fn wait_meshed(nodes: &[Node]) {
 
 #[tokio::test]
 async fn three_nodes_share_a_channel_in_order_without_duplicates() {
-    let nodes = mesh_of(&["eu", "us", "ap"], &[("PEER_MSG_RATE", "0")]);
+    let nodes = mesh_of(
+        &["eu", "us", "ap"],
+        &[("PEER_MSG_RATE", "0"), ("PEER_BYTE_RATE", "0")],
+    );
     wait_meshed(&nodes).await;
     let mut a = nodes[0].connect(Via::Ws, KEY1, "alice").await;
     let mut b = nodes[1].connect(Via::Datagram, KEY1, "bob").await;

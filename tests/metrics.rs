@@ -21,7 +21,8 @@ fn parse(text: &str) -> HashMap<String, f64> {
 }
 
 async fn scrape(node: &Node) -> HashMap<String, f64> {
-    let (status, headers, body) = node.get("/metrics").await;
+    let auth = format!("Bearer {METRICS_TOKEN}");
+    let (status, headers, body) = node.get_with("/metrics", &[("Authorization", &auth)]).await;
     assert_eq!(status, 200);
     assert!(headers
         .iter()
@@ -149,7 +150,11 @@ async fn counters_move_with_traffic_drops_and_refusals() {
 async fn slow_reader_disconnects_and_the_mesh_hop_are_measured() {
     let nodes = mesh_of(
         &["eu", "us"],
-        &[("PEER_QUEUE", "8"), ("PEER_MSG_RATE", "0")],
+        &[
+            ("PEER_QUEUE", "8"),
+            ("PEER_MSG_RATE", "0"),
+            ("PEER_BYTE_RATE", "0"),
+        ],
     );
     for node in &nodes {
         node.wait_mesh_state("connected").await;

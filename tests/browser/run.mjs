@@ -2,6 +2,7 @@
 // Browser end-to-end test for prscd with the published @yomo/presence client.
 // See README.md. Usage:
 //   node tests/browser/run.mjs --url https://127.0.0.1:PORT/v1 --spki <base64> [--publickey dev]
+//                              [--token-secret S --token-app APP]   # a signed token per user instead
 //                              [--case wt-ws|wt-pair|all|smoke] [--verbose] [--debug]
 //   node tests/browser/run.mjs [--server PATH]     # no --url: start prscd itself (PORT=0 DEBUG=true)
 //   node tests/browser/run.mjs --case mesh --url https://127.0.0.1:PORT/v1 --spki <base64>
@@ -10,6 +11,7 @@
 //   node tests/browser/run.mjs --case mesh [--server PATH]   # no --url: start two meshed nodes itself
 
 import { spawn } from 'node:child_process';
+import { createHmac } from 'node:crypto';
 import { createServer } from 'node:http';
 import { createServer as createTcpServer } from 'node:net';
 import { get as httpsGet } from 'node:https';
@@ -38,6 +40,8 @@ try {
       mesh2: { type: 'string' },
       'mesh-join': { type: 'string', default: 'sequential' },
       publickey: { type: 'string', default: 'dev' },
+      'token-secret': { type: 'string' },
+      'token-app': { type: 'string' },
       case: { type: 'string', default: 'wt-ws' },
       server: { type: 'string' },
       chromium: { type: 'string', default: process.env.CHROMIUM || '/usr/bin/chromium' },
@@ -429,11 +433,31 @@ async function until(what, cond) {
   }
 }
 
+// An HS256 token as an app's backend would mint it (README, "Signed tokens").
+function mintToken(secret, claims) {
+  const b64 = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
+  const unsigned = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64(claims)}`;
+  return `${unsigned}.${createHmac('sha256', secret).update(unsigned).digest('base64url')}`;
+}
+
+// The server-vouched state a token carries, by user (token mode only).
+const TOKEN_STATE = { alice: { name: 'Alice (verified)' } };
+
+// What the page passes as publicKey for `id`: the app key, or its token.
+function keyFor(id) {
+  if (!opts['token-secret']) return opts.publickey;
+  const claims = { app: opts['token-app'], sub: id, exp: Math.floor(Date.now() / 1000) + 300 };
+  const state = TOKEN_STATE[id.split('-')[0]];
+  if (state) claims.state = state;
+  return mintToken(opts['token-secret'], claims);
+}
+
 async function connectAndCheck(p, target, id) {
   const forceWebSocket = p.transport === 'ws';
+  const key = keyFor(id);
   await p.eval(
     ([url, key, id, o]) => window.prscdTest.connect(url, key, id, o),
-    [target.url, opts.publickey, id, { forceWebSocket, debug: opts.debug }],
+    [target.url, key, id, { forceWebSocket, debug: opts.debug }],
   );
   await p.waitFor(`${id} to connect (createPresence to resolve)`, () => {
     const s = window.prscdTest.state;
@@ -442,7 +466,7 @@ async function connectAndCheck(p, target, id) {
   });
   const s = await p.state();
   if (!s.connected) throw new Fail(`${id} did not connect: ${JSON.stringify({ connectError: s.connectError, webtransports: s.webtransports, websockets: s.websockets })}`);
-  const expectUrl = `${target.url}?publickey=${opts.publickey}&id=${id}`;
+  const expectUrl = `${target.url}?publickey=${key}&id=${id}`;
   if (forceWebSocket) {
     if (s.webtransports.length) throw new Fail(`native WebTransport was used: ${JSON.stringify(s.webtransports)}`);
     const ws = s.websockets.filter((w) => w.opened);
@@ -562,7 +586,7 @@ async function runPairCase(caseName, pageUrl, target) {
       [`B connects over ${kind(tb)}`, () => connectAndCheck(B, target, bId)],
       [`B joins ${chan}`, () => joinAndCheck(B, bId, chan, bState)],
       ['A sees B online with its state', () => seesPeer(A, bId, bState), { fatal: false }],
-      ['B sees A online with its state', () => seesPeer(B, aId, aState), { fatal: false }],
+      ['B sees A online with its state', () => seesPeer(B, aId, { ...aState, ...(opts['token-secret'] ? TOKEN_STATE.alice : {}) }), { fatal: false }],
       ["A's broadcast reaches B with sender A", () => broadcastReaches(A, aId, B, { text: 'hello from A', n: 1, u: 'héllo ✓', nested: { a: [1, 2] } }), { fatal: false }],
       ["B's broadcast reaches A with sender B", () => broadcastReaches(B, bId, A, { text: 'hello from B', n: 2, ok: true }), { fatal: false }],
       ['no echo of own broadcasts', () => noEcho([[A, aId], [B, bId]]), { fatal: false }],

@@ -30,6 +30,35 @@ pub const WAIT: Duration = Duration::from_secs(5);
 pub const KEY1: &str = "pk1";
 pub const KEY2: &str = "pk2";
 
+/// The HS256 secret of app1 on every default node.
+pub const APP1_SECRET: &str = "app1-token-secret-for-tests-0123456789";
+
+/// The bearer token for `/metrics` on every default node's client port.
+pub const METRICS_TOKEN: &str = "test-metrics-token";
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// An HS256 token for `sub` in `app`, valid for a minute, with `extra`
+/// claims merged in (and overriding).
+pub fn hs256_token(secret: &str, app: &str, sub: &str, extra: serde_json::Value) -> String {
+    let mut claims = serde_json::json!({"app": app, "sub": sub, "exp": unix_now() + 60});
+    if let (Some(c), serde_json::Value::Object(extra)) = (claims.as_object_mut(), extra) {
+        c.extend(extra);
+    }
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
 pub fn crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
@@ -50,6 +79,8 @@ pub struct Pki {
     pub key_pem: PathBuf,
     pub ca: CertificateDer<'static>,
     pub leaf: CertificateDer<'static>,
+    /// Issues more leaves the test clients trust.
+    pub issuer: TestCa,
 }
 
 /// A tool installed under `$PRSCD_TOOLS` (default `~/.cache/prscd-tools`)
@@ -131,6 +162,7 @@ pub fn pki() -> &'static Pki {
             key_pem,
             ca: ca.cert.der().clone(),
             leaf: leaf.der().clone(),
+            issuer: ca,
         }
     })
 }
@@ -167,6 +199,8 @@ impl Node {
         let pki = pki();
         let mut vars: Vec<(String, String)> = vec![
             ("APPS".into(), format!("{KEY1}:app1,{KEY2}:app2")),
+            ("APP_TOKEN_SECRETS".into(), format!("app1:{APP1_SECRET}")),
+            ("METRICS_TOKEN".into(), METRICS_TOKEN.into()),
             ("MESH_ID".into(), "test-node".into()),
             ("CERT_FILE".into(), pki.chain_pem.display().to_string()),
             ("KEY_FILE".into(), pki.key_pem.display().to_string()),
@@ -340,6 +374,23 @@ impl Node {
     /// `GET path` over TLS: (status, headers lower-cased, body).
     pub async fn get(&self, path: &str) -> (u16, Vec<(String, String)>, String) {
         http_get(&mut tls_connect(self.addr()).await, path).await
+    }
+
+    /// `GET path` on the client port with extra request headers.
+    pub async fn get_with(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (u16, Vec<(String, String)>, String) {
+        http_get_with(&mut tls_connect(self.addr()).await, path, headers).await
+    }
+
+    /// `/metrics` on the client port, with the test bearer token.
+    pub async fn metrics(&self) -> String {
+        let auth = format!("Bearer {METRICS_TOKEN}");
+        let (status, _, body) = self.get_with("/metrics", &[("Authorization", &auth)]).await;
+        assert_eq!(status, 200, "/metrics: {body}");
+        body
     }
 
     pub async fn health(&self) -> (u16, serde_json::Value) {
@@ -570,7 +621,23 @@ pub async fn http_get<S>(tls: &mut S, path: &str) -> (u16, Vec<(String, String)>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    http_get_with(tls, path, &[]).await
+}
+
+/// As [`http_get`], with extra request headers.
+pub async fn http_get_with<S>(
+    tls: &mut S,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, Vec<(String, String)>, String)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}Connection: close\r\n\r\n");
     tls.write_all(req.as_bytes()).await.unwrap();
     let mut raw = Vec::new();
     let _ = tokio::time::timeout(WAIT, tls.read_to_end(&mut raw)).await;
@@ -622,8 +689,26 @@ pub async fn ws_handshake(
     addr: SocketAddr,
     target: &str,
 ) -> Result<(Ws, Vec<(String, String)>), (u16, Vec<(String, String)>)> {
+    ws_handshake_with(addr, target, &[]).await
+}
+
+/// As [`ws_handshake`], with extra request headers (such as `Origin`).
+pub async fn ws_handshake_with(
+    addr: SocketAddr,
+    target: &str,
+    extra: &[(&str, &str)],
+) -> Result<(Ws, Vec<(String, String)>), (u16, Vec<(String, String)>)> {
+    use tungstenite::client::IntoClientRequest as _;
     let tls = tls_connect(addr).await;
-    let url = format!("wss://127.0.0.1:{}{target}", addr.port());
+    let mut url = format!("wss://127.0.0.1:{}{target}", addr.port())
+        .into_client_request()
+        .unwrap();
+    for (name, value) in extra {
+        url.headers_mut().insert(
+            tungstenite::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
     let headers = |h: &tungstenite::http::HeaderMap| {
         h.iter()
             .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
@@ -651,6 +736,16 @@ pub async fn wt_connect_pinned(
     path: &str,
     leaf: &[u8],
 ) -> Result<wtransport::Connection, wtransport::error::ConnectingError> {
+    wt_connect_with(port, path, leaf, &[]).await
+}
+
+/// A WebTransport session with extra CONNECT headers (such as `origin`).
+pub async fn wt_connect_with(
+    port: u16,
+    path: &str,
+    leaf: &[u8],
+    headers: &[(&str, &str)],
+) -> Result<wtransport::Connection, wtransport::error::ConnectingError> {
     crypto();
     let hash = wtransport::tls::Sha256Digest::new(
         ring::digest::digest(&ring::digest::SHA256, leaf)
@@ -664,12 +759,14 @@ pub async fn wt_connect_pinned(
         .keep_alive_interval(Some(Duration::from_secs(1)))
         .build();
     let endpoint = wtransport::Endpoint::client(config).unwrap();
-    tokio::time::timeout(
-        WAIT,
-        endpoint.connect(format!("https://127.0.0.1:{port}{path}")),
-    )
-    .await
-    .expect("webtransport connect timed out")
+    let mut options =
+        wtransport::endpoint::ConnectOptions::builder(format!("https://127.0.0.1:{port}{path}"));
+    for (name, value) in headers {
+        options = options.add_header(*name, *value);
+    }
+    tokio::time::timeout(WAIT, endpoint.connect(options.build()))
+        .await
+        .expect("webtransport connect timed out")
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
