@@ -177,6 +177,7 @@ pub async fn run(spec: DeathSpec) -> anyhow::Result<(serde_json::Value, bool)> {
     let wire = Prscd {
         base_path: "/v1".into(),
         publickey: "dev".into(),
+        token: None,
     };
     let wire = Arc::new(wire);
     let victim = spec.nodes - 1;

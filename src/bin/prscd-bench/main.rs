@@ -62,6 +62,9 @@ common options:
   --url URL               wss://127.0.0.1:PORT/v1 (required for client scenarios)
   --server KIND           prscd | node-ws | socketio | ceiling [prscd]
   --publickey KEY         prscd app key [dev]
+  --token-secret S        prscd: connect with an HS256 token per client (app
+                          --token-app, default the --publickey value) instead
+                          of the plain key
   --transport T           ws | datagram (WebTransport, prscd only) [ws]
   --channel NAME          room name (prefix) [bench]
   --payload BYTES         payload size, >= 20 [100]
@@ -201,10 +204,15 @@ fn prepare(scenario: &str, o: &Opts) -> anyhow::Result<Job> {
     }
     let url = Endpoint::parse(&o.opt("url").context("--url is required")?)?;
     let publickey = o.string("publickey", "dev");
+    let token = o.opt("token-secret").map(|secret| wire::TokenKey {
+        app: o.string("token-app", &publickey),
+        secret,
+    });
     let wire: Arc<dyn Wire> = match o.string("server", "prscd").as_str() {
         "prscd" => Arc::new(wire::Prscd {
             base_path: url.path.clone(),
             publickey,
+            token,
         }),
         kind @ ("node-ws" | "ceiling") => {
             let signalling = match o.string("frames", "payload").as_str() {

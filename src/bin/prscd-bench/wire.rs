@@ -60,6 +60,31 @@ pub trait Wire: Send + Sync + 'static {
 pub struct Prscd {
     pub base_path: String,
     pub publickey: String,
+    /// Connect with a signed token per client instead of `publickey`.
+    pub token: Option<TokenKey>,
+}
+
+/// What a prscd client's signed token is minted with (README, "Signed tokens").
+pub struct TokenKey {
+    pub app: String,
+    pub secret: String,
+}
+
+impl TokenKey {
+    /// An HS256 token for `id`, valid for an hour.
+    fn mint(&self, id: &str) -> String {
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+            + 3600;
+        let claims = serde_json::json!({"app": self.app, "sub": id, "exp": exp});
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(self.secret.as_bytes()),
+        )
+        .expect("HS256 encoding")
+    }
 }
 
 impl Wire for Prscd {
@@ -68,7 +93,10 @@ impl Wire for Prscd {
     }
 
     fn ws_path(&self, id: &str, _room: &str) -> String {
-        format!("{}?publickey={}&id={}", self.base_path, self.publickey, id)
+        match &self.token {
+            Some(key) => format!("{}?publickey={}&id={}", self.base_path, key.mint(id), id),
+            None => format!("{}?publickey={}&id={}", self.base_path, self.publickey, id),
+        }
     }
 
     fn join(&self, room: &str, id: &str) -> Vec<Message> {
