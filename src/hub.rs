@@ -192,10 +192,37 @@ struct PeerEntry {
     member: Member,
 }
 
-/// A channel's members on this node.
-type Members = HashMap<PeerId, Member>;
+/// A channel on this node: its members, and what each sender's state last
+/// was, so that a repeated state reaches only the members who have not
+/// seen it (PROTOCOL.md §3, "Cost": the client answers every `peer_online`
+/// by re-sending its unchanged state to all).
+#[derive(Default)]
+struct Channel {
+    members: HashMap<PeerId, Seat>,
+    /// The join order number the next member gets.
+    next_seq: u64,
+    /// By sender ([`state_key`]): its last state as relayed, and the join
+    /// numbers below which every member has received it.
+    states: HashMap<Box<str>, LastState>,
+}
+
+struct Seat {
+    member: Member,
+    seq: u64,
+}
+
+struct LastState {
+    msg: Bytes,
+    seen_below: u64,
+}
+
+/// A state's sender across the mesh: its client id and the node it is on.
+fn state_key(client_id: &str, mesh_id: &str) -> String {
+    format!("{client_id}\u{0}{mesh_id}")
+}
+
 /// An app's channels.
-type Channels = HashMap<Arc<str>, Members>;
+type Channels = HashMap<Arc<str>, Channel>;
 
 #[derive(Default)]
 struct State {
@@ -285,15 +312,77 @@ impl Hub {
         kind: Kind,
     ) -> Delivery {
         let state = self.read();
-        let Some(members) = state.apps.get(app).and_then(|a| a.get(channel)) else {
+        let Some(ch) = state.apps.get(app).and_then(|a| a.get(channel)) else {
             return Delivery::default();
         };
+        self.deliver_to(ch, from, 0, msg, kind)
+    }
+
+    /// Relays a `peer_state` of the sender `key` ([`state_key`]): to every
+    /// other member when it changed, else only to the members who joined
+    /// since it last reached everyone.
+    fn relay_state(
+        &self,
+        app: &str,
+        channel: &str,
+        from: Option<PeerId>,
+        key: &str,
+        msg: &Bytes,
+    ) -> Delivery {
+        let mut state = self.write();
+        let Some(ch) = state.apps.get_mut(app).and_then(|a| a.get_mut(channel)) else {
+            return Delivery::default();
+        };
+        let everyone = ch.next_seq;
+        let since = match ch.states.get_mut(key) {
+            Some(last) if last.msg == *msg => std::mem::replace(&mut last.seen_below, everyone),
+            _ => {
+                let last = LastState {
+                    msg: msg.clone(),
+                    seen_below: everyone,
+                };
+                ch.states.insert(key.into(), last);
+                0
+            }
+        };
+        self.deliver_to(ch, from, since, msg, Kind::Control(Op::PeerState))
+    }
+
+    /// Relays a `peer_offline` of `client_id` (on node `mesh_id`): those who
+    /// get it forget the sender, so its next state must reach them all.
+    fn relay_offline(
+        &self,
+        app: &str,
+        channel: &str,
+        from: Option<PeerId>,
+        (client_id, mesh_id): (&str, &str),
+        msg: &Bytes,
+    ) -> Delivery {
+        let mut state = self.write();
+        if let Some(ch) = state.apps.get_mut(app).and_then(|a| a.get_mut(channel)) {
+            ch.states.remove(state_key(client_id, mesh_id).as_str());
+        }
+        drop(state);
+        self.relay(app, channel, from, msg, Kind::Control(Op::PeerOffline))
+    }
+
+    /// Queues `msg` for the members of `ch` but `from` whose join number is
+    /// at least `since`.
+    fn deliver_to(
+        &self,
+        ch: &Channel,
+        from: Option<PeerId>,
+        since: u64,
+        msg: &Bytes,
+        kind: Kind,
+    ) -> Delivery {
         let mut delivery = Delivery::default();
         let mut per_transport = [0u64; 2];
-        for (id, member) in members {
-            if Some(*id) == from {
+        for (id, seat) in &ch.members {
+            if Some(*id) == from || seat.seq < since {
                 continue;
             }
+            let member = &seat.member;
             match self.offer(member, msg.clone()) {
                 Offer::Queued => {
                     delivery.sent += 1;
@@ -348,28 +437,29 @@ impl Hub {
                 channels.entry(channel.into()).or_default()
             }
         };
-        if limits.max_members != 0 && members.len() >= limits.max_members {
-            if members.is_empty() {
+        if limits.max_members != 0 && members.members.len() >= limits.max_members {
+            if members.members.is_empty() {
                 channels.remove(channel);
             }
             return Err(DropReason::ChannelFull);
         }
-        members.insert(id, member.clone());
+        let seat = Seat {
+            member: member.clone(),
+            seq: members.next_seq,
+        };
+        members.next_seq += 1;
+        members.members.insert(id, seat);
         Ok(())
     }
 
-    /// Removes `id` from `app/channel` and tells the others it went offline.
-    fn leave(&self, app: &str, channel: &str, id: PeerId, offline: &Bytes) {
+    /// Removes `id` (client `client_id`) from `app/channel` and tells the
+    /// others it went offline.
+    fn leave(&self, app: &str, channel: &str, id: PeerId, client_id: &str, offline: &Bytes) {
         let mut state = self.write();
         if remove_member(&mut state, app, channel, id) {
             drop(state);
-            self.relay(
-                app,
-                channel,
-                Some(id),
-                offline,
-                Kind::Control(Op::PeerOffline),
-            );
+            let sender = (client_id, &*self.mesh_id);
+            self.relay_offline(app, channel, Some(id), sender, offline);
         }
     }
 
@@ -411,12 +501,22 @@ impl Hub {
     /// A state is pinned to its sender here too: the node that relayed it
     /// did so already, unless it was no node.
     pub fn deliver_remote(&self, app: &str, channel: &str, msg: &Bytes, kind: Kind) -> Delivery {
-        if kind == Kind::Control(Op::PeerState) {
-            if let Some(pinned) = pin_relayed(msg) {
-                return self.relay(app, channel, None, &pinned, kind);
-            }
+        let op = kind.op();
+        if !matches!(op, Some(Op::PeerState | Op::PeerOffline)) {
+            return self.relay(app, channel, None, msg, kind);
         }
-        self.relay(app, channel, None, msg, kind)
+        let Ok(relayed) = protocol::decode_relayed(msg) else {
+            return self.relay(app, channel, None, msg, kind);
+        };
+        let sender = (relayed.peer, relayed.mesh.unwrap_or(""));
+        if op == Some(Op::PeerOffline) {
+            return self.relay_offline(app, channel, None, sender, msg);
+        }
+        let key = state_key(sender.0, sender.1);
+        match pin_relayed(&relayed) {
+            Some(pinned) => self.relay_state(app, channel, None, &key, &pinned),
+            None => self.relay_state(app, channel, None, &key, msg),
+        }
     }
 
     /// (app, transport, connections) and the channel count, for `/metrics`.
@@ -455,7 +555,8 @@ impl Hub {
     pub fn close_all(&self) -> usize {
         let mut state = self.write();
         for (app, channels) in state.apps.drain() {
-            for (channel, members) in channels {
+            for (channel, ch) in channels {
+                let members = &ch.members;
                 for sid in members.keys() {
                     self.to_mesh(MeshEvent::Left {
                         app: app.clone(),
@@ -463,12 +564,12 @@ impl Hub {
                         sid: *sid,
                     });
                 }
-                for (leaving_id, leaving) in &members {
-                    let offline = offline_msg(&channel, &leaving.client_id, &self.mesh_id);
-                    for (id, member) in &members {
+                for (leaving_id, leaving) in members {
+                    let offline = offline_msg(&channel, &leaving.member.client_id, &self.mesh_id);
+                    for (id, seat) in members {
                         // Everyone is leaving: a full queue is not a slow reader here.
                         if id != leaving_id {
-                            let _ = member.outbox.try_send(offline.clone());
+                            let _ = seat.member.outbox.try_send(offline.clone());
                         }
                     }
                 }
@@ -501,18 +602,19 @@ impl Hub {
             lines.push(format!("dump: app={app} channels={}", channels.len()));
             let mut channels: Vec<_> = channels.iter().collect();
             channels.sort_by(|a, b| a.0.cmp(b.0));
-            for (channel, members) in channels {
-                let mut peers: Vec<String> = members
+            for (channel, ch) in channels {
+                let mut peers: Vec<String> = ch
+                    .members
                     .iter()
-                    .map(|(id, m)| {
+                    .map(|(id, seat)| {
                         let transport = state.peers.get(id).map_or("?", |p| p.transport.as_str());
-                        format!("{}(sid={id},{transport})", m.client_id)
+                        format!("{}(sid={id},{transport})", seat.member.client_id)
                     })
                     .collect();
                 peers.sort();
                 lines.push(format!(
                     "dump: app={app} channel={channel} members={} [{}]",
-                    members.len(),
+                    ch.members.len(),
                     peers.join(", ")
                 ));
             }
@@ -556,8 +658,8 @@ fn remove_member(state: &mut State, app: &str, channel: &str, id: PeerId) -> boo
     let Some(members) = channels.get_mut(channel) else {
         return false;
     };
-    let removed = members.remove(&id).is_some();
-    if members.is_empty() {
+    let removed = members.members.remove(&id).is_some();
+    if members.members.is_empty() {
         channels.remove(channel);
         if channels.is_empty() {
             state.apps.remove(app);
@@ -576,13 +678,12 @@ fn offline_msg(channel: &str, client_id: &str, mesh_id: &str) -> Bytes {
 }
 
 /// A relayed state whose `pl.id` is not its `p`, pinned; `None` if it is
-/// fine as it is (or is not a relayed message at all).
-fn pin_relayed(msg: &[u8]) -> Option<Bytes> {
-    let relayed = protocol::decode_relayed(msg).ok()?;
+/// fine as it is.
+fn pin_relayed(relayed: &Outbound<'_>) -> Option<Bytes> {
     let pinned = protocol::pin_state(relayed.payload?, relayed.peer, &[])?;
     Some(Bytes::from(protocol::encode(&Outbound {
         payload: Some(&pinned),
-        ..relayed
+        ..*relayed
     })))
 }
 
@@ -727,7 +828,9 @@ impl Peer {
         if msg.kind == Kind::Control(Op::PeerOffline) {
             // Other nodes learn it from the peer_offline the mesh publishes on Left.
             if let Some(channel) = self.joined.take(msg.channel) {
-                self.hub.leave(&self.app, &channel, self.id, &relayed);
+                let client_id = &self.member.client_id;
+                self.hub
+                    .leave(&self.app, &channel, self.id, client_id, &relayed);
                 self.hub.to_mesh(MeshEvent::Left {
                     app: self.app.clone(),
                     channel,
@@ -737,8 +840,13 @@ impl Peer {
         } else {
             let deliver = tracing::info_span!(target: "otel", "deliver", delivered = tracing::field::Empty, dropped_slow = tracing::field::Empty);
             let delivery = deliver.in_scope(|| {
-                self.hub
-                    .relay(&self.app, msg.channel, Some(self.id), &relayed, msg.kind)
+                let (app, from) = (&self.app, Some(self.id));
+                if msg.kind == Kind::Control(Op::PeerState) {
+                    let key = state_key(&self.member.client_id, &self.hub.mesh_id);
+                    self.hub.relay_state(app, msg.channel, from, &key, &relayed)
+                } else {
+                    self.hub.relay(app, msg.channel, from, &relayed, msg.kind)
+                }
             });
             deliver.record("delivered", delivery.sent);
             deliver.record("dropped_slow", delivery.dropped);
@@ -769,14 +877,11 @@ impl Drop for Peer {
         }
         drop(state);
         for channel in left {
-            let offline = offline_msg(&channel, &self.member.client_id, &self.hub.mesh_id);
-            self.hub.relay(
-                &self.app,
-                &channel,
-                Some(self.id),
-                &offline,
-                Kind::Control(Op::PeerOffline),
-            );
+            let client_id = &self.member.client_id;
+            let offline = offline_msg(&channel, client_id, &self.hub.mesh_id);
+            let sender = (&**client_id, &*self.hub.mesh_id);
+            self.hub
+                .relay_offline(&self.app, &channel, Some(self.id), sender, &offline);
             self.hub.to_mesh(MeshEvent::Left {
                 app: self.app.clone(),
                 channel,
@@ -1013,6 +1118,85 @@ mod tests {
             (bin["id"].as_str(), bin["name"].as_str()),
             (Some("bob"), Some("M"))
         );
+    }
+
+    #[test]
+    fn a_repeated_state_reaches_only_those_who_have_not_seen_it() {
+        let hub = hub(Limits::default());
+        let app = app("app");
+        let ws = Transport::WebSocket;
+        let state = |v: u32| {
+            let pl = rmp_serde::to_vec_named(&json!({"id": "a", "v": v})).unwrap();
+            let msg = rmpv::Value::Map(vec![
+                ("t".into(), "control".into()),
+                ("op".into(), "peer_state".into()),
+                ("c".into(), "r".into()),
+                ("pl".into(), rmpv::Value::Binary(pl)),
+            ]);
+            let mut out = Vec::new();
+            rmpv::encode::write_value(&mut out, &msg).unwrap();
+            out
+        };
+        let (mut a, _ra) = hub.connect(&app, "a", ws, Grant::default());
+        let (mut b, mut rb) = hub.connect(&app, "b", ws, Grant::default());
+        a.handle(&join("r")).unwrap();
+        b.handle(&join("r")).unwrap();
+        recv(&mut rb);
+        a.handle(&state(1)).unwrap();
+        assert_eq!(recv_state(&mut rb)["v"].as_u64(), Some(1));
+        // Unchanged: b has it already.
+        a.handle(&state(1)).unwrap();
+        assert!(recv(&mut rb).is_none());
+        // A newcomer gets it, and only the newcomer.
+        let (mut c, mut rc) = hub.connect(&app, "c", ws, Grant::default());
+        c.handle(&join("r")).unwrap();
+        recv(&mut rc);
+        a.handle(&state(1)).unwrap();
+        assert_eq!(recv_state(&mut rc)["v"].as_u64(), Some(1));
+        assert!(recv(&mut rb).is_none());
+        // A changed state reaches everyone.
+        a.handle(&state(2)).unwrap();
+        assert_eq!(recv_state(&mut rb)["v"].as_u64(), Some(2));
+        assert_eq!(recv_state(&mut rc)["v"].as_u64(), Some(2));
+        // b leaves and joins again: it has forgotten a, so it gets it again.
+        b.handle(&frame(json!({"t":"control","op":"peer_offline","c":"r"})))
+            .unwrap();
+        b.handle(&join("r")).unwrap();
+        recv(&mut rb);
+        recv(&mut rc); // b's peer_offline
+        a.handle(&state(2)).unwrap();
+        assert_eq!(recv_state(&mut rb)["v"].as_u64(), Some(2));
+        assert!(recv(&mut rc).is_none());
+        // a goes offline: the members forget it, its next state is for all.
+        drop(a);
+        recv(&mut rb);
+        recv(&mut rc);
+        let (mut a, _ra) = hub.connect(&app, "a", ws, Grant::default());
+        a.handle(&join("r")).unwrap();
+        a.handle(&state(2)).unwrap();
+        assert_eq!(recv_state(&mut rb)["v"].as_u64(), Some(2));
+        assert_eq!(recv_state(&mut rc)["v"].as_u64(), Some(2));
+
+        // The same rule for a sender on another node, per node.
+        let remote = |v: u32| {
+            let pl = rmp_serde::to_vec_named(&json!({"id": "z", "v": v})).unwrap();
+            let mut bin = Vec::new();
+            rmpv::encode::write_value(&mut bin, &rmpv::Value::Binary(pl)).unwrap();
+            Bytes::from(protocol::encode(&Outbound {
+                kind: Kind::Control(Op::PeerState),
+                channel: "r",
+                peer: "z",
+                payload: Some(&bin),
+                mesh: Some("m2"),
+            }))
+        };
+        let st = Kind::Control(Op::PeerState);
+        assert_eq!(hub.deliver_remote("app", "r", &remote(1), st).sent, 3);
+        assert_eq!(hub.deliver_remote("app", "r", &remote(1), st).sent, 0);
+        let off = Bytes::from(protocol::encode_control(Op::PeerOffline, "r", "z", "m2"));
+        let off_kind = Kind::Control(Op::PeerOffline);
+        assert_eq!(hub.deliver_remote("app", "r", &off, off_kind).sent, 3);
+        assert_eq!(hub.deliver_remote("app", "r", &remote(1), st).sent, 3);
     }
 
     #[test]

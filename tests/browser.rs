@@ -137,6 +137,24 @@ fn published_client_with_signed_tokens() {
     assert!(!node.logs().iter().any(|l| l.contains("DEV MODE")));
 }
 
+/// Four tabs join one room one after the other (two on native
+/// WebTransport, two on the polyfill): each sees every other with its state,
+/// although the node sends a repeated state only to those who lack it.
+#[test]
+fn published_client_in_four_tabs_of_one_room() {
+    let Some((root, chromium)) = browser_ready() else {
+        return;
+    };
+    let (node, spki) = dev_node(&[("MESH_ID", "room-node")]);
+    let url = format!("https://127.0.0.1:{}/v1", node.port);
+    run_browser(
+        root,
+        &chromium,
+        &["--url", &url, "--spki", &spki, "--case", "room"],
+        &[&node],
+    );
+}
+
 #[test]
 fn two_browsers_on_two_meshed_nodes_and_one_node_killed() {
     let Some((root, chromium)) = browser_ready() else {

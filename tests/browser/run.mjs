@@ -63,7 +63,7 @@ if (opts.help) {
   console.log(readFileSync(join(HERE, 'README.md'), 'utf8'));
   process.exit(0);
 }
-const CASES = { 'wt-ws': ['wt-ws'], 'wt-pair': ['wt-pair'], all: ['wt-ws', 'wt-pair'], smoke: ['smoke'], mesh: ['mesh'] };
+const CASES = { 'wt-ws': ['wt-ws'], 'wt-pair': ['wt-pair'], all: ['wt-ws', 'wt-pair'], room: ['room'], smoke: ['smoke'], mesh: ['mesh'] };
 const WAIT = Math.min(Math.max(Number(opts.timeout) || MAX_WAIT, 1000), MAX_WAIT);
 
 // ---------------------------------------------------------------------------
@@ -598,6 +598,35 @@ async function runPairCase(caseName, pageUrl, target) {
   }
 }
 
+// Several tabs in one room, joining one after the other: the node sends a
+// repeated, unchanged state only to the tabs that have not seen it, and
+// every tab must still see every member with its state.
+async function runRoomCase(pageUrl, target) {
+  const suffix = rand();
+  const tabs = ['wt', 'ws', 'wt', 'ws'].map((t, i) => {
+    const id = `tab${i}-${suffix}`;
+    return { id, state: { name: `Tab ${i}`, n: i }, page: new TestPage(`T${i}(${id})`, t) };
+  });
+  const chan = `${opts.channel}-room`;
+  const everyoneSeesEveryone = async (list) => {
+    for (const a of list) for (const b of list) if (a !== b) await seesPeer(a.page, b.id, b.state);
+    return `${list.length} tabs each see the other ${list.length - 1} with their states`;
+  };
+  const steps = [];
+  for (const [i, t] of tabs.entries()) {
+    steps.push([`tab ${i} loads`, () => pageLoads(t.page, pageUrl)]);
+    steps.push([`tab ${i} connects`, () => connectAndCheck(t.page, target, t.id)]);
+    steps.push([`tab ${i} joins ${chan}`, () => joinAndCheck(t.page, t.id, chan, t.state)]);
+    steps.push([`the ${i + 1} tabs see each other`, () => everyoneSeesEveryone(tabs.slice(0, i + 1))]);
+  }
+  steps.push(['received messages are well-formed (no sid/app)', () => wireHygiene(tabs.map((t) => t.page))]);
+  try {
+    await runChecks('room', tabs.map((t) => t.page), steps);
+  } finally {
+    for (const t of tabs) if (t.page.context) await t.page.close().catch(() => {});
+  }
+}
+
 async function pageLoads(p, pageUrl) {
   await p.open(pageUrl);
   const s = await p.state();
@@ -990,6 +1019,7 @@ async function main() {
 
   for (const c of cases) {
     if (c === 'smoke') await runSmoke(pageUrl);
+    else if (c === 'room') await runRoomCase(pageUrl, target);
     else await runPairCase(c, pageUrl, target);
   }
 }
