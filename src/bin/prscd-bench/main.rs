@@ -18,6 +18,7 @@ mod load;
 mod measure;
 mod net;
 mod opts;
+mod presence;
 mod socketio;
 mod wire;
 mod ws;
@@ -52,6 +53,11 @@ scenarios (defaults in brackets):
               --connections N [5000] --room-size S [10] --connect-concurrency C [256]
   cross-node  fanout with the publisher on another (meshed) node
               --pub-url URL (required) --settle S [1] and fanout's options
+  room-join   prscd: one room of N members that behave like the published client
+              (answer peer_online with their state); filled at R joins/s, then J
+              more joins measured: deliveries per join, time until the joiner
+              knows every state, fill time, server CPU and memory per member
+              --members N [100] --join-rate R [200] --joiners J [5]
   node-death  N meshed prscd nodes; kill -9 one, time to the last peer_offline, T trials
               --prscd PATH [prscd beside this tool] --nodes N [3] --clients C [5]
               --trials T [20]
@@ -155,6 +161,7 @@ fn usage_error(e: anyhow::Error) -> ! {
 /// A scenario with its options read.
 enum Job {
     Load(Box<LoadSpec>),
+    Room(Box<presence::RoomSpec>),
     Death(death::DeathSpec),
     Ceiling(ceiling::CeilingOpts),
 }
@@ -165,6 +172,7 @@ impl Job {
     async fn run(self) -> Outcome {
         match self {
             Job::Load(spec) => load::run(*spec).await.map(Some),
+            Job::Room(spec) => presence::run(*spec).await.map(Some),
             Job::Death(spec) => death::run(spec).await.map(Some),
             Job::Ceiling(o) => ceiling::serve(o).await.map(|()| None),
         }
@@ -199,7 +207,7 @@ fn prepare(scenario: &str, o: &Opts) -> anyhow::Result<Job> {
                 quiet,
             }));
         }
-        "fanout" | "cross-node" | "rooms" | "idle" | "storm" => {}
+        "fanout" | "cross-node" | "rooms" | "idle" | "storm" | "room-join" => {}
         other => bail!("unknown scenario {other:?}"),
     }
     let url = Endpoint::parse(&o.opt("url").context("--url is required")?)?;
@@ -230,6 +238,23 @@ fn prepare(scenario: &str, o: &Opts) -> anyhow::Result<Job> {
         "socketio" => Arc::new(socketio::SocketIo),
         other => bail!("--server: unknown kind {other:?}"),
     };
+    if scenario == "room-join" {
+        if wire.name() != "prscd" {
+            bail!("room-join needs --server prscd");
+        }
+        return Ok(Job::Room(Box::new(presence::RoomSpec {
+            wire,
+            url,
+            room: o.string("channel", "bench"),
+            members: o.num::<usize>("members", 100)?.max(1),
+            join_rate: o.num("join-rate", 200.0)?,
+            joiners: o.num::<usize>("joiners", 5)?.max(1),
+            server_pid: o.opt("server-pid").map(|p| p.parse()).transpose()?,
+            step_timeout,
+            duration_limit,
+            quiet,
+        })));
+    }
     let transport = match o.string("transport", "ws").as_str() {
         "ws" => Transport::Ws,
         "datagram" if wire.name() == "prscd" => Transport::Datagram,

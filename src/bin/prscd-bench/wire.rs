@@ -227,6 +227,38 @@ pub fn join_frame(channel: &str, id: &str) -> Vec<u8> {
     out
 }
 
+/// msgpack `{t:"control", op, c, pl?:<bin>}`.
+pub fn control_frame(op: &str, channel: &str, pl: Option<&[u8]>) -> Vec<u8> {
+    let mut out = Vec::new();
+    rmp::encode::write_map_len(&mut out, 3 + u32::from(pl.is_some())).unwrap();
+    for (k, v) in [("t", "control"), ("op", op), ("c", channel)] {
+        rmp::encode::write_str(&mut out, k).unwrap();
+        rmp::encode::write_str(&mut out, v).unwrap();
+    }
+    if let Some(pl) = pl {
+        rmp::encode::write_str(&mut out, "pl").unwrap();
+        rmp::encode::write_bin(&mut out, pl).unwrap();
+    }
+    out
+}
+
+/// A `peer_state` carrying `{id, name}`, as the published client sends it.
+pub fn state_frame(channel: &str, id: &str) -> Vec<u8> {
+    let mut state = Vec::new();
+    rmp::encode::write_map_len(&mut state, 2).unwrap();
+    for (k, v) in [("id", id), ("name", id)] {
+        rmp::encode::write_str(&mut state, k).unwrap();
+        rmp::encode::write_str(&mut state, v).unwrap();
+    }
+    control_frame("peer_state", channel, Some(&state))
+}
+
+/// The `op` and sender `p` of a relayed control message.
+pub fn control_of(frame: &[u8]) -> Option<(String, String)> {
+    let m = protocol::decode_relayed(frame).ok()?;
+    Some((m.kind.op()?.as_str().to_owned(), m.peer.to_owned()))
+}
+
 /// msgpack `{t:"data", c, pl:<bin payload>}`.
 pub fn data_frame(channel: &str, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(payload.len() + channel.len() + 24);
