@@ -260,11 +260,12 @@ fn run(
                         debug!(reason = reason.as_str(), "message dropped");
                     }
                     // Over budget: stop reading until it refills, so TCP
-                    // slows the sender; nothing is dropped.
+                    // slows the sender; nothing is dropped. Boxed: the
+                    // timer would otherwise size every idle session.
                     if let Some(pause) = peer.charge(bytes.len()) {
                         tokio::select! {
                             _ = &mut closing => break,
-                            _ = tokio::time::sleep(pause) => {}
+                            _ = Box::pin(tokio::time::sleep(pause)) => {}
                         }
                         last_frame = Instant::now();
                     }
