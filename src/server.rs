@@ -11,7 +11,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
@@ -62,11 +61,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         wtransport::Endpoint::server(wt_config).context("cannot start the QUIC endpoint")?,
     );
     let listener = tokio::net::TcpListener::from_std(tcp)?;
-    tokio::spawn(ws::serve(
-        listener,
-        TlsAcceptor::from(cert.server_config()?),
-        ctx.clone(),
-    ));
+    tokio::spawn(ws::serve(listener, cert.server_config()?, ctx.clone()));
     let wt_accept = tokio::spawn(webtransport::serve(endpoint.clone(), ctx.clone()));
 
     if let Some(port) = config.metrics_port {
