@@ -25,9 +25,6 @@ use tokio::net::TcpStream;
 /// The largest TLS record on the wire (TLS 1.2 allows 2^14 + 2048 bytes of
 /// ciphertext): one read can take a whole one.
 const READ_CHUNK: usize = 5 + (1 << 14) + 2048;
-/// Below this much free room a read first grows the buffer; above it, a
-/// record that arrives in pieces is read on in place.
-const MIN_READ_ROOM: usize = 4096;
 /// Plaintext per record the node sends. A client opens a record only once
 /// all of it has arrived, so a burst's first frames are readable before the
 /// rest of it (BENCHMARKS.md, fix 13); 4 KiB costs 22 to 29 bytes a record.
@@ -171,6 +168,22 @@ impl From<EncodeError> for Grow {
     }
 }
 
+/// The buffer size for `received`, which starts with a record that is not
+/// complete: the whole record when its header is there, else a largest one.
+fn record_room(received: &[u8]) -> usize {
+    let whole = match received {
+        [_, _, _, hi, lo, ..] => 5 + usize::from(u16::from_be_bytes([*hi, *lo])),
+        _ => READ_CHUNK,
+    };
+    // rustls refuses a longer record from its header; past a handshake
+    // message it is joining, the front is no header: read a chunk on.
+    if whole > received.len() {
+        whole
+    } else {
+        received.len() + READ_CHUNK
+    }
+}
+
 /// Lets `write` fill room at the end of `out`, offering `guess` bytes first
 /// and then what rustls says it needs.
 fn append<E: Into<Grow>>(
@@ -201,77 +214,92 @@ fn append<E: Into<Grow>>(
 }
 
 impl TlsStream {
-    /// Runs rustls over what was received until it waits for the client or
-    /// lets the node write; then does `goal`. Plaintext goes to `plain`,
-    /// records rustls emits to `out`, in order.
+    /// [`Self::drive_on`] over `incoming`, keeping what rustls did not
+    /// consume and freeing the buffer once it holds nothing.
     fn drive(&mut self, goal: Goal<'_>) -> Result<Rest, TlsStreamError> {
+        let mut incoming = std::mem::take(&mut self.incoming);
+        let (result, used) = self.drive_on(&mut incoming, goal);
+        incoming.drain(..used);
+        if !incoming.is_empty() {
+            self.incoming = incoming;
+        }
+        result
+    }
+
+    /// Runs rustls over `received` until it waits for the client or lets
+    /// the node write; then does `goal`. Plaintext goes to `plain`, records
+    /// rustls emits to `out`, in order. Also returns how many bytes at the
+    /// front of `received` rustls is done with.
+    fn drive_on(
+        &mut self,
+        received: &mut [u8],
+        goal: Goal<'_>,
+    ) -> (Result<Rest, TlsStreamError>, usize) {
+        let mut used = 0;
         loop {
             let UnbufferedStatus { mut discard, state } =
-                self.conn.process_tls_records(&mut self.incoming);
+                self.conn.process_tls_records(&mut received[used..]);
             let state = match state {
                 Ok(state) => state,
-                Err(e) => {
-                    self.incoming.drain(..discard);
-                    return Err(e.into());
-                }
+                Err(e) => return (Err(e.into()), used + discard),
             };
             let rest = match state {
                 ConnectionState::ReadTraffic(mut traffic) => {
                     while let Some(record) = traffic.next_record() {
-                        let record = record?;
-                        discard += record.discard;
-                        self.plain.extend_from_slice(record.payload);
+                        match record {
+                            Ok(record) => {
+                                discard += record.discard;
+                                self.plain.extend_from_slice(record.payload);
+                            }
+                            Err(e) => return (Err(e.into()), used + discard),
+                        }
                     }
-                    None
+                    Ok(None)
                 }
                 ConnectionState::EncodeTlsData(mut encode) => {
-                    append(&mut self.out, ENCODE_GUESS, |buf| encode.encode(buf))?;
-                    None
+                    append(&mut self.out, ENCODE_GUESS, |buf| encode.encode(buf)).map(|()| None)
                 }
                 // Encoded records are in `out`, which goes out before
                 // anything queued after them.
                 ConnectionState::TransmitTlsData(transmit) => {
                     transmit.done();
-                    None
+                    Ok(None)
                 }
                 ConnectionState::PeerClosed => {
                     self.peer_closed = true;
-                    None
+                    Ok(None)
                 }
                 ConnectionState::Closed => {
                     self.peer_closed = true;
-                    Some(Rest::Closed)
+                    Ok(Some(Rest::Closed))
                 }
-                ConnectionState::BlockedHandshake => Some(Rest::Blocked),
-                ConnectionState::WriteTraffic(mut traffic) => {
-                    match goal {
-                        Goal::Settle => {}
-                        Goal::Encrypt(data) => {
-                            let records = data.len().div_ceil(SEAL_PLAINTEXT);
-                            self.out.reserve(data.len() + records * RECORD_OVERHEAD);
-                            for chunk in data.chunks(SEAL_PLAINTEXT) {
+                ConnectionState::BlockedHandshake => Ok(Some(Rest::Blocked)),
+                ConnectionState::WriteTraffic(mut traffic) => match goal {
+                    Goal::Settle => Ok(Some(Rest::Traffic)),
+                    Goal::Encrypt(data) => {
+                        let records = data.len().div_ceil(SEAL_PLAINTEXT);
+                        self.out.reserve(data.len() + records * RECORD_OVERHEAD);
+                        data.chunks(SEAL_PLAINTEXT)
+                            .try_for_each(|chunk| {
                                 append(&mut self.out, chunk.len() + RECORD_OVERHEAD, |buf| {
                                     traffic.encrypt(chunk, buf)
-                                })?;
-                            }
-                        }
-                        Goal::CloseNotify => {
-                            append(&mut self.out, RECORD_OVERHEAD, |buf| {
-                                traffic.queue_close_notify(buf)
-                            })?;
-                        }
+                                })
+                            })
+                            .map(|()| Some(Rest::Traffic))
                     }
-                    Some(Rest::Traffic)
-                }
-                ConnectionState::ReadEarlyData(_) => return Err(TlsStreamError::EarlyData),
-                other => return Err(TlsStreamError::UnexpectedState(format!("{other:?}"))),
+                    Goal::CloseNotify => append(&mut self.out, RECORD_OVERHEAD, |buf| {
+                        traffic.queue_close_notify(buf)
+                    })
+                    .map(|()| Some(Rest::Traffic)),
+                },
+                ConnectionState::ReadEarlyData(_) => Err(TlsStreamError::EarlyData),
+                other => Err(TlsStreamError::UnexpectedState(format!("{other:?}"))),
             };
-            self.incoming.drain(..discard);
-            if let Some(rest) = rest {
-                if self.incoming.is_empty() {
-                    self.incoming = Vec::new();
-                }
-                return Ok(rest);
+            used += discard;
+            match rest {
+                Ok(None) => {}
+                Ok(Some(rest)) => return (Ok(rest), used),
+                Err(e) => return (Err(e), used),
             }
         }
     }
@@ -308,28 +336,45 @@ impl TlsStream {
             if rest == Rest::Closed {
                 return Poll::Ready(Err(TlsStreamError::HandshakeEof));
             }
-            if ready!(self.poll_receive(cx))? == 0 {
-                return Poll::Ready(Err(TlsStreamError::HandshakeEof));
+            match ready!(self.poll_receive(cx)) {
+                Ok(0) => return Poll::Ready(Err(TlsStreamError::HandshakeEof)),
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(Err(self.fail(e).into())),
             }
         }
     }
 
-    /// Reads what the socket has onto `incoming`; 0 at end of stream. It
-    /// waits for the socket without a buffer.
-    fn poll_receive(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+    /// Reads what the socket has and runs rustls over it; 0 at end of
+    /// stream. It waits for the socket without a buffer and reads onto the
+    /// stack: heap holds only a record that arrived in part, sized for it,
+    /// and later pieces are read in after it rather than copied again.
+    fn poll_receive(&mut self, cx: &mut Context<'_>) -> Poll<Result<usize, TlsStreamError>> {
         loop {
             ready!(self.tcp.poll_read_ready(cx))?;
-            if self.incoming.capacity() - self.incoming.len() < MIN_READ_ROOM {
-                self.incoming.reserve(READ_CHUNK);
-            }
-            match self.tcp.try_read_buf(&mut self.incoming) {
-                Ok(n) => return Poll::Ready(Ok(n)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if self.incoming.is_empty() {
-                        self.incoming = Vec::new();
+            let read = if self.incoming.is_empty() {
+                let mut chunk = [0u8; READ_CHUNK];
+                match self.tcp.try_read(&mut chunk) {
+                    Ok(n) if n > 0 => {
+                        let (result, used) = self.drive_on(&mut chunk[..n], Goal::Settle);
+                        let kept = &chunk[used..n];
+                        if !kept.is_empty() {
+                            let mut incoming = Vec::with_capacity(record_room(kept));
+                            incoming.extend_from_slice(kept);
+                            self.incoming = incoming;
+                        }
+                        result?;
+                        Ok(n)
                     }
+                    read => read,
                 }
-                Err(e) => return Poll::Ready(Err(e)),
+            } else {
+                let room = record_room(&self.incoming) - self.incoming.len();
+                self.incoming.reserve_exact(room);
+                self.tcp.try_read_buf(&mut self.incoming)
+            };
+            match read {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                read => return Poll::Ready(Ok(read?)),
             }
         }
     }
@@ -417,8 +462,10 @@ impl AsyncRead for TlsStream {
             if !this.plain.is_empty() || this.peer_closed {
                 continue;
             }
-            if ready!(this.poll_receive(cx))? == 0 {
-                return Poll::Ready(Err(this.fail(TlsStreamError::Truncated)));
+            match ready!(this.poll_receive(cx)) {
+                Ok(0) => return Poll::Ready(Err(this.fail(TlsStreamError::Truncated))),
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(Err(this.fail(e))),
             }
         }
     }
