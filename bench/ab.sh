@@ -6,7 +6,7 @@
 #   bench/ab.sh A_BIN B_BIN [--out DIR]
 #
 # Env: IDLE (10000 connections), SUBS (1000), MSGS (3000), ROUNDS (3),
-# STORM (10000). Writes one JSON per run into DIR and prints the medians and
+# STORM (10000), SECTIONS ("idle fanout storm": which to run). Writes one JSON per run into DIR and prints the medians and
 # the B/A ratios. Every run is bounded by --duration-limit; servers are
 # killed on exit.
 set -euo pipefail
@@ -17,6 +17,8 @@ shift 2
 OUT="bench/results/ab-$(date -u +%Y-%m-%dT%H%M)"
 [ "${1:-}" = --out ] && OUT=$2
 IDLE=${IDLE:-10000} SUBS=${SUBS:-1000} MSGS=${MSGS:-3000} ROUNDS=${ROUNDS:-3} STORM=${STORM:-10000}
+SECTIONS=${SECTIONS:-idle fanout storm}
+want() { [[ " $SECTIONS " == *" $1 "* ]]; }
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/prscd-target}"
 BENCH="$CARGO_TARGET_DIR/release/prscd-bench"
 ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)"
@@ -60,19 +62,19 @@ run() {
   uname -sr
 } >"$OUT/machine.txt"
 
-for side in a b; do
+want idle && for side in a b; do
   bin=$A_BIN; [ $side = b ] && bin=$B_BIN
   run "idle-$side" "$bin" idle --connections "$IDLE" --settle 5 --source-ips 16 \
     --duration-limit 600 --step-timeout 30
 done
-for round in $(seq 1 "$ROUNDS"); do
+want fanout && for round in $(seq 1 "$ROUNDS"); do
   for side in a b; do
     bin=$A_BIN; [ $side = b ] && bin=$B_BIN
     run "fanout-$side-$round" "$bin" fanout --subscribers "$SUBS" --messages "$MSGS" \
       --settle 1 --duration-limit 120
   done
 done
-for round in $(seq 1 "$ROUNDS"); do
+want storm && for round in $(seq 1 "$ROUNDS"); do
   for side in a b; do
     bin=$A_BIN; [ $side = b ] && bin=$B_BIN
     run "storm-$side-$round" "$bin" storm --connections "$STORM" --connect-concurrency 256 \

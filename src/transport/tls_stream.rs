@@ -344,7 +344,7 @@ impl TlsStream {
         }
     }
 
-    /// Reads what the socket has and runs rustls over it; 0 at end of
+    /// Reads what the socket has and runs rustls over all it holds; 0 at end of
     /// stream. It waits for the socket without a buffer and reads onto the
     /// stack: heap holds only a record that arrived in part, sized for it,
     /// and later pieces are read in after it rather than copied again.
@@ -370,7 +370,13 @@ impl TlsStream {
             } else {
                 let room = record_room(&self.incoming) - self.incoming.len();
                 self.incoming.reserve_exact(room);
-                self.tcp.try_read_buf(&mut self.incoming)
+                match self.tcp.try_read_buf(&mut self.incoming) {
+                    Ok(n) if n > 0 => {
+                        self.drive(Goal::Settle)?;
+                        Ok(n)
+                    }
+                    read => read,
+                }
             };
             match read {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -454,19 +460,15 @@ impl AsyncRead for TlsStream {
             if this.peer_closed || buf.remaining() == 0 {
                 return Poll::Ready(Ok(()));
             }
-            if let Err(e) = this.drive(Goal::Settle) {
-                return Poll::Ready(Err(this.fail(e)));
-            }
-            // A KeyUpdate's answer or an alert rustls queued while reading.
-            this.try_send()?;
-            if !this.plain.is_empty() || this.peer_closed {
-                continue;
-            }
+            // rustls runs only over what arrives: a reader polled with
+            // nothing new (its task woken for the writer) costs no call.
             match ready!(this.poll_receive(cx)) {
                 Ok(0) => return Poll::Ready(Err(this.fail(TlsStreamError::Truncated))),
                 Ok(_) => {}
                 Err(e) => return Poll::Ready(Err(this.fail(e))),
             }
+            // A KeyUpdate's answer or an alert rustls queued while reading.
+            this.try_send()?;
         }
     }
 }
