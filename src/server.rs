@@ -15,7 +15,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 
 use crate::apps::DEV_PUBLIC_KEY;
@@ -67,11 +66,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         wtransport::Endpoint::server(wt_config).context("cannot start the QUIC endpoint")?,
     );
     let listener = tokio::net::TcpListener::from_std(tcp)?;
-    tokio::spawn(ws::serve(
-        listener,
-        TlsAcceptor::from(store.serve_from(&*cert.server_config()?)),
-        ctx.clone(),
-    ));
+    let tls = store.serve_from(&*cert.server_config()?);
+    tokio::spawn(ws::serve(listener, tls, ctx.clone()));
     let wt_accept = tokio::spawn(webtransport::serve(endpoint.clone(), ctx.clone()));
 
     if let Some(port) = config.metrics_port {

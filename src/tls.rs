@@ -162,10 +162,6 @@ impl Certificate {
             .with_no_client_auth()
             .with_single_cert(self.chain.clone(), self.key.clone_key())?;
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        // TLS 1.3 WebSockets hand their keys to `transport::records` after the
-        // upgrade, and it keeps their traffic secrets to follow key updates.
-        config.enable_secret_extraction = true;
-        config.key_log = Arc::new(crate::transport::records::TrafficSecretLog);
         Ok(Arc::new(config))
     }
 

@@ -8,7 +8,7 @@
 //! each message in the peer's outbox is written out as one frame/datagram.
 
 pub mod http;
-pub mod records;
+pub mod tls_stream;
 pub mod webtransport;
 pub mod ws;
 

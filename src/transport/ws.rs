@@ -13,10 +13,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use futures_util::{SinkExt, StreamExt};
+use rustls::ServerConfig;
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{timeout, Instant};
-use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -26,7 +27,7 @@ use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, info_span, Instrument};
 
 use super::http::{self, Request};
-use super::records;
+use super::tls_stream::{self, TlsStream};
 use super::{admit, Admission, Context, HANDSHAKE_TIMEOUT};
 use crate::hub::{CloseReason, Peer};
 use crate::outbox::OutboxReceiver;
@@ -34,7 +35,7 @@ use crate::quota::Slot;
 use crate::stats::{DropReason, Transport};
 
 /// Accepts TCP connections until the process exits.
-pub async fn serve(listener: TcpListener, tls: TlsAcceptor, ctx: Arc<Context>) {
+pub async fn serve(listener: TcpListener, tls: Arc<ServerConfig>, ctx: Arc<Context>) {
     loop {
         match listener.accept().await {
             Ok((tcp, addr)) => {
@@ -58,7 +59,7 @@ pub async fn serve(listener: TcpListener, tls: TlsAcceptor, ctx: Arc<Context>) {
 async fn handle(
     tcp: TcpStream,
     addr: SocketAddr,
-    tls: TlsAcceptor,
+    tls: Arc<ServerConfig>,
     ctx: Arc<Context>,
 ) -> anyhow::Result<()> {
     // Boxed: the handshake's state (TLS accept, request parsing) is freed
@@ -78,9 +79,14 @@ async fn handle(
     // Split here and box the session: the task then holds pointers, not a
     // second copy of the WebSocket state (idle memory per connection).
     let (sink, stream) = ws.split();
-    Box::pin(run(sink, stream, peer, outbox, &ctx))
+    let (stream, sink) = Box::pin(run(sink, stream, peer, outbox, &ctx))
         .instrument(span)
         .await;
+    // close_notify after the WebSocket's Close, so the client sees a clean
+    // end of the TLS stream; a client that is gone gets no wait.
+    if let Ok(mut ws) = sink.reunite(stream) {
+        let _ = timeout(CLOSE_NOTIFY_GRACE, ws.get_mut().shutdown()).await;
+    }
     Ok(())
 }
 
@@ -90,16 +96,16 @@ async fn handle(
 async fn upgrade(
     tcp: TcpStream,
     addr: SocketAddr,
-    tls: TlsAcceptor,
+    tls: Arc<ServerConfig>,
     ctx: &Context,
 ) -> anyhow::Result<Option<(Ws, Admission, Slot)>> {
-    let (mut stream, secrets) = timeout(HANDSHAKE_TIMEOUT, records::accept(&tls, tcp)).await??;
-    let (request, mut leftover) =
+    let mut stream = timeout(HANDSHAKE_TIMEOUT, tls_stream::accept(tls, tcp)).await??;
+    let (request, leftover) =
         match timeout(HANDSHAKE_TIMEOUT, http::read_request(&mut stream)).await? {
             Ok(read) => read,
             Err(e @ (http::HttpError::Parse(_) | http::HttpError::TooLarge)) => {
                 ctx.hub.stats().reject(400);
-                http::respond(
+                answer(
                     &mut stream,
                     400,
                     &ctx.prscd_headers(),
@@ -115,7 +121,7 @@ async fn upgrade(
 
     let metrics = http::Metrics::Bearer(ctx.metrics_token.as_deref());
     if let Some((status, content_type, body)) = http::observability(&request, &ctx.hub, metrics) {
-        http::respond(&mut stream, status, &headers, content_type, &body).await?;
+        answer(&mut stream, status, &headers, content_type, &body).await?;
         return Ok(None);
     }
     let refuse = |status: u16, why: &str| {
@@ -124,7 +130,7 @@ async fn upgrade(
     };
     if ctx.hub.is_draining() {
         refuse(503, "draining");
-        http::respond(&mut stream, 503, &headers, "text/plain", "draining\n").await?;
+        answer(&mut stream, 503, &headers, "text/plain", "draining\n").await?;
         return Ok(None);
     }
     let admitted = admit(
@@ -139,7 +145,7 @@ async fn upgrade(
         Err(rejection) => {
             refuse(rejection.status, rejection.why);
             let body = format!("{}\n", rejection.why);
-            http::respond(&mut stream, rejection.status, &headers, "text/plain", &body).await?;
+            answer(&mut stream, rejection.status, &headers, "text/plain", &body).await?;
             return Ok(None);
         }
     };
@@ -147,7 +153,7 @@ async fn upgrade(
         refuse(426, "not a websocket upgrade");
         let mut headers = headers.to_vec();
         headers.push(("Sec-WebSocket-Version", "13".into()));
-        http::respond(
+        answer(
             &mut stream,
             426,
             &headers,
@@ -166,9 +172,7 @@ async fn upgrade(
         head.push_str(&format!("{name}: {value}\r\n"));
     }
     head.push_str("\r\n");
-    // From here on a TLS 1.3 connection holds its keys, not rustls' buffers.
-    let mut stream = records::take_over(stream, secrets, &mut leftover).await?;
-    tokio::io::AsyncWriteExt::write_all(&mut stream, head.as_bytes()).await?;
+    stream.write_all(head.as_bytes()).await?;
 
     let config = websocket_config(ctx.max_message_size);
     let ws =
@@ -185,7 +189,7 @@ async fn upgrade(
 ///   only this much (a frame larger than it gets a buffer of its own size).
 /// - Writes: frames accumulate up to 16 KiB and go out on the writer's flush
 ///   at the end of each batch, so a burst becomes one syscall and a few TLS
-///   records (of at most 4 KiB on the node, `records::SEAL_PLAINTEXT`)
+///   records (of at most 4 KiB on the node, `tls_stream::SEAL_PLAINTEXT`)
 ///   instead of one of each per message.
 pub fn websocket_config(max_message_size: usize) -> WebSocketConfig {
     WebSocketConfig::default()
@@ -197,6 +201,8 @@ pub fn websocket_config(max_message_size: usize) -> WebSocketConfig {
 }
 
 const READ_BUFFER: usize = 256;
+/// How long the end of a session waits to send close_notify.
+const CLOSE_NOTIFY_GRACE: Duration = Duration::from_millis(500);
 const WRITE_BUFFER: usize = 16 * 1024;
 
 /// `Sec-WebSocket-Accept` for a valid upgrade request, else `None`.
@@ -209,9 +215,10 @@ fn websocket_accept_key(request: &Request) -> Option<String> {
     upgrade.then(|| derive_accept_key(key.as_bytes()))
 }
 
-type Ws = WebSocketStream<records::Stream>;
+type Ws = WebSocketStream<TlsStream>;
 
-/// The session: the reader and the writer, joined.
+/// The session: the reader and the writer, joined; it gives the two halves
+/// back.
 ///
 /// A plain function returning the join of two `async move` blocks, not an
 /// `async fn` that awaits `join!`: the latter holds each half twice (as a
@@ -222,7 +229,7 @@ fn run(
     mut peer: Peer,
     mut outbox: OutboxReceiver,
     ctx: &Context,
-) -> impl std::future::Future<Output = ()> + '_ {
+) -> impl std::future::Future<Output = (SplitStream<Ws>, SplitSink<Ws, Message>)> + '_ {
     let reader_ctl = peer.ctl().clone();
     let writer_ctl = reader_ctl.clone();
     let stats = ctx.hub.stats().clone();
@@ -302,6 +309,7 @@ fn run(
         // Ends the writer too, whoever ended the connection.
         ctl.close(CloseReason::PeerGone);
         drop(peer); // peer_offline to every channel, now
+        stream
     };
 
     let writer = async move {
@@ -344,9 +352,10 @@ fn run(
         // Boxed: the close sequence's timers and frames are needed once, at
         // the end, and would otherwise size every idle session.
         Box::pin(close_by_server(&mut sink, &mut outbox, ctl.reason())).await;
+        sink
     };
 
-    futures_util::future::join(reader, writer).map(|_| ())
+    futures_util::future::join(reader, writer)
 }
 
 /// The server's side of a close: what is still queued when draining, then
@@ -396,4 +405,17 @@ fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// An HTTP answer that ends the connection: the response, then close_notify,
+/// so the client knows the body is complete.
+async fn answer(
+    stream: &mut TlsStream,
+    status: u16,
+    headers: &[(&str, String)],
+    content_type: &str,
+    body: &str,
+) -> std::io::Result<()> {
+    http::respond(stream, status, headers, content_type, body).await?;
+    stream.shutdown().await
 }

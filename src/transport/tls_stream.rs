@@ -1,0 +1,524 @@
+//! TLS over TCP for the WebSocket port, on rustls' unbuffered API.
+//!
+//! Why: rustls' buffered connection keeps its buffers for as long as a
+//! connection lives, most of what an idle WebSocket would cost the node.
+//! `UnbufferedServerConnection` leaves every buffer to the caller while
+//! rustls keeps all of TLS: the handshake (1.3 and 1.2), record protection,
+//! key updates and their limits, alerts, close_notify. Here the buffers
+//! exist only while bytes are in flight: a connection waits for the socket
+//! without one, so an idle connection holds none.
+//!
+//! One [`TlsStream`] carries the whole connection: the handshake
+//! ([`accept`]), the HTTP request head, then the WebSocket after the 101.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use rustls::server::UnbufferedServerConnection;
+use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
+use rustls::ServerConfig;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// The largest TLS record on the wire (TLS 1.2 allows 2^14 + 2048 bytes of
+/// ciphertext): one read can take a whole one.
+const READ_CHUNK: usize = 5 + (1 << 14) + 2048;
+/// Plaintext per record the node sends. A client opens a record only once
+/// all of it has arrived, so a burst's first frames are readable before the
+/// rest of it (BENCHMARKS.md, fix 13); 4 KiB costs 22 to 29 bytes a record.
+pub const SEAL_PLAINTEXT: usize = 4096;
+/// Room for one record's header, nonce, tag and content type.
+const RECORD_OVERHEAD: usize = 64;
+/// Encrypted bytes a writer may leave queued before it waits for the socket.
+const MAX_PENDING_OUT: usize = 256 * 1024;
+/// Output buffer first offered to rustls for a handshake record.
+const ENCODE_GUESS: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsStreamError {
+    #[error("TLS: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("TLS encryption: {0}")]
+    Encrypt(#[from] EncryptError),
+    #[error("TLS handshake record: {0}")]
+    Encode(#[from] EncodeError),
+    #[error("TCP closed without close_notify")]
+    Truncated,
+    #[error("TCP closed during the TLS handshake")]
+    HandshakeEof,
+    #[error("TLS connection already closed")]
+    Closed,
+    #[error("TLS connection failed earlier")]
+    Failed,
+    #[error("client sent early data, which the node does not accept")]
+    EarlyData,
+    #[error("unexpected TLS connection state {0}")]
+    UnexpectedState(String),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+impl From<TlsStreamError> for io::Error {
+    fn from(e: TlsStreamError) -> io::Error {
+        if let TlsStreamError::Io(e) = e {
+            return e;
+        }
+        let kind = match &e {
+            TlsStreamError::Tls(rustls::Error::AlertReceived(_)) => {
+                io::ErrorKind::ConnectionAborted
+            }
+            TlsStreamError::Tls(_) | TlsStreamError::EarlyData => io::ErrorKind::InvalidData,
+            TlsStreamError::Truncated | TlsStreamError::HandshakeEof => {
+                io::ErrorKind::UnexpectedEof
+            }
+            TlsStreamError::Closed | TlsStreamError::Failed => io::ErrorKind::BrokenPipe,
+            TlsStreamError::Encrypt(_)
+            | TlsStreamError::Encode(_)
+            | TlsStreamError::UnexpectedState(_)
+            | TlsStreamError::Io(_) => io::ErrorKind::Other,
+        };
+        io::Error::new(kind, e)
+    }
+}
+
+/// A server-side TLS connection over TCP.
+pub struct TlsStream {
+    tcp: TcpStream,
+    conn: UnbufferedServerConnection,
+    /// Received bytes rustls has not discarded yet: a record that is not
+    /// complete, or handshake fragments it is joining.
+    incoming: Vec<u8>,
+    /// Plaintext the reader has not taken yet, from `plain_at`.
+    plain: Vec<u8>,
+    plain_at: usize,
+    /// Encrypted bytes the socket has not taken yet, from `out_at`.
+    out: Vec<u8>,
+    out_at: usize,
+    /// The client's close_notify came: reads see end of stream.
+    peer_closed: bool,
+    close_sent: bool,
+    /// A fatal error ended the connection (its alert already queued).
+    failed: bool,
+}
+
+/// What [`TlsStream::drive`] does once rustls lets it write.
+enum Goal<'a> {
+    /// Only process what was received and queue what rustls has to send.
+    Settle,
+    Encrypt(&'a [u8]),
+    CloseNotify,
+}
+
+/// Where [`TlsStream::drive`] stopped.
+#[derive(Debug, PartialEq, Eq)]
+enum Rest {
+    /// Application data may be written (the goal was met).
+    Traffic,
+    /// The handshake needs more from the client.
+    Blocked,
+    /// close_notify both ways.
+    Closed,
+}
+
+/// The TLS handshake on `tcp`, TLS 1.3 or 1.2, as `config` allows.
+pub async fn accept(
+    config: Arc<ServerConfig>,
+    tcp: TcpStream,
+) -> Result<TlsStream, TlsStreamError> {
+    let conn = UnbufferedServerConnection::new(config)?;
+    let mut stream = TlsStream {
+        tcp,
+        conn,
+        incoming: Vec::new(),
+        plain: Vec::new(),
+        plain_at: 0,
+        out: Vec::new(),
+        out_at: 0,
+        peer_closed: false,
+        close_sent: false,
+        failed: false,
+    };
+    std::future::poll_fn(|cx| stream.poll_handshake(cx)).await?;
+    Ok(stream)
+}
+
+/// What a rustls error says about the output buffer it was given.
+enum Grow {
+    To(usize),
+    Fail(TlsStreamError),
+}
+
+impl From<EncryptError> for Grow {
+    fn from(e: EncryptError) -> Grow {
+        match e {
+            EncryptError::InsufficientSize(s) => Grow::To(s.required_size),
+            e => Grow::Fail(e.into()),
+        }
+    }
+}
+
+impl From<EncodeError> for Grow {
+    fn from(e: EncodeError) -> Grow {
+        match e {
+            EncodeError::InsufficientSize(s) => Grow::To(s.required_size),
+            e => Grow::Fail(e.into()),
+        }
+    }
+}
+
+/// The buffer size for `received`, which starts with a record that is not
+/// complete: the whole record when its header is there, else a largest one.
+fn record_room(received: &[u8]) -> usize {
+    let whole = match received {
+        [_, _, _, hi, lo, ..] => 5 + usize::from(u16::from_be_bytes([*hi, *lo])),
+        _ => READ_CHUNK,
+    };
+    // rustls refuses a longer record from its header; past a handshake
+    // message it is joining, the front is no header: read a chunk on.
+    if whole > received.len() {
+        whole
+    } else {
+        received.len() + READ_CHUNK
+    }
+}
+
+/// Lets `write` fill room at the end of `out`, offering `guess` bytes first
+/// and then what rustls says it needs.
+fn append<E: Into<Grow>>(
+    out: &mut Vec<u8>,
+    guess: usize,
+    mut write: impl FnMut(&mut [u8]) -> Result<usize, E>,
+) -> Result<(), TlsStreamError> {
+    let start = out.len();
+    let mut room = guess;
+    for _ in 0..2 {
+        out.resize(start + room, 0);
+        match write(&mut out[start..]).map_err(Into::into) {
+            Ok(n) => {
+                out.truncate(start + n);
+                return Ok(());
+            }
+            Err(Grow::To(needed)) => room = needed,
+            Err(Grow::Fail(e)) => {
+                out.truncate(start);
+                return Err(e);
+            }
+        }
+    }
+    out.truncate(start);
+    Err(TlsStreamError::UnexpectedState(
+        "rustls asked for more room twice".into(),
+    ))
+}
+
+impl TlsStream {
+    /// [`Self::drive_on`] over `incoming`, keeping what rustls did not
+    /// consume and freeing the buffer once it holds nothing.
+    fn drive(&mut self, goal: Goal<'_>) -> Result<Rest, TlsStreamError> {
+        let mut incoming = std::mem::take(&mut self.incoming);
+        let (result, used) = self.drive_on(&mut incoming, goal);
+        incoming.drain(..used);
+        if !incoming.is_empty() {
+            self.incoming = incoming;
+        }
+        result
+    }
+
+    /// Runs rustls over `received` until it waits for the client or lets
+    /// the node write; then does `goal`. Plaintext goes to `plain`, records
+    /// rustls emits to `out`, in order. Also returns how many bytes at the
+    /// front of `received` rustls is done with.
+    fn drive_on(
+        &mut self,
+        received: &mut [u8],
+        goal: Goal<'_>,
+    ) -> (Result<Rest, TlsStreamError>, usize) {
+        let mut used = 0;
+        loop {
+            let UnbufferedStatus { mut discard, state } =
+                self.conn.process_tls_records(&mut received[used..]);
+            let state = match state {
+                Ok(state) => state,
+                Err(e) => return (Err(e.into()), used + discard),
+            };
+            let rest = match state {
+                ConnectionState::ReadTraffic(mut traffic) => {
+                    while let Some(record) = traffic.next_record() {
+                        match record {
+                            Ok(record) => {
+                                discard += record.discard;
+                                self.plain.extend_from_slice(record.payload);
+                            }
+                            Err(e) => return (Err(e.into()), used + discard),
+                        }
+                    }
+                    Ok(None)
+                }
+                ConnectionState::EncodeTlsData(mut encode) => {
+                    append(&mut self.out, ENCODE_GUESS, |buf| encode.encode(buf)).map(|()| None)
+                }
+                // Encoded records are in `out`, which goes out before
+                // anything queued after them.
+                ConnectionState::TransmitTlsData(transmit) => {
+                    transmit.done();
+                    Ok(None)
+                }
+                ConnectionState::PeerClosed => {
+                    self.peer_closed = true;
+                    Ok(None)
+                }
+                ConnectionState::Closed => {
+                    self.peer_closed = true;
+                    Ok(Some(Rest::Closed))
+                }
+                ConnectionState::BlockedHandshake => Ok(Some(Rest::Blocked)),
+                ConnectionState::WriteTraffic(mut traffic) => match goal {
+                    Goal::Settle => Ok(Some(Rest::Traffic)),
+                    Goal::Encrypt(data) => {
+                        let records = data.len().div_ceil(SEAL_PLAINTEXT);
+                        self.out.reserve(data.len() + records * RECORD_OVERHEAD);
+                        data.chunks(SEAL_PLAINTEXT)
+                            .try_for_each(|chunk| {
+                                append(&mut self.out, chunk.len() + RECORD_OVERHEAD, |buf| {
+                                    traffic.encrypt(chunk, buf)
+                                })
+                            })
+                            .map(|()| Some(Rest::Traffic))
+                    }
+                    Goal::CloseNotify => append(&mut self.out, RECORD_OVERHEAD, |buf| {
+                        traffic.queue_close_notify(buf)
+                    })
+                    .map(|()| Some(Rest::Traffic)),
+                },
+                ConnectionState::ReadEarlyData(_) => Err(TlsStreamError::EarlyData),
+                other => Err(TlsStreamError::UnexpectedState(format!("{other:?}"))),
+            };
+            used += discard;
+            match rest {
+                Ok(None) => {}
+                Ok(Some(rest)) => return (Ok(rest), used),
+                Err(e) => return (Err(e), used),
+            }
+        }
+    }
+
+    /// Marks the connection failed and sends the alert rustls queued for
+    /// `e`, if the socket takes it now.
+    fn fail(&mut self, e: TlsStreamError) -> io::Error {
+        if !self.failed {
+            self.failed = true;
+            // Once only: rustls hands out what it queued before it reads on,
+            // and reading on after a fatal error could raise a second one.
+            let status = self.conn.process_tls_records(&mut self.incoming);
+            if let Ok(ConnectionState::EncodeTlsData(mut encode)) = status.state {
+                let _ = append(&mut self.out, ENCODE_GUESS, |buf| encode.encode(buf));
+            }
+            let _ = self.try_send();
+            self.incoming = Vec::new();
+            self.plain = Vec::new();
+            self.plain_at = 0;
+        }
+        e.into()
+    }
+
+    fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), TlsStreamError>> {
+        loop {
+            let rest = match self.drive(Goal::Settle) {
+                Ok(rest) => rest,
+                Err(e) => return Poll::Ready(Err(self.fail(e).into())),
+            };
+            ready!(self.poll_send(cx))?;
+            if !self.conn.is_handshaking() {
+                return Poll::Ready(Ok(()));
+            }
+            if rest == Rest::Closed {
+                return Poll::Ready(Err(TlsStreamError::HandshakeEof));
+            }
+            match ready!(self.poll_receive(cx)) {
+                Ok(0) => return Poll::Ready(Err(TlsStreamError::HandshakeEof)),
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(Err(self.fail(e).into())),
+            }
+        }
+    }
+
+    /// Reads what the socket has and runs rustls over all it holds; 0 at end of
+    /// stream. It waits for the socket without a buffer and reads onto the
+    /// stack: heap holds only a record that arrived in part, sized for it,
+    /// and later pieces are read in after it rather than copied again.
+    fn poll_receive(&mut self, cx: &mut Context<'_>) -> Poll<Result<usize, TlsStreamError>> {
+        loop {
+            ready!(self.tcp.poll_read_ready(cx))?;
+            let read = if self.incoming.is_empty() {
+                let mut chunk = [0u8; READ_CHUNK];
+                match self.tcp.try_read(&mut chunk) {
+                    Ok(n) if n > 0 => {
+                        let (result, used) = self.drive_on(&mut chunk[..n], Goal::Settle);
+                        let kept = &chunk[used..n];
+                        if !kept.is_empty() {
+                            let mut incoming = Vec::with_capacity(record_room(kept));
+                            incoming.extend_from_slice(kept);
+                            self.incoming = incoming;
+                        }
+                        result?;
+                        Ok(n)
+                    }
+                    read => read,
+                }
+            } else {
+                let room = record_room(&self.incoming) - self.incoming.len();
+                self.incoming.reserve_exact(room);
+                match self.tcp.try_read_buf(&mut self.incoming) {
+                    Ok(n) if n > 0 => {
+                        self.drive(Goal::Settle)?;
+                        Ok(n)
+                    }
+                    read => read,
+                }
+            };
+            match read {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                read => return Poll::Ready(Ok(read?)),
+            }
+        }
+    }
+
+    /// Writes `out` until the socket is full; frees it once all went.
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.out_at < self.out.len() {
+            let n = ready!(Pin::new(&mut self.tcp).poll_write(cx, &self.out[self.out_at..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.out_at += n;
+        }
+        self.out = Vec::new();
+        self.out_at = 0;
+        Poll::Ready(Ok(()))
+    }
+
+    /// [`Self::poll_send`] for the reader: what the socket takes now,
+    /// without waiting (the writer's flush sends the rest).
+    fn try_send(&mut self) -> io::Result<()> {
+        while self.out_at < self.out.len() {
+            match self.tcp.try_write(&self.out[self.out_at..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.out_at += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        self.out = Vec::new();
+        self.out_at = 0;
+        Ok(())
+    }
+
+    /// Hands waiting plaintext to `buf`; frees it once all is taken.
+    fn take_plain(&mut self, buf: &mut ReadBuf<'_>) {
+        let n = (self.plain.len() - self.plain_at).min(buf.remaining());
+        buf.put_slice(&self.plain[self.plain_at..self.plain_at + n]);
+        self.plain_at += n;
+        if self.plain_at == self.plain.len() {
+            self.plain = Vec::new();
+            self.plain_at = 0;
+        }
+    }
+
+    /// The negotiated TLS version.
+    pub fn protocol_version(&self) -> Option<rustls::ProtocolVersion> {
+        self.conn.protocol_version()
+    }
+
+    /// Bytes of buffer the connection holds: none while it is idle.
+    pub fn buffer_capacity(&self) -> usize {
+        self.incoming.capacity() + self.plain.capacity() + self.out.capacity()
+    }
+
+    /// Whether the handshake was full or resumed.
+    pub fn handshake_kind(&self) -> Option<rustls::HandshakeKind> {
+        self.conn.handshake_kind()
+    }
+}
+
+impl AsyncRead for TlsStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if this.plain_at < this.plain.len() {
+                this.take_plain(buf);
+                return Poll::Ready(Ok(()));
+            }
+            if this.failed {
+                return Poll::Ready(Err(TlsStreamError::Failed.into()));
+            }
+            if this.peer_closed || buf.remaining() == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            // rustls runs only over what arrives: a reader polled with
+            // nothing new (its task woken for the writer) costs no call.
+            match ready!(this.poll_receive(cx)) {
+                Ok(0) => return Poll::Ready(Err(this.fail(TlsStreamError::Truncated))),
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(Err(this.fail(e))),
+            }
+            // A KeyUpdate's answer or an alert rustls queued while reading.
+            this.try_send()?;
+        }
+    }
+}
+
+impl AsyncWrite for TlsStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.failed {
+            return Poll::Ready(Err(TlsStreamError::Failed.into()));
+        }
+        if this.close_sent {
+            return Poll::Ready(Err(TlsStreamError::Closed.into()));
+        }
+        if data.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        if this.out.len() - this.out_at >= MAX_PENDING_OUT {
+            ready!(this.poll_send(cx))?;
+        }
+        match this.drive(Goal::Encrypt(data)) {
+            Ok(Rest::Traffic) => {}
+            Ok(_) => return Poll::Ready(Err(TlsStreamError::Closed.into())),
+            Err(e) => return Poll::Ready(Err(this.fail(e))),
+        }
+        // What the socket takes now goes now; the rest at the flush.
+        if let Poll::Ready(Err(e)) = this.poll_send(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_send(cx))?;
+        Pin::new(&mut this.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.close_sent && !this.failed {
+            this.close_sent = true;
+            if let Err(e) = this.drive(Goal::CloseNotify) {
+                return Poll::Ready(Err(this.fail(e)));
+            }
+        }
+        ready!(this.poll_send(cx))?;
+        Pin::new(&mut this.tcp).poll_shutdown(cx)
+    }
+}
