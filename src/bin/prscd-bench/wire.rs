@@ -253,10 +253,13 @@ pub fn state_frame(channel: &str, id: &str) -> Vec<u8> {
     control_frame("peer_state", channel, Some(&state))
 }
 
-/// The `op` and sender `p` of a relayed control message.
+/// The `op` and sender `p` of a control message (`p` is empty in a join ack).
 pub fn control_of(frame: &[u8]) -> Option<(String, String)> {
-    let m = protocol::decode_relayed(frame).ok()?;
-    Some((m.kind.op()?.as_str().to_owned(), m.peer.to_owned()))
+    let value = rmpv::decode::read_value(&mut &frame[..]).ok()?;
+    let field = |key: &str| {
+        value.as_map()?.iter().find(|(k, _)| k.as_str() == Some(key))?.1.as_str()
+    };
+    Some((field("op")?.to_owned(), field("p").unwrap_or("").to_owned()))
 }
 
 /// msgpack `{t:"data", c, pl:<bin payload>}`.
