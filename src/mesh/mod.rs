@@ -163,8 +163,17 @@ pub fn check_authenticated(config: &zenoh::Config, allow: bool) -> Result<(), Me
     };
     let mtls = json("transport/link/tls/enable_mtls").as_bool() == Some(true);
     let usrpwd = json("transport/auth/usrpwd/dictionary_file").is_string();
+    // zenoh refuses to open a listener outside `transport/link/protocols`.
+    let protocols = json("transport/link/protocols");
+    let opened = |endpoint: &String| {
+        protocols.as_array().is_none_or(|list| {
+            let proto = endpoint.split('/').next().unwrap_or_default();
+            list.iter().any(|p| p.as_str() == Some(proto))
+        })
+    };
     let open = endpoints
         .into_iter()
+        .filter(opened)
         .find(|e| !usrpwd && !endpoint_is_safe(e, mtls));
     match open {
         None => Ok(()),
@@ -1313,6 +1322,10 @@ mod tests {
             r#""/etc/zenoh/users""#,
         )];
         assert!(with(&["tcp/0.0.0.0:7447"], &usrpwd, false).is_ok());
+        // A listener zenoh will not open (outside link/protocols) accepts nobody.
+        let tls_only = [("transport/link/protocols", r#"["tls"]"#)];
+        assert!(with(&["tcp/0.0.0.0:7447"], &tls_only, false).is_ok());
+        assert!(with(&["tls/0.0.0.0:7447"], &tls_only, false).is_err());
         // A file without listen endpoints: zenoh's own default, every interface.
         let dir = std::env::temp_dir().join(format!("prscd-auth-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
