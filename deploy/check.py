@@ -839,7 +839,8 @@ def check_acls(root: Path) -> None:
     subjects that exist, no rule allowing outside the prscd key space, and
     a backend's rules within its apps' keys, never a token, queryable or
     reply of its own."""
-    files = sorted((root / "deploy/zenoh").glob("*.json5")) + sorted((root / "mesh/regions").rglob("*.json5"))
+    files = (sorted((root / "deploy/zenoh").glob("*.json5")) + sorted((root / "mesh/regions").rglob("*.json5"))
+             + sorted((root / "mesh/p2p/tls").glob("*.json5")))
     for f in files:
         rel = f.relative_to(root)
         try:

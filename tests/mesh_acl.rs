@@ -324,3 +324,58 @@ async fn the_plaintext_loopback_configs_let_the_mesh_through_their_acl() {
         (Some("alice"), Some("eu"))
     );
 }
+
+/// The peer-to-peer TLS template's ACL lets two nodes of the mesh through,
+/// and the node refuses a backend of app dev reading app2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_p2p_tls_config_meshes_nodes_through_its_acl() {
+    let Some(py) = python() else { return };
+    let mesh = Shipped::new("acl-p2p");
+    let (port, us_port) = (free_port(), free_port());
+    let listen = format!("tls/127.0.0.1:{port}");
+    let us_listen = format!("tls/127.0.0.1:{us_port}");
+    let node = |mesh_id: &str, env: &[(&str, &str)]| {
+        let config = mesh.p2p_config(mesh_id);
+        Node::start_with(&[
+            SILENT_CLIENTS,
+            ("MESH_ID", mesh_id),
+            ("APPS", "pk1:dev,pk2:app2"),
+            ("APP_TOKEN_SECRETS", ""),
+            ("ZENOH_CONFIG", config.to_str().unwrap()),
+            env[0],
+            env[1],
+        ])
+    };
+    // As the template says: every node listens, and dials the others.
+    let eu = node(
+        "eu",
+        &[("ZENOH_LISTEN", &listen), ("ZENOH_CONNECT", &us_listen)],
+    );
+    let us = node(
+        "us",
+        &[("ZENOH_LISTEN", &us_listen), ("ZENOH_CONNECT", &listen)],
+    );
+    let mut alice = eu.ws(KEY1, "alice").await;
+    let mut bob = us.ws(KEY1, "bob").await;
+    let mut carol = us.ws(KEY2, "carol").await;
+    alice.join("room").await;
+    bob.join("room").await;
+    carol.join("room").await;
+    eu.wait_remote_members(1).await;
+    alice.send(&data("room", "hi", "{}")).await;
+    assert_eq!(field(&bob.recv_op("data").await, "p"), Some("alice"));
+
+    let app2 = keys::channel_key("app2", "room");
+    let args: Vec<String> = ["--sub", &app2, "--seconds", "2"].map(str::to_owned).into();
+    let config = mesh.client_config("backend-dev", &listen, Some((&mesh.certs, "backend-dev")));
+    let mut probe = Probe::start(&py, &config, &args);
+    let open = probe.wait("open", Duration::from_secs(15)).expect("open");
+    assert_eq!(open["peers"], 1, "{open}");
+    probe.wait("declared", Duration::from_secs(10)).unwrap();
+    for _ in 0..5 {
+        carol.send(&data("room", "secret", "{}")).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    probe.finish(Duration::from_secs(10));
+    assert_eq!(probe.count("sample", &app2), 0, "{:?}", probe.seen);
+}

@@ -110,6 +110,17 @@ impl Shipped {
         path
     }
 
+    /// `mesh/p2p/tls/node.json5` for node `node-<mesh_id>` of this mesh.
+    pub fn p2p_config(&self, mesh_id: &str) -> PathBuf {
+        let text = std::fs::read_to_string(repo("mesh/p2p/tls/node.json5"))
+            .unwrap()
+            .replace("@CERT_DIR@", self.certs.to_str().unwrap())
+            .replace("@NAME@", &format!("node-{mesh_id}"));
+        let path = self.dir.join(format!("p2p-{mesh_id}.json5"));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
     /// Region `r`'s router, listening once this returns.
     pub fn router(&self, zenohd: &Path, r: usize) -> Router {
         let config = self.config(&format!("router-{}.json5", REGIONS[r]));
