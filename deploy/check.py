@@ -822,7 +822,65 @@ def check_zenoh(root: Path) -> None:
         R.check(node.get("mode") == "peer" and node.get("scouting", {}).get("gossip", {}).get("enabled") is False
                 and node.get("listen", {}).get("endpoints") == [] and node.get("connect", {}).get("timeout_ms") == -1,
                 "deploy/zenoh/node.json5: peer, gossip off, listens nowhere, dials in the background")
+    check_acls(root)
     zenoh_parser(root, files)
+
+
+ACL_MESSAGES = {"put", "delete", "declare_subscriber", "query", "reply", "declare_queryable",
+                "liveliness_token", "declare_liveliness_subscriber", "liveliness_query"}
+# The node key space: `**` never matches the verbatim @node/@member chunks.
+MESH_KEYS = {"prscd/**", "prscd/*/@node/*", "prscd/*/*/@member/*"}
+
+
+def check_acls(root: Path) -> None:
+    """Every shipped zenoh config (deploy/zenoh, which the Kubernetes and
+    Terraform templates embed verbatim, and mesh/regions) trusts no one by
+    default (issue #24): ACL on, default deny, policies naming rules and
+    subjects that exist, no rule allowing outside the prscd key space, and
+    a backend's rules within its apps' keys, never a token, queryable or
+    reply of its own."""
+    files = (sorted((root / "deploy/zenoh").glob("*.json5")) + sorted((root / "mesh/regions").rglob("*.json5"))
+             + sorted((root / "mesh/p2p/tls").glob("*.json5")))
+    for f in files:
+        rel = f.relative_to(root)
+        try:
+            c = json5.loads(f.read_text())
+        except ValueError as e:
+            R.fail(f"{rel}: does not parse: {e}")
+            continue
+        acl = c.get("access_control", {})
+        if not R.check(acl.get("enabled") is True and acl.get("default_permission") == "deny",
+                       f"{rel}: access_control on, default deny"):
+            continue
+        rules = {r.get("id"): r for r in acl.get("rules", [])}
+        subjects = {s.get("id"): s for s in acl.get("subjects", [])}
+        policies = acl.get("policies", [])
+        bad = [p for p in policies
+               if not p.get("rules") or not p.get("subjects")
+               or any(r not in rules for r in p["rules"]) or any(s not in subjects for s in p["subjects"])]
+        R.check(bool(policies) and not bad, f"{rel}: {len(policies)} ACL policies name existing rules and subjects",
+                f"dangling {bad}")
+        problems = []
+        for rid, r in rules.items():
+            keys = r.get("key_exprs", [])
+            if r.get("permission") != "allow" or not set(r.get("messages", [])) <= ACL_MESSAGES:
+                problems.append(f"{rid}: permission/messages")
+            if any(not k.startswith("prscd/") for k in keys):
+                problems.append(f"{rid}: keys outside prscd/: {keys}")
+            if str(rid).startswith("backend-"):
+                if set(keys) & MESH_KEYS:
+                    problems.append(f"{rid}: a backend with the node key space")
+                ingress = "ingress" in r.get("flows", [])
+                if ingress and set(r["messages"]) & {"liveliness_token", "declare_queryable", "reply", "delete"}:
+                    problems.append(f"{rid}: a backend declaring tokens or queryables, or replying")
+        mesh_subjects = [s for p in policies if "mesh" in p["rules"] for s in p["subjects"]]
+        anyone = [s for s in mesh_subjects if not (set(subjects[s]) - {"id"})]
+        if anyone:
+            problems.append(f"the node key space for any subject {anyone}")
+        tls = c.get("transport", {}).get("link", {}).get("tls", {}).get("enable_mtls") is True
+        if tls and any("cert_common_names" not in subjects[s] for s in subjects):
+            problems.append("a subject without cert_common_names on an mTLS config")
+        R.check(not problems, f"{rel}: ACL rules stay in the prscd key space, backends in their apps", "; ".join(problems))
 
 
 def zenoh_parser(root: Path, files: list[Path]) -> None:

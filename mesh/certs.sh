@@ -1,13 +1,23 @@
 #!/usr/bin/env bash
 # Certificates for zenoh's TLS transport between prscd nodes and zenohd routers.
 #
-#   mesh/certs.sh OUT_DIR name1 name2 ...         # CA (once) + one cert per name
-#   mesh/certs.sh --rogue OUT_DIR name ...        # same, from a different, untrusted CA
-#   mesh/certs.sh --force OUT_DIR name ...        # re-issue the named certs even if valid
+#   mesh/certs.sh OUT_DIR node:eu router:eu backend:bot:app1,app2 ...   # CA (once) + one cert each
+#   mesh/certs.sh --rogue OUT_DIR node:eu ...     # same, from a different, untrusted CA
+#   mesh/certs.sh --force OUT_DIR node:eu ...     # re-issue the named certs even if valid
+#
+# Roles: the zenoh ACLs (mesh/README.md, threat model) name who may do what by the
+# certificate's common name (CN), which is also the file name:
+#   node:<MESH_ID>                 CN node-<MESH_ID>: one per node (the node key space)
+#   router:<name>                  CN router-<name>: a zenohd router
+#   backend:<name>:<app>[,<app>]   CN backend-<name>: a backend scoped to those apps;
+#                                  the apps are written into the certificate (OU app:<id>)
+#                                  and the ACL policy the routers need is printed
+# A bare <name> (no role) still makes a certificate with CN <name>; no shipped ACL
+# names it, so with ACLs on it may do nothing.
 #
 # Writes into OUT_DIR:
 #   ca.pem, ca.key           the mesh CA (created if missing, reused otherwise)
-#   <name>.pem, <name>.key   a node/router certificate signed by the CA, and its key
+#   <cn>.pem, <cn>.key       a certificate signed by the CA, and its key
 #   --rogue: rogue-ca.pem, rogue-ca.key and <name>.pem/<name>.key signed by the rogue CA
 #            (same subject as the real CA, different key: a cert that *looks* right
 #             but must be refused). Use a separate OUT_DIR for rogue certs.
@@ -79,6 +89,16 @@ new_key() { # PKCS#8 ECDSA P-256
     chmod 600 "$1"
 }
 
+# The CN (and file name) of a role:name argument.
+cn_of() {
+    case "$1" in
+        node:*) echo "node-${1#node:}" ;;
+        router:*) echo "router-${1#router:}" ;;
+        backend:*) local rest="${1#backend:}"; echo "backend-${rest%%:*}" ;;
+        *) echo "$1" ;;
+    esac
+}
+
 # --- CA -------------------------------------------------------------------------
 if [ -s "$CA_PEM" ] && [ -s "$CA_KEY" ]; then
     # the key must match the certificate
@@ -91,7 +111,8 @@ if [ -s "$CA_PEM" ] && [ -s "$CA_KEY" ]; then
 else
     if [ -e "$CA_PEM" ] || [ -e "$CA_KEY" ]; then die "only one of $CA_PEM / $CA_KEY exists; remove it"; fi
     if [ "$FORCE" -eq 0 ]; then
-        for name in "$@"; do
+        for arg in "$@"; do
+            name="$(cn_of "$arg")"
             if [ -e "$OUT/$name.pem" ]; then
                 die "$OUT/$name.pem exists but $CA_PEM does not: it was issued by another CA; use another OUT_DIR or --force"
             fi
@@ -126,7 +147,16 @@ sans_for() {
     echo "$sans"
 }
 
-for name in "$@"; do
+for arg in "$@"; do
+    apps=""
+    case "$arg" in
+        backend:*:*) rest="${arg#backend:}"; apps="${rest#*:}"
+            [[ "$apps" =~ ^[A-Za-z0-9._-]+(,[A-Za-z0-9._-]+)*$ ]] || die "bad app list '$apps' in '$arg'" ;;
+        backend:*) die "'$arg': a backend needs its apps, backend:<name>:<app>[,<app>]" ;;
+        node:* | router:*) ;;
+        *:*) die "unknown role in '$arg' (node:, router: or backend:)" ;;
+    esac
+    name="$(cn_of "$arg")"
     [[ "$name" =~ ^[A-Za-z0-9._-]+$ ]] || die "bad name '$name' (letters, digits, . _ - only)"
     case "$name" in ca|rogue-ca) die "'$name' is reserved for the CA files" ;; esac
     pem="$OUT/$name.pem"; key="$OUT/$name.key"
@@ -151,7 +181,9 @@ authorityKeyIdentifier = keyid:always
 subjectAltName = $(sans_for "$name")
 EOF
     new_key "$key"
-    openssl req -new -key "$key" -subj "/O=prscd/CN=$name" -out "$TMP/$name.csr" 2>/dev/null
+    subject="/O=prscd"
+    for app in ${apps//,/ }; do subject="$subject/OU=app:$app"; done
+    openssl req -new -key "$key" -subj "$subject/CN=$name" -out "$TMP/$name.csr" 2>/dev/null
     # random serial (-CAcreateserial would leave a .srl file next to the CA)
     openssl x509 -req -in "$TMP/$name.csr" -CA "$CA_PEM" -CAkey "$CA_KEY" \
         -set_serial "0x$(openssl rand -hex 16)" -sha256 -days "$CERT_DAYS" \
@@ -159,4 +191,11 @@ EOF
     chmod 644 "$pem"
     openssl verify -CAfile "$CA_PEM" "$pem" >/dev/null || die "issued $pem does not verify"
     if [ "$ROGUE" -eq 1 ]; then log "issued $pem (ROGUE CA: must be refused by the mesh)"; else log "issued $pem"; fi
+    if [ -n "$apps" ]; then
+        keys=""
+        for app in ${apps//,/ }; do keys="$keys\"prscd/$app/*\", \"prscd/$app/*/@member/*\", \"prscd/$app/@node/*\", "; done
+        log "$name: add to the routers' access_control, as backend-dev in mesh/regions/tls/router-*.json5:"
+        log "  subject { id: \"$name\", cert_common_names: [\"$name\"] }, the four backend-dev rules (-in, -rosters, -nodes, -out)"
+        log "  with key_exprs [${keys%, }], and a policy joining them"
+    fi
 done

@@ -193,7 +193,7 @@ start() {
     prscd="$(find_prscd "$build")"
     if [ "$tls" = 1 ]; then
         cert_dir="$(mkdir -p "${CERT_DIR:-$RUN_DIR/certs}" && cd "${CERT_DIR:-$RUN_DIR/certs}" && pwd)"
-        "$HERE/certs.sh" "$cert_dir" router-eu router-us router-ap node-eu node-us node-ap
+        "$HERE/certs.sh" "$cert_dir" router:eu router:us router:ap node:eu node:us node:ap backend:dev:dev
     fi
     write_configs "$tls" "$mtls" "$cert_dir"
     echo "$mode" > "$RUN_DIR/mode"

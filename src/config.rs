@@ -99,9 +99,12 @@ impl Config {
         let mut warnings = Vec::new();
 
         let port = parse(&get, "PORT", 8443u16)?;
-        let debug = get("DEBUG").is_some_and(|v| {
-            matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")
-        });
+        let flag = |name: &str| {
+            get(name).is_some_and(|v| {
+                matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")
+            })
+        };
+        let debug = flag("DEBUG");
 
         let tls_files = match (get("CERT_FILE"), get("KEY_FILE")) {
             (Some(c), Some(k)) => Some((PathBuf::from(c), PathBuf::from(k))),
@@ -162,6 +165,8 @@ impl Config {
             presence_check: Some(parse(&get, "MESH_PRESENCE_CHECK_MS", 1_000u64)?)
                 .filter(|ms| *ms > 0)
                 .map(Duration::from_millis),
+            inbound_queue: parse(&get, "MESH_INBOUND_QUEUE", 10_000usize)?,
+            allow_unauthenticated: flag("MESH_ALLOW_UNAUTHENTICATED"),
         };
 
         for name in DEPRECATED {

@@ -20,7 +20,7 @@ use tracing::{info, warn};
 use crate::apps::DEV_PUBLIC_KEY;
 use crate::config::Config;
 use crate::hub::Hub;
-use crate::mesh::Mesh;
+use crate::mesh::{AppLimitsOf, Mesh};
 use crate::stats::{Stats, Transport};
 use crate::tls::{CertStore, Certificate, EXPIRY_WARNING};
 use crate::transport::{self, webtransport, ws, Context, Settings};
@@ -43,7 +43,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Outside any span: zenoh's background tasks inherit the current one.
     hub.stats()
         .set_certificate_expiry(cert.not_after.unix_timestamp());
-    let mesh = Mesh::start(hub.clone(), &config.mesh).await?;
     let ctx = Arc::new(Context::new(
         hub.clone(),
         Settings {
@@ -55,6 +54,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             idle_timeout: config.idle_timeout,
         },
     ));
+    // The mesh holds other nodes' members within the caps the transports
+    // admit with, as reloaded.
+    let caps = ctx.clone();
+    let limits: AppLimitsOf = Arc::new(move |app| caps.apps().get(app).map(|a| a.limits.clone()));
+    let mesh = Mesh::start(hub.clone(), &config.mesh, limits).await?;
 
     // Created outside any span: quinn attaches the current span to its tasks.
     let wt_config = webtransport::server_config(

@@ -40,6 +40,10 @@ reasons! {
     SlowReader => "slow_reader": "A receiver's queue was full: that receiver is disconnected.",
     MeshBacklog => "mesh_backlog": "Too many messages waiting to be published to the mesh.",
     MeshInvalid => "mesh_invalid": "A sample from the mesh that is not a valid relayed Signalling.",
+    MeshNoToken => "mesh_no_token": "A node's membership, roster or member message from a mesh_id without a live node token of the app.",
+    MeshForged => "mesh_forged": "A sample whose attachment claims a node's sid space it cannot hold: a sid without a node, this node's own mesh_id, or presence without a node's sid.",
+    MeshMemberCap => "mesh_member_cap": "A remote member over the app's member cap for one node's share of a channel.",
+    MeshInboundFull => "mesh_inbound_full": "A sample or roster from zenoh while the bridge's inbound queue was full.",
 }
 
 /// The two client transports.

@@ -139,9 +139,10 @@ async fn python_backend_writes_into_and_reads_a_channel() {
 
 /// What a zenoh client sees of a node's memberships, and what it may not do:
 /// the roster query answers, a `channel_join` needs a node's sid, broken
-/// samples are dropped and counted, and a node's join and leave (here
-/// forged by the test, with a sid) become a remote member and one
-/// `peer_offline` for the browsers.
+/// samples are dropped and counted, a node's member needs its node's token,
+/// and a node's join and leave (here forged by the test, with a sid and the
+/// node's token: only ACLs tell it from a node) become a remote member and
+/// one `peer_offline` for the browsers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)] // zenoh needs it
 async fn the_membership_contract_seen_from_a_zenoh_client() {
     use prscd::mesh::{keys, membership, Origin};
@@ -215,8 +216,31 @@ async fn the_membership_contract_seen_from_a_zenoh_client() {
         (body, origin.encode())
     };
     let (body, attachment) = from_node("bob", "channel_join");
-    publisher.put(body).attachment(attachment).await.unwrap();
-    node.wait_counter(&["mesh", "remote_members"], 1).await;
+    publisher
+        .put(body.clone())
+        .attachment(attachment.clone())
+        .await
+        .unwrap();
+    node.wait_counter(&["dropped", "mesh_no_token"], 1).await;
+    assert_eq!(node.counter(&["mesh", "remote_members"]).await, 0);
+    let _token = session
+        .liveliness()
+        .declare_token(keys::node_token_key("app1", "us"))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.counter(&["mesh", "remote_members"]).await == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the join with a token was refused"
+        );
+        publisher
+            .put(body.clone())
+            .attachment(attachment.clone())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let (body, attachment) = from_node("bob", "peer_offline");
     publisher.put(body).attachment(attachment).await.unwrap();
     let off = alice.recv_op("peer_offline").await;

@@ -223,6 +223,9 @@ start() {
         (
             cd "$RUN_DIR/$name"
             unset ZENOH_CONFIG CERT_FILE KEY_FILE
+            # Plaintext zenoh in namespaces of this script only: the opt-out
+            # of the node's refusal to listen beyond loopback unauthenticated.
+            export MESH_ALLOW_UNAUTHENTICATED=true
             export MESH_ID="$r" HOST=0.0.0.0 ZENOH_LISTEN="$listen" ZENOH_CONNECT="$connect" \
                 DEV_CERT_DIR="$RUN_DIR/$name/.prscd-dev" PID_FILE="$RUN_DIR/$name/prscd.pid"
             [ -n "$connect" ] || unset ZENOH_CONNECT

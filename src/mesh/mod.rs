@@ -17,6 +17,10 @@
 //! rosters; a member back from a partition becomes `peer_online` plus its
 //! last state, so the browsers on this side see it again without it having
 //! to rejoin. A `channel_join` is the bridge's, never the browsers'.
+//! What no node would send is refused and counted, ACLs or not
+//! (`Bridge::sender`): a member of a node needs that node's live token, a
+//! roster too, and one node's members of a channel stay within the app's
+//! cap. What zenoh hands over waits in a bounded queue (`Inbound`).
 //!
 //! The hub never waits for zenoh: events cross an unbounded, ordered queue
 //! whose publish backlog is capped by the hub. The mesh knows nothing of
@@ -43,6 +47,7 @@ use zenoh::sample::{Locality, SampleKind};
 use zenoh::session::SessionPutBuilder;
 use zenoh::Session;
 
+use crate::apps::AppLimits;
 use crate::hub::{Hub, MeshEvent, PeerId};
 use crate::protocol::{self, Kind, Op};
 use crate::stats::{DropReason, Stats};
@@ -63,7 +68,17 @@ pub struct MeshSettings {
     /// are asked to announce themselves to it (see `Bridge::on_check`);
     /// `None` turns the check off.
     pub presence_check: Option<Duration>,
+    /// Samples, rosters and roster queries that may wait for the bridge
+    /// before new ones are dropped (counted `mesh_inbound_full`).
+    pub inbound_queue: usize,
+    /// `MESH_ALLOW_UNAUTHENTICATED`: accept zenoh links from beyond loopback
+    /// without mTLS or user/password (see [`check_authenticated`]).
+    pub allow_unauthenticated: bool,
 }
+
+/// The app's caps, as the transports admit with them now (reloaded on
+/// SIGHUP); `None` for an app this node does not know.
+pub type AppLimitsOf = Arc<dyn Fn(&str) -> Option<AppLimits> + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MeshError {
@@ -73,6 +88,8 @@ pub enum MeshError {
     ConfigKey { key: &'static str, why: String },
     #[error("cannot open the zenoh session: {0}")]
     Open(String),
+    #[error("zenoh would accept links on {endpoint} from beyond loopback without authentication: configure TLS with client certificates (transport.link.tls.enable_mtls and a tls/ or quic/ endpoint) or user/password (transport.auth.usrpwd), or set MESH_ALLOW_UNAUTHENTICATED=true to accept anyone")]
+    Unauthenticated { endpoint: String },
 }
 
 /// When a channel's roster query is asked again; a node's first wait
@@ -110,7 +127,86 @@ pub fn zenoh_config(settings: &MeshSettings) -> Result<zenoh::Config, MeshError>
     if !settings.connect.is_empty() {
         insert(&mut config, "connect/endpoints", &list(&settings.connect))?;
     }
+    check_authenticated(&config, settings.allow_unauthenticated)?;
     Ok(config)
+}
+
+/// Secure by default: without authentication a zenoh link is anyone's, and
+/// anyone on the mesh can read every app and forge presence (`mesh/README.md`,
+/// threat model). So a listen endpoint beyond loopback needs mTLS (on a
+/// `tls/` or `quic/` endpoint) or a user/password dictionary, unless
+/// `allow` (`MESH_ALLOW_UNAUTHENTICATED=true`) says otherwise, with a warning.
+/// Connecting out needs neither: the other side decides whom it accepts.
+pub fn check_authenticated(config: &zenoh::Config, allow: bool) -> Result<(), MeshError> {
+    let json = |key: &str| {
+        config
+            .get_json(key)
+            .ok()
+            .and_then(|v| serde_json::from_str::<serde_json::Value>(&v).ok())
+            .unwrap_or(serde_json::Value::Null)
+    };
+    let mode = json("mode");
+    let mode = mode.as_str().unwrap_or("peer");
+    // A mode-dependent value ({peer: [...], router: [...]}) or one list.
+    let endpoints = match json("listen/endpoints") {
+        serde_json::Value::Object(by_mode) => by_mode.get(mode).cloned(),
+        other => Some(other),
+    };
+    let endpoints: Vec<String> = match endpoints {
+        Some(serde_json::Value::Array(list)) => list
+            .iter()
+            .filter_map(|e| e.as_str().map(str::to_owned))
+            .collect(),
+        // Unset: zenoh listens on `tcp/[::]:0` in peer and router mode.
+        _ if mode == "client" => Vec::new(),
+        _ => vec!["tcp/[::]:0".to_owned()],
+    };
+    let mtls = json("transport/link/tls/enable_mtls").as_bool() == Some(true);
+    let usrpwd = json("transport/auth/usrpwd/dictionary_file").is_string();
+    // zenoh refuses to open a listener outside `transport/link/protocols`.
+    let protocols = json("transport/link/protocols");
+    let opened = |endpoint: &String| {
+        protocols.as_array().is_none_or(|list| {
+            let proto = endpoint.split('/').next().unwrap_or_default();
+            list.iter().any(|p| p.as_str() == Some(proto))
+        })
+    };
+    let open = endpoints
+        .into_iter()
+        .filter(opened)
+        .find(|e| !usrpwd && !endpoint_is_safe(e, mtls));
+    match open {
+        None => Ok(()),
+        Some(endpoint) if allow => {
+            warn!(%endpoint, "mesh: MESH_ALLOW_UNAUTHENTICATED=true: accepting zenoh links from beyond loopback without authentication; anyone who reaches this endpoint can read every app and forge presence");
+            Ok(())
+        }
+        Some(endpoint) => Err(MeshError::Unauthenticated { endpoint }),
+    }
+}
+
+/// Whether a listen endpoint (`proto/address[?metadata][#config]`) only
+/// accepts authenticated or local links.
+fn endpoint_is_safe(endpoint: &str, mtls: bool) -> bool {
+    let endpoint = endpoint.split(['?', '#']).next().unwrap_or_default();
+    let Some((proto, address)) = endpoint.split_once('/') else {
+        return false;
+    };
+    if mtls && matches!(proto, "tls" | "quic") {
+        return true;
+    }
+    // Unix sockets and pipes never leave the host.
+    if matches!(proto, "unixsock-stream" | "unixpipe") {
+        return true;
+    }
+    let host = match address.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => address.rsplit_once(':').map_or(address, |(h, _)| h),
+    };
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The embedded default, also in `mesh/p2p/node.json5`.
@@ -157,7 +253,11 @@ pub struct Mesh {
 impl Mesh {
     /// Opens the zenoh session and starts bridging. Call outside any span:
     /// zenoh's background tasks inherit the current one.
-    pub async fn start(hub: Arc<Hub>, settings: &MeshSettings) -> Result<Mesh, MeshError> {
+    pub async fn start(
+        hub: Arc<Hub>,
+        settings: &MeshSettings,
+        limits: AppLimitsOf,
+    ) -> Result<Mesh, MeshError> {
         let config = zenoh_config(settings)?;
         let session = zenoh::open(config)
             .await
@@ -167,19 +267,25 @@ impl Mesh {
         info!(zid = %session.zid(), mesh_id = hub.mesh_id(), "mesh: zenoh session open");
 
         let (events, backlog) = hub.attach_mesh(settings.max_backlog.max(1));
-        let (inbound_tx, inbound) = mpsc::unbounded_channel();
+        let (inbound_tx, inbound) = mpsc::channel(settings.inbound_queue.max(1));
+        let (control_tx, control) = mpsc::unbounded_channel();
         let bridge = Bridge {
             session: session.clone(),
             mesh_id: hub.mesh_id().to_owned(),
             hub,
             stats: stats.clone(),
             backlog,
-            inbound_tx,
+            inbound: Inbound {
+                tx: inbound_tx,
+                stats: stats.clone(),
+            },
+            control_tx,
+            limits,
             presence_check: settings.presence_check,
             channels: HashMap::new(),
             apps: HashMap::new(),
         };
-        let task = tokio::spawn(bridge.run(events, inbound));
+        let task = tokio::spawn(bridge.run(events, control, inbound));
         tokio::spawn(watch_neighbours(session.clone(), stats));
         Ok(Mesh { session, task })
     }
@@ -224,7 +330,11 @@ async fn watch_neighbours(session: Session, stats: Arc<Stats>) {
 
 type ChannelId = (Arc<str>, Arc<str>);
 
-/// What arrives from zenoh's callbacks, for the bridge task.
+/// What arrives from zenoh's callbacks, for the bridge task. Samples,
+/// rosters and roster queries, which anyone on the mesh can send at any
+/// rate, cross a bounded queue ([`Inbound`]); node tokens and the bridge's
+/// own timers cross an unbounded one, taken first: dropping a token's
+/// coming or going would leave ghosts or miss a node.
 enum FromZenoh {
     Message {
         channel: ChannelId,
@@ -258,10 +368,28 @@ struct RosterAsk {
     attempt: u32,
 }
 
+/// The bounded queue from zenoh's callbacks to the bridge: when the bridge
+/// falls behind, what does not fit is dropped and counted, so a flood from
+/// the mesh costs bounded memory.
+#[derive(Clone)]
+struct Inbound {
+    tx: mpsc::Sender<FromZenoh>,
+    stats: Arc<Stats>,
+}
+
+impl Inbound {
+    fn offer(&self, msg: FromZenoh) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(msg) {
+            self.stats.count_drop(DropReason::MeshInboundFull);
+        }
+    }
+}
+
 /// Lives in a roster query's callback; zenoh drops the callback when the
 /// query is over, and this tells the bridge how many replies came.
 struct QueryOver {
-    tx: mpsc::UnboundedSender<FromZenoh>,
+    inbound: Inbound,
+    control: mpsc::UnboundedSender<FromZenoh>,
     ask: Option<RosterAsk>,
     replies: AtomicUsize,
 }
@@ -270,7 +398,9 @@ impl Drop for QueryOver {
     fn drop(&mut self) {
         if let Some(ask) = self.ask.take() {
             let replies = self.replies.load(Relaxed);
-            let _ = self.tx.send(FromZenoh::RosterQueryOver { ask, replies });
+            let _ = self
+                .control
+                .send(FromZenoh::RosterQueryOver { ask, replies });
         }
     }
 }
@@ -302,6 +432,27 @@ struct ChannelLink {
     remote: HashMap<(String, u64), Remote>,
     /// Members whose node's token went away, to recognise a heal.
     gone: HashMap<(String, u64), (Remote, Instant)>,
+    /// mesh_id → how many of `remote` are its: a node never has more members
+    /// in a channel than the app's cap, so more is refused.
+    per_node: HashMap<String, usize>,
+}
+
+impl ChannelLink {
+    fn remove_remote(&mut self, who: &(String, u64)) -> Option<Remote> {
+        let remote = self.remote.remove(who)?;
+        if let Some(n) = self.per_node.get_mut(&who.0) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_node.remove(&who.0);
+            }
+        }
+        Some(remote)
+    }
+
+    fn insert_remote(&mut self, who: (String, u64), remote: Remote) {
+        *self.per_node.entry(who.0.clone()).or_default() += 1;
+        self.remote.insert(who, remote);
+    }
 }
 
 struct Bridge {
@@ -310,7 +461,9 @@ struct Bridge {
     hub: Arc<Hub>,
     stats: Arc<Stats>,
     backlog: Arc<AtomicUsize>,
-    inbound_tx: mpsc::UnboundedSender<FromZenoh>,
+    inbound: Inbound,
+    control_tx: mpsc::UnboundedSender<FromZenoh>,
+    limits: AppLimitsOf,
     presence_check: Option<Duration>,
     channels: HashMap<ChannelId, ChannelLink>,
     /// One membership watch per app with linked channels (see [`AppWatch`]).
@@ -337,7 +490,8 @@ impl Bridge {
     async fn run(
         mut self,
         mut events: mpsc::UnboundedReceiver<MeshEvent>,
-        mut inbound: mpsc::UnboundedReceiver<FromZenoh>,
+        mut control: mpsc::UnboundedReceiver<FromZenoh>,
+        mut inbound: mpsc::Receiver<FromZenoh>,
     ) {
         loop {
             tokio::select! {
@@ -346,6 +500,9 @@ impl Bridge {
                     Some(event) => self.on_local(event).await,
                     None => return,
                 },
+                // Before samples: a node's token, announced before its
+                // first sample, is known when the sample is checked.
+                Some(msg) = control.recv() => self.on_remote(msg).await,
                 Some(msg) = inbound.recv() => self.on_remote(msg).await,
             }
         }
@@ -434,7 +591,7 @@ impl Bridge {
     /// node alone in the mesh sends no query.
     async fn link(&mut self, id: &ChannelId) -> zenoh::Result<ChannelLink> {
         let (app, channel) = id;
-        let tx = self.inbound_tx.clone();
+        let inbound = self.inbound.clone();
         let cid = id.clone();
         let messages = self
             .session
@@ -445,7 +602,7 @@ impl Bridge {
                     .attachment()
                     .map(|a| Origin::decode(&a.to_bytes()))
                     .unwrap_or_default();
-                let _ = tx.send(FromZenoh::Message {
+                inbound.offer(FromZenoh::Message {
                     channel: cid.clone(),
                     payload: sample.payload().to_bytes().into_owned(),
                     origin,
@@ -469,6 +626,7 @@ impl Bridge {
             _messages: messages,
             remote: HashMap::new(),
             gone: HashMap::new(),
+            per_node: HashMap::new(),
         })
     }
 
@@ -510,7 +668,8 @@ impl Bridge {
     /// (see [`Bridge::on_roster_query_over`]).
     async fn ask_rosters(&self, ask: RosterAsk) {
         let over = QueryOver {
-            tx: self.inbound_tx.clone(),
+            inbound: self.inbound.clone(),
+            control: self.control_tx.clone(),
             ask: Some(ask.clone()),
             replies: AtomicUsize::new(0),
         };
@@ -523,7 +682,7 @@ impl Bridge {
             .callback(move |reply| {
                 if let Ok(sample) = reply.result() {
                     over.replies.fetch_add(1, Relaxed);
-                    let _ = over.tx.send(FromZenoh::Roster {
+                    over.inbound.offer(FromZenoh::Roster {
                         key: sample.key_expr().as_str().to_owned(),
                         payload: sample.payload().to_bytes().into_owned(),
                     });
@@ -550,7 +709,7 @@ impl Bridge {
             None => ROSTER_RECHECK,
         };
         ask.attempt += 1;
-        let tx = self.inbound_tx.clone();
+        let tx = self.control_tx.clone();
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             let _ = tx.send(FromZenoh::AskAgain(ask));
@@ -572,18 +731,18 @@ impl Bridge {
             watch.linked_channels += 1;
             return Ok(());
         }
-        let (tx, for_app) = (self.inbound_tx.clone(), app.clone());
+        let (inbound, for_app) = (self.inbound.clone(), app.clone());
         let roster = self
             .session
             .declare_queryable(keys::node_members_of_app(app, &self.mesh_id))
             .callback(move |query| {
-                let _ = tx.send(FromZenoh::RosterQuery {
+                inbound.offer(FromZenoh::RosterQuery {
                     app: for_app.clone(),
                     query,
                 });
             })
             .await?;
-        let tx = self.inbound_tx.clone();
+        let tx = self.control_tx.clone();
         let node_tokens = self
             .session
             .liveliness()
@@ -649,9 +808,9 @@ impl Bridge {
     }
 
     fn on_message(&mut self, id: ChannelId, payload: &[u8], origin: Origin) {
-        let Some(link) = self.channels.get_mut(&id) else {
+        if !self.channels.contains_key(&id) {
             return; // unsubscribed meanwhile
-        };
+        }
         let hop_us = unix_micros().saturating_sub(origin.sent_us);
         let span = tracing::info_span!(
             target: "otel", parent: None, "mesh.receive",
@@ -681,14 +840,28 @@ impl Bridge {
             span.record("hop_us", hop_us);
             self.stats.mesh.observe_hop(hop_us);
         }
-        let member = relayed.mesh.zip(origin.sid);
+        if relayed.kind == Kind::Control(Op::ChannelJoin) && origin.sid.is_none() {
+            debug!(app = %id.0, channel = %id.1, "mesh: channel_join without a node's sid dropped");
+            self.stats.count_drop(DropReason::MeshInvalid);
+            tracing::info!(target: "otel", reason = DropReason::MeshInvalid.as_str(), "dropped");
+            return;
+        }
+        let member = match self.sender(&id, relayed.mesh, origin.sid, relayed.kind) {
+            Ok(member) => member,
+            Err(reason) => {
+                debug!(app = %id.0, channel = %id.1, peer = relayed.peer, mesh = ?relayed.mesh, sid = ?origin.sid, reason = reason.as_str(), "mesh: sample refused");
+                self.stats.count_drop(reason);
+                tracing::info!(target: "otel", reason = reason.as_str(), "dropped");
+                return;
+            }
+        };
+        let Some(link) = self.channels.get_mut(&id) else {
+            return;
+        };
         if relayed.kind == Kind::Control(Op::ChannelJoin) {
             // A node announcing a member: for this bridge, never for browsers.
             let Some((mesh, sid)) = member else {
-                debug!(app = %id.0, channel = %id.1, "mesh: channel_join without a node's sid dropped");
-                self.stats.count_drop(DropReason::MeshInvalid);
-                tracing::info!(target: "otel", reason = DropReason::MeshInvalid.as_str(), "dropped");
-                return;
+                return; // no sid: refused above
             };
             let joined = Membership {
                 sid,
@@ -708,7 +881,7 @@ impl Bridge {
                 // data) and said so already. One of a member never known
                 // here is delivered: the browsers may know it from its own
                 // messages.
-                if link.remote.remove(&who).is_some() {
+                if link.remove_remote(&who).is_some() {
                     self.stats.mesh.remote_member_gone();
                 } else if link.gone.remove(&who).is_some() {
                     debug!(app = %id.0, channel = %id.1, peer = relayed.peer, %mesh, "mesh: leave of a member already offline");
@@ -743,6 +916,48 @@ impl Bridge {
             deliver.in_scope(|| self.hub.deliver_remote(&id.0, &id.1, &bytes, relayed.kind));
         deliver.record("delivered", delivery.sent);
         deliver.record("dropped_slow", delivery.dropped);
+    }
+
+    /// Who a sample says it comes from, if that can be so: `Some((mesh_id,
+    /// sid))` for a member of another node, `None` for a backend. The second
+    /// wall behind the mesh's ACLs (`mesh/README.md`, threat model), which
+    /// holds without them: a sid (a node's member) needs the node's
+    /// `mesh_id` beside it, not this node's own, and that node's live token
+    /// of the app, or the member known from when it was live; presence
+    /// (`op`) only ever comes from a node's member. The token alone does not
+    /// prove the sender is that node; zenoh's authentication and ACLs do.
+    fn sender<'a>(
+        &self,
+        id: &ChannelId,
+        mesh: Option<&'a str>,
+        sid: Option<u64>,
+        kind: Kind,
+    ) -> Result<Option<(&'a str, u64)>, DropReason> {
+        let (mesh, sid) = match (mesh, sid) {
+            (Some(mesh), Some(sid)) => (mesh, sid),
+            (None, None) if kind == Kind::Data => return Ok(None),
+            // A sid without its node, a node without a sid, or presence
+            // from a backend.
+            _ => return Err(DropReason::MeshForged),
+        };
+        if mesh == self.mesh_id {
+            return Err(DropReason::MeshForged);
+        }
+        let who = (mesh.to_owned(), sid);
+        let link = self.channels.get(id);
+        let live = self
+            .apps
+            .get(&id.0)
+            .is_some_and(|w| w.nodes.contains(mesh))
+            || link.is_some_and(|l| l.remote.contains_key(&who))
+            // A leave overtaken by its node's token going: known, dropped quietly later.
+            || (kind == Kind::Control(Op::PeerOffline)
+                && link.is_some_and(|l| l.gone.contains_key(&who)));
+        if live {
+            Ok(Some((mesh, sid)))
+        } else {
+            Err(DropReason::MeshNoToken)
+        }
     }
 
     /// A remote member whose token appeared a grace period ago and from
@@ -829,7 +1044,7 @@ impl Bridge {
                 .cloned()
                 .collect();
             for who in cut {
-                if let Some(remote) = link.remote.remove(&who) {
+                if let Some(remote) = link.remove_remote(&who) {
                     offline.push((id.clone(), remote.client_id.clone()));
                     link.gone.insert(who, (remote, now));
                 }
@@ -845,6 +1060,17 @@ impl Bridge {
         let Some((id, mesh_id)) = self.remote_node(key) else {
             return;
         };
+        // A node's rosters come with its token; its token's arrival asks
+        // again, so nothing of a live node is lost by waiting for it.
+        if !self
+            .apps
+            .get(&id.0)
+            .is_some_and(|w| w.nodes.contains(&mesh_id))
+        {
+            debug!(%key, "mesh: roster of a node without a live token refused");
+            self.stats.count_drop(DropReason::MeshNoToken);
+            return;
+        }
         match membership::decode_roster(payload) {
             Ok(members) => {
                 for m in members {
@@ -907,6 +1133,12 @@ impl Bridge {
         if link.remote.contains_key(&who) {
             return;
         }
+        let cap = (self.limits)(&id.0).unwrap_or_default().max_members;
+        if cap != 0 && link.per_node.get(&who.0).copied().unwrap_or(0) >= cap {
+            debug!(app = %id.0, channel = %id.1, mesh = %who.0, cap, "mesh: remote member over the app's member cap refused");
+            self.stats.count_drop(DropReason::MeshMemberCap);
+            return;
+        }
         let now = Instant::now();
         link.gone
             .retain(|_, (_, since)| now.duration_since(*since) < GONE_MEMORY);
@@ -919,7 +1151,7 @@ impl Bridge {
         debug!(app = %id.0, channel = %id.1, peer = %member.client_id, mesh = %member.mesh_id, healed = healed.is_some(), "mesh: remote member");
         let last_state = healed.as_ref().and_then(|(r, _)| r.last_state.clone());
         self.stats.mesh.remote_members.fetch_add(1, Relaxed);
-        link.remote.insert(
+        link.insert_remote(
             who,
             Remote {
                 client_id: member.client_id.clone(),
@@ -942,7 +1174,7 @@ impl Bridge {
                     .deliver_remote(&id.0, &id.1, &state, Kind::Control(Op::PeerState));
             }
         } else if let Some(grace) = self.presence_check {
-            let (tx, channel) = (self.inbound_tx.clone(), id.clone());
+            let (tx, channel) = (self.control_tx.clone(), id.clone());
             tokio::spawn(async move {
                 tokio::time::sleep(grace).await;
                 let _ = tx.send(FromZenoh::Check { channel, member });
@@ -1038,6 +1270,80 @@ mod tests {
             traceparent: None,
         };
         assert_eq!(Origin::decode(&bare.encode()), bare);
+    }
+
+    #[test]
+    fn listening_beyond_loopback_needs_authentication_or_the_opt_out() {
+        let with = |listen: &[&str], extra: &[(&str, &str)], allow: bool| {
+            let mut config = zenoh_config(&MeshSettings {
+                allow_unauthenticated: true,
+                ..MeshSettings::default()
+            })
+            .unwrap();
+            let list = serde_json::to_string(listen).unwrap();
+            config.insert_json5("listen/endpoints", &list).unwrap();
+            for (key, value) in extra {
+                config.insert_json5(key, value).unwrap();
+            }
+            check_authenticated(&config, allow)
+        };
+        // The embedded default listens nowhere; loopback and sockets are local.
+        assert!(zenoh_config(&MeshSettings::default()).is_ok());
+        for local in [
+            "tcp/127.0.0.1:7447",
+            "tcp/127.0.0.13:7447",
+            "tcp/[::1]:7447",
+            "tcp/localhost:7447",
+            "udp/127.0.0.1:7447#iface=lo",
+            "unixsock-stream//tmp/z.sock",
+        ] {
+            assert!(with(&[local], &[], false).is_ok(), "{local}");
+        }
+        let err = with(&["tcp/127.0.0.1:1", "tcp/0.0.0.0:7447"], &[], false).unwrap_err();
+        assert!(
+            matches!(&err, MeshError::Unauthenticated { endpoint } if endpoint == "tcp/0.0.0.0:7447"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("MESH_ALLOW_UNAUTHENTICATED"));
+        assert!(with(&["tcp/10.0.0.1:7447"], &[], true).is_ok(), "opt-out");
+        let mtls = [("transport/link/tls/enable_mtls", "true")];
+        assert!(with(&["tls/0.0.0.0:7447"], &mtls, false).is_ok());
+        assert!(with(&["quic/[::]:7447"], &mtls, false).is_ok());
+        assert!(
+            with(&["tls/0.0.0.0:7447"], &[], false).is_err(),
+            "TLS without client certificates"
+        );
+        assert!(
+            with(&["tcp/0.0.0.0:7447"], &mtls, false).is_err(),
+            "mTLS does not cover tcp/"
+        );
+        let usrpwd = [(
+            "transport/auth/usrpwd/dictionary_file",
+            r#""/etc/zenoh/users""#,
+        )];
+        assert!(with(&["tcp/0.0.0.0:7447"], &usrpwd, false).is_ok());
+        // A listener zenoh will not open (outside link/protocols) accepts nobody.
+        let tls_only = [("transport/link/protocols", r#"["tls"]"#)];
+        assert!(with(&["tcp/0.0.0.0:7447"], &tls_only, false).is_ok());
+        assert!(with(&["tls/0.0.0.0:7447"], &tls_only, false).is_err());
+        // A file without listen endpoints: zenoh's own default, every interface.
+        let dir = std::env::temp_dir().join(format!("prscd-auth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("peer.json5");
+        std::fs::write(&file, r#"{ mode: "peer" }"#).unwrap();
+        let from_file = |allow| {
+            zenoh_config(&MeshSettings {
+                config_file: Some(file.clone()),
+                allow_unauthenticated: allow,
+                ..MeshSettings::default()
+            })
+        };
+        assert!(matches!(
+            from_file(false),
+            Err(MeshError::Unauthenticated { .. })
+        ));
+        assert!(from_file(true).is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

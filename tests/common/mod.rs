@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod netns;
+pub mod zmesh;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
