@@ -339,22 +339,27 @@ origins = ["https://app.example", "http://localhost:5173"]
     assert_eq!(ws_status(&node, "/v1?publickey=pk2&id=a", &evil).await, 101);
 }
 
-/// Sends `n` numbered data messages back to back and checks that `reader`
-/// gets them all, in order.
+/// Sends `n` numbered data messages back to back while `reader` reads, and
+/// checks that it gets them all, in order.
 async fn burst_arrives_whole(sender: &mut Client, reader: &mut Client, room: &str, n: usize) {
-    for i in 0..n {
-        sender.send(&data(room, &i.to_string(), "{}")).await;
-    }
-    for i in 0..n {
-        let msg = reader.recv_op("data").await;
-        let pl = bin(&msg, "pl").unwrap();
-        let pl = rmpv::decode::read_value(&mut &pl[..]).unwrap();
-        assert_eq!(
-            pl["event"].as_str(),
-            Some(i.to_string().as_str()),
-            "message {i} of {n}"
-        );
-    }
+    let send = async {
+        for i in 0..n {
+            sender.send(&data(room, &i.to_string(), "{}")).await;
+        }
+    };
+    let receive = async {
+        for i in 0..n {
+            let msg = reader.recv_op("data").await;
+            let pl = bin(&msg, "pl").unwrap();
+            let pl = rmpv::decode::read_value(&mut &pl[..]).unwrap();
+            assert_eq!(
+                pl["event"].as_str(),
+                Some(i.to_string().as_str()),
+                "message {i} of {n}"
+            );
+        }
+    };
+    tokio::join!(send, receive);
 }
 
 #[tokio::test]
@@ -381,12 +386,17 @@ async fn reliable_transports_are_slowed_not_dropped() {
     sender.join("big").await;
     reader.join("big").await;
     let blob = "x".repeat(64 << 10);
-    for _ in 0..12 {
-        sender.send(&data("big", "blob", &blob)).await;
-    }
-    for _ in 0..12 {
-        reader.recv_op("data").await;
-    }
+    let send = async {
+        for _ in 0..12 {
+            sender.send(&data("big", "blob", &blob)).await;
+        }
+    };
+    let receive = async {
+        for _ in 0..12 {
+            reader.recv_op("data").await;
+        }
+    };
+    tokio::join!(send, receive);
     assert_eq!(node.counter(&["dropped", "rate_limited"]).await, 0);
 }
 
