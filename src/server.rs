@@ -92,7 +92,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         endpoint: &endpoint,
         port,
     };
-    tokio::spawn(watch_expiry(hub.clone()));
+    if !cert.dev {
+        tokio::spawn(watch_expiry(hub.clone()));
+    }
 
     wait_for_shutdown(&hub, &reload).await?;
     drain(&config, &ctx).await;
@@ -146,9 +148,11 @@ fn load_certificate(config: &Config) -> Result<Certificate, crate::tls::TlsError
     }
 }
 
+/// The dev certificate always has under 14 days (WebTransport's pinning
+/// limit) and renews itself, so only a real one is warned about.
 fn warn_if_expiring(cert: &Certificate) {
     let left = cert.seconds_left();
-    if left < EXPIRY_WARNING.whole_seconds() {
+    if !cert.dev && left < EXPIRY_WARNING.whole_seconds() {
         warn!(
             days_left = left / 86_400,
             not_after = %cert.not_after,
