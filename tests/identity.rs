@@ -579,3 +579,33 @@ async fn sighup_reloads_apps_and_certificate_without_dropping_connections() {
     bob.send(&data("room", "still", "{}")).await;
     assert_eq!(field(&alice.recv_op("data").await, "p"), Some("bob"));
 }
+
+#[tokio::test]
+async fn webtransport_streams_per_session_are_capped() {
+    let node = Node::start_with(&[("WT_MAX_STREAMS", "2")]);
+    let conn = wt_connect(node.port, "/v1?publickey=pk1&id=s")
+        .await
+        .unwrap();
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let opening = tokio::time::timeout(WAIT, conn.open_bi())
+            .await
+            .unwrap()
+            .unwrap();
+        open.push(tokio::time::timeout(WAIT, opening).await.unwrap().unwrap());
+    }
+    // The third waits for the node to allow more streams, until one closes.
+    let third = async { conn.open_bi().await.unwrap().await.unwrap() };
+    tokio::pin!(third);
+    assert!(
+        tokio::time::timeout(QUIET, &mut third).await.is_err(),
+        "a third stream opened past WT_MAX_STREAMS=2"
+    );
+    let (mut send, recv) = open.pop().unwrap();
+    send.finish().await.unwrap();
+    drop(recv);
+    let (mut send, _recv) = tokio::time::timeout(WAIT, third)
+        .await
+        .expect("a stream slot came back");
+    send.write_all(&join("s", "s")).await.unwrap();
+}

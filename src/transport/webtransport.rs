@@ -54,7 +54,8 @@ pub fn server_config(
     let limits = &config.quic;
     let mut transport = wtransport::config::QuicTransportConfig::default();
     transport
-        .max_concurrent_bidi_streams(QVarInt::from_u32(limits.max_streams))
+        // The session's own CONNECT request is a bidirectional stream too.
+        .max_concurrent_bidi_streams(QVarInt::from_u32(limits.max_streams.saturating_add(1)))
         .stream_receive_window(QVarInt::from_u32(limits.stream_window))
         .receive_window(QVarInt::from_u32(limits.connection_window));
     Ok(builder
