@@ -257,7 +257,12 @@ pub fn state_frame(channel: &str, id: &str) -> Vec<u8> {
 pub fn control_of(frame: &[u8]) -> Option<(String, String)> {
     let value = rmpv::decode::read_value(&mut &frame[..]).ok()?;
     let field = |key: &str| {
-        value.as_map()?.iter().find(|(k, _)| k.as_str() == Some(key))?.1.as_str()
+        value
+            .as_map()?
+            .iter()
+            .find(|(k, _)| k.as_str() == Some(key))?
+            .1
+            .as_str()
     };
     Some((field("op")?.to_owned(), field("p").unwrap_or("").to_owned()))
 }
