@@ -38,18 +38,10 @@ async fn rejected(node: &Node, status: &str) -> u64 {
     node.counter(&["handshake_rejected", status]).await
 }
 
-/// A state payload `{id, name}` as the client sends it.
-fn state_with(id: &str, name: &str) -> Vec<u8> {
-    let mut out = Vec::new();
-    rmpv::encode::write_value(
-        &mut out,
-        &Value::Map(vec![
-            (Value::from("id"), Value::from(id)),
-            (Value::from("name"), Value::from(name)),
-        ]),
-    )
-    .unwrap();
-    out
+/// A `peer_state` whose state claims the id `mallory`.
+fn forged_state(room: &str) -> Vec<u8> {
+    let state = pack_map(vec![("id", "mallory".into()), ("name", "M".into())]);
+    control("peer_state", room, Some(state))
 }
 
 /// The state a relayed `peer_state` carries.
@@ -244,13 +236,7 @@ async fn token_channels_and_state_claims_on_both_transports() {
         let mut bob = node.ws(KEY1, "bob").await;
         bob.join(&room).await;
         // The server's fields win over what the client claims.
-        alice
-            .send(&control(
-                "peer_state",
-                &room,
-                Some(state_with("mallory", "M")),
-            ))
-            .await;
+        alice.send(&forged_state(&room)).await;
         let state = state_of(&bob.recv_op("peer_state").await);
         assert_eq!(state["id"].as_str(), Some("alice"), "{via:?}");
         assert_eq!(state["name"].as_str(), Some("Alice"), "{via:?}");
@@ -273,13 +259,7 @@ async fn state_is_pinned_to_its_sender_locally_and_across_the_mesh() {
         carol.join(&room).await;
         bob.join(&room).await;
         nodes[0].wait_remote_members(1).await;
-        alice
-            .send(&control(
-                "peer_state",
-                &room,
-                Some(state_with("mallory", "M")),
-            ))
-            .await;
+        alice.send(&forged_state(&room)).await;
         for reader in [&mut carol, &mut bob] {
             let msg = reader.recv_op("peer_state").await;
             assert_eq!(field(&msg, "p"), Some("alice"));
@@ -293,7 +273,7 @@ async fn state_is_pinned_to_its_sender_locally_and_across_the_mesh() {
             assert_eq!(state["name"].as_str(), Some("M"));
         }
         // A state that already names its sender passes byte for byte.
-        let honest = state_with("alice", "A");
+        let honest = pack_map(vec![("id", "alice".into()), ("name", "A".into())]);
         alice
             .send(&control("peer_state", &room, Some(honest.clone())))
             .await;

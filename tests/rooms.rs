@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use rmpv::Value;
 
 /// What a member knows: every other member's last state, by id.
 type Known = Arc<Mutex<HashMap<String, Vec<u8>>>>;
@@ -28,16 +27,7 @@ struct Member {
 }
 
 fn state_of(id: &str, version: u32) -> Vec<u8> {
-    let mut out = Vec::new();
-    rmpv::encode::write_value(
-        &mut out,
-        &Value::Map(vec![
-            (Value::from("id"), Value::from(id)),
-            (Value::from("v"), Value::from(version)),
-        ]),
-    )
-    .unwrap();
-    out
+    pack_map(vec![("id", id.into()), ("v", version.into())])
 }
 
 impl Member {

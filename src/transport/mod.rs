@@ -81,11 +81,20 @@ impl Context {
         *self.apps.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(apps);
     }
 
-    /// Counts a connection against its app's caps, or the 429 that refuses it.
-    pub fn take_slot(&self, app: &App, ip: IpAddr) -> Result<Slot, Rejection> {
-        self.quotas
-            .acquire(app, ip)
-            .map_err(|refused| reject(429, refused.as_str()))
+    /// The handshake checks ([`admit`]) with this node's apps, then the
+    /// connection counted against its app's caps (or the 429 refusing it).
+    pub fn admit(
+        &self,
+        target: &str,
+        origin: Option<&str>,
+        ip: IpAddr,
+    ) -> Result<(Admission, Slot), Rejection> {
+        let admission = admit(target, origin, &self.apps(), self.max_id_len)?;
+        let slot = self
+            .quotas
+            .acquire(&admission.app, ip)
+            .map_err(|refused| reject(429, refused.as_str()))?;
+        Ok((admission, slot))
     }
 
     /// The `X-Prscd-*` headers carried by every handshake response.

@@ -33,7 +33,7 @@ use wtransport::endpoint::{endpoint_side::Server, IncomingSession};
 use wtransport::error::SendDatagramError;
 use wtransport::{Connection, Endpoint, RecvStream, SendStream, VarInt};
 
-use super::{admit, Context, HANDSHAKE_TIMEOUT};
+use super::{Context, HANDSHAKE_TIMEOUT};
 use crate::hub::{CloseReason, Peer, PeerCtl};
 use crate::outbox::OutboxReceiver;
 use crate::protocol::{self, DecodeError};
@@ -88,14 +88,7 @@ pub async fn serve(endpoint: Arc<Endpoint<Server>>, ctx: Arc<Context>) {
 async fn handle(incoming: IncomingSession, ctx: Arc<Context>) -> anyhow::Result<()> {
     let request = timeout(HANDSHAKE_TIMEOUT, incoming).await??;
     let addr = request.remote_address();
-    let admitted = admit(
-        request.path(),
-        request.origin(),
-        &ctx.apps(),
-        ctx.max_id_len,
-    )
-    .and_then(|a| Ok((ctx.take_slot(&a.app, addr.ip())?, a)));
-    let (_slot, admission) = match admitted {
+    let (admission, _slot) = match ctx.admit(request.path(), request.origin(), addr.ip()) {
         Ok(a) => a,
         Err(rejection) => {
             ctx.hub.stats().reject(rejection.status);

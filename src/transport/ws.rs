@@ -28,7 +28,7 @@ use tracing::{debug, info_span, Instrument};
 
 use super::http::{self, Request};
 use super::tls_stream::{self, TlsStream};
-use super::{admit, Admission, Context, HANDSHAKE_TIMEOUT};
+use super::{Admission, Context, HANDSHAKE_TIMEOUT};
 use crate::hub::{CloseReason, Peer};
 use crate::outbox::OutboxReceiver;
 use crate::quota::Slot;
@@ -133,14 +133,8 @@ async fn upgrade(
         answer(&mut stream, 503, &headers, "text/plain", "draining\n").await?;
         return Ok(None);
     }
-    let admitted = admit(
-        &request.target,
-        request.header("origin"),
-        &ctx.apps(),
-        ctx.max_id_len,
-    )
-    .and_then(|a| Ok((ctx.take_slot(&a.app, addr.ip())?, a)));
-    let (slot, admission) = match admitted {
+    let admitted = ctx.admit(&request.target, request.header("origin"), addr.ip());
+    let (admission, slot) = match admitted {
         Ok(a) => a,
         Err(rejection) => {
             refuse(rejection.status, rejection.why);
