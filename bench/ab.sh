@@ -19,48 +19,18 @@ OUT="bench/results/ab-$(date -u +%Y-%m-%dT%H%M)"
 IDLE=${IDLE:-10000} SUBS=${SUBS:-1000} MSGS=${MSGS:-3000} ROUNDS=${ROUNDS:-3} STORM=${STORM:-10000}
 SECTIONS=${SECTIONS:-idle fanout storm}
 want() { [[ " $SECTIONS " == *" $1 "* ]]; }
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/prscd-target}"
-BENCH="$CARGO_TARGET_DIR/release/prscd-bench"
-ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-mkdir -p "$OUT/logs"
-OUT=$(cd "$OUT" && pwd)
-CERT_DIR="$OUT/dev-cert"
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
-
-# start NAME BIN: a fresh node; sets SPID and URL.
-start() {
-  local log="$OUT/logs/$1.log"
-  env PORT=0 HOST=127.0.0.1 DEV_CERT_DIR="$CERT_DIR" PEER_MSG_RATE=0 PEER_BYTE_RATE=0 APP_MAX_CONNECTIONS_PER_IP=0 PID_FILE= \
-    MESH_ID=bench RUST_LOG=warn,prscd::server=info "$2" 2>"$log" &
-  SPID=$!
-  PIDS+=("$SPID")
-  for _ in $(seq 1 200); do
-    grep -q "ready: port=" "$log" 2>/dev/null && break
-    sleep 0.1
-  done
-  URL="wss://127.0.0.1:$(grep -o 'ready: port=[0-9]*' "$log" | head -1 | cut -d= -f2)/v1"
-}
-stop() { kill "$SPID" 2>/dev/null || true; wait "$SPID" 2>/dev/null || true; }
+. bench/lib.sh
 run() {
   local name=$1 bin=$2 scenario=$3
   shift 3
-  start "$name" "$bin"
+  start_node "$name" "$bin"
   echo "--> $name: prscd-bench $scenario $*"
   "$BENCH" "$scenario" --server prscd --url "$URL" --server-pid "$SPID" "$@" \
     --quiet --json "$OUT/$name.json" | sed 's/^/    /' || echo "    (incomplete)"
-  stop
+  stop_node
 }
 
-{
-  echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-  echo "A: $A_BIN"
-  echo "B: $B_BIN"
-  echo "nproc: $(nproc)"
-  grep -m1 "model name" /proc/cpuinfo || true
-  uname -sr
-} >"$OUT/machine.txt"
+machine "A: $A_BIN" "B: $B_BIN"
 
 want idle && for side in a b; do
   bin=$A_BIN; [ $side = b ] && bin=$B_BIN

@@ -17,37 +17,19 @@ NEW_BIN=$(realpath "$2")
 shift 2
 OUT="bench/results/rooms-$(date -u +%Y-%m-%dT%H%M)"
 [ "${1:-}" = --out ] && OUT=$2
-OLD_SIZES=${OLD_SIZES:-"10 100 300"} NEW_SIZES=${NEW_SIZES:-"10 100 1000 5000"} JOINERS=${JOINERS:-5}
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/prscd-target}"
-BENCH="$CARGO_TARGET_DIR/release/prscd-bench"
-ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-mkdir -p "$OUT/logs"
-OUT=$(cd "$OUT" && pwd)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
+OLD_SIZES=${OLD_SIZES-"10 100 300"} NEW_SIZES=${NEW_SIZES-"10 100 1000 5000"} JOINERS=${JOINERS:-5}
+. bench/lib.sh
 
 run() {
   local name=$1 bin=$2 n=$3
   local rate=${RATE:-100}
   [ -z "${RATE:-}" ] && [ "$n" -ge 2000 ] && rate=50
-  local log="$OUT/logs/$name.log"
-  env PORT=0 HOST=127.0.0.1 DEV_CERT_DIR="$OUT/dev-cert" PID_FILE= MESH_ID=bench \
-    PEER_MSG_RATE=0 PEER_BYTE_RATE=0 APP_MAX_CONNECTIONS_PER_IP=0 \
-    RUST_LOG=warn,prscd::server=info "$bin" 2>"$log" &
-  local pid=$!
-  PIDS+=("$pid")
-  for _ in $(seq 1 200); do
-    grep -q "ready: port=" "$log" 2>/dev/null && break
-    sleep 0.1
-  done
-  local url="wss://127.0.0.1:$(grep -o 'ready: port=[0-9]*' "$log" | head -1 | cut -d= -f2)/v1"
+  start_node "$name" "$bin"
   echo "--> $name: prscd-bench room-join --members $n --join-rate $rate --joiners $JOINERS"
-  "$BENCH" room-join --url "$url" --server-pid "$pid" --members "$n" --join-rate "$rate" \
+  "$BENCH" room-join --url "$URL" --server-pid "$SPID" --members "$n" --join-rate "$rate" \
     --joiners "$JOINERS" --step-timeout 30 --duration-limit 400 --threads 2 --quiet \
     --json "$OUT/$name.json" >/dev/null || echo "    (incomplete)"
-  kill "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
+  stop_node
   python3 - "$OUT/$name.json" <<'EOF'
 import json, sys
 try:
@@ -66,14 +48,7 @@ print(f"    N={r['members']}: {j['deliveries_median']} deliveries per join "
 EOF
 }
 
-{
-  echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-  echo "old: $OLD_BIN"
-  echo "new: $NEW_BIN"
-  echo "nproc: $(nproc)"
-  grep -m1 "model name" /proc/cpuinfo || true
-  uname -sr
-} >"$OUT/machine.txt"
+machine "old: $OLD_BIN" "new: $NEW_BIN"
 
 for n in $OLD_SIZES; do
   run "old-$n" "$OLD_BIN" "$n"

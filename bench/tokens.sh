@@ -10,50 +10,26 @@
 # --duration-limit; nodes are killed on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/prscd-target}"
-BIN=$(realpath "${1:-$CARGO_TARGET_DIR/release/prscd}")
+BIN=$(realpath "${1:-${CARGO_TARGET_DIR:-$HOME/.cache/prscd-target}/release/prscd}")
 [ $# -gt 0 ] && shift
 OUT="bench/results/tokens-$(date -u +%Y-%m-%dT%H%M)"
 [ "${1:-}" = --out ] && OUT=$2
 STORM=${STORM:-10000} ROUNDS=${ROUNDS:-3}
-BENCH="$CARGO_TARGET_DIR/release/prscd-bench"
 SECRET=bench-token-secret-0123456789abcdef
-ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-mkdir -p "$OUT/logs"
-OUT=$(cd "$OUT" && pwd)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
+. bench/lib.sh
 
 run() {
   local name=$1
   shift
-  local log="$OUT/logs/$name.log"
-  env PORT=0 HOST=127.0.0.1 DEV_CERT_DIR="$OUT/dev-cert" PID_FILE= MESH_ID=bench \
-    APPS=dev:bench APP_TOKEN_SECRETS="bench:$SECRET" APP_MAX_CONNECTIONS_PER_IP=0 \
-    PEER_MSG_RATE=0 PEER_BYTE_RATE=0 RUST_LOG=warn,prscd::server=info "$BIN" 2>"$log" &
-  local pid=$!
-  PIDS+=("$pid")
-  for _ in $(seq 1 200); do
-    grep -q "ready: port=" "$log" 2>/dev/null && break
-    sleep 0.1
-  done
-  local url="wss://127.0.0.1:$(grep -o 'ready: port=[0-9]*' "$log" | head -1 | cut -d= -f2)/v1"
+  start_node "$name" "$BIN" APPS=dev:bench APP_TOKEN_SECRETS="bench:$SECRET"
   echo "--> $name: prscd-bench storm $*"
-  "$BENCH" storm --server prscd --url "$url" --server-pid "$pid" --connections "$STORM" \
+  "$BENCH" storm --server prscd --url "$URL" --server-pid "$SPID" --connections "$STORM" \
     --connect-concurrency 256 --threads 2 --duration-limit 300 "$@" \
     --quiet --json "$OUT/$name.json" | sed 's/^/    /' || echo "    (incomplete)"
-  kill "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
+  stop_node
 }
 
-{
-  echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-  echo "prscd: $BIN"
-  echo "nproc: $(nproc)"
-  grep -m1 "model name" /proc/cpuinfo || true
-  uname -sr
-} >"$OUT/machine.txt"
+machine "prscd: $BIN"
 
 for round in $(seq 1 "$ROUNDS"); do
   run "plain-$round" --publickey dev

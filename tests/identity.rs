@@ -40,7 +40,7 @@ async fn rejected(node: &Node, status: &str) -> u64 {
 
 /// A `peer_state` whose state claims the id `mallory`.
 fn forged_state(room: &str) -> Vec<u8> {
-    let state = pack_map(vec![("id", "mallory".into()), ("name", "M".into())]);
+    let state = msg(vec![("id", "mallory".into()), ("name", "M".into())]);
     control("peer_state", room, Some(state))
 }
 
@@ -273,7 +273,7 @@ async fn state_is_pinned_to_its_sender_locally_and_across_the_mesh() {
             assert_eq!(state["name"].as_str(), Some("M"));
         }
         // A state that already names its sender passes byte for byte.
-        let honest = pack_map(vec![("id", "alice".into()), ("name", "A".into())]);
+        let honest = msg(vec![("id", "alice".into()), ("name", "A".into())]);
         alice
             .send(&control("peer_state", &room, Some(honest.clone())))
             .await;

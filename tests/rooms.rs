@@ -27,7 +27,7 @@ struct Member {
 }
 
 fn state_of(id: &str, version: u32) -> Vec<u8> {
-    pack_map(vec![("id", id.into()), ("v", version.into())])
+    msg(vec![("id", id.into()), ("v", version.into())])
 }
 
 impl Member {

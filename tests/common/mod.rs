@@ -1037,19 +1037,6 @@ pub fn msg(pairs: Vec<(&str, Value)>) -> Vec<u8> {
     out
 }
 
-/// msgpack of a map with string keys.
-pub fn pack_map(pairs: Vec<(&str, Value)>) -> Vec<u8> {
-    let map = Value::Map(
-        pairs
-            .into_iter()
-            .map(|(k, v)| (Value::from(k), v))
-            .collect(),
-    );
-    let mut out = Vec::new();
-    rmpv::encode::write_value(&mut out, &map).unwrap();
-    out
-}
-
 /// msgpack of `{id, ...}`: what the client puts in `pl` for state.
 pub fn state(id: &str) -> Vec<u8> {
     let mut out = Vec::new();

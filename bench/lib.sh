@@ -1,0 +1,42 @@
+# Sourced by the side-by-side scripts (ab.sh, rooms.sh, tokens.sh): the
+# output folder, the machine line, and fresh prscd nodes that are killed
+# on exit. Expects OUT (the output folder) to be set.
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/prscd-target}"
+BENCH="$CARGO_TARGET_DIR/release/prscd-bench"
+ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+mkdir -p "$OUT/logs"
+OUT=$(cd "$OUT" && pwd)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+# machine LINES...: machine.txt with the date, the given lines and the host.
+machine() {
+  {
+    echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    printf '%s\n' "$@"
+    echo "nproc: $(nproc)"
+    grep -m1 "model name" /proc/cpuinfo || true
+    uname -sr
+  } >"$OUT/machine.txt"
+}
+
+# start_node NAME BIN [VAR=VALUE...]: a fresh dev node on loopback with the
+# load tool's limits off (one source address, no budget); sets SPID, URL.
+start_node() {
+  local log="$OUT/logs/$1.log" bin=$2
+  shift 2
+  env PORT=0 HOST=127.0.0.1 DEV_CERT_DIR="$OUT/dev-cert" PID_FILE= MESH_ID=bench \
+    PEER_MSG_RATE=0 PEER_BYTE_RATE=0 APP_MAX_CONNECTIONS_PER_IP=0 \
+    RUST_LOG=warn,prscd::server=info "$@" "$bin" 2>"$log" &
+  SPID=$!
+  PIDS+=("$SPID")
+  for _ in $(seq 1 200); do
+    grep -q "ready: port=" "$log" 2>/dev/null && break
+    sleep 0.1
+  done
+  URL="wss://127.0.0.1:$(grep -o 'ready: port=[0-9]*' "$log" | head -1 | cut -d= -f2)/v1"
+}
+
+stop_node() { kill "$SPID" 2>/dev/null || true; wait "$SPID" 2>/dev/null || true; }
