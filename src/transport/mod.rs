@@ -189,12 +189,31 @@ pub fn admit(
     })
 }
 
+/// Connections the kernel may hold completed before the node accepts them.
+/// std's 128 overflows when a few hundred clients connect at once (a
+/// reconnect wave after a deploy): their SYNs are dropped and retried only
+/// after a second. The kernel caps it at `net.core.somaxconn`.
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// A TCP listener on `addr` with [`LISTEN_BACKLOG`], `SO_REUSEADDR` as std's.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
 /// Binds TCP and UDP on the same port. Port 0 picks a number free on both.
 pub fn bind(host: IpAddr, port: u16) -> std::io::Result<(TcpListener, UdpSocket)> {
     let attempts = if port == 0 { 50 } else { 1 };
     let mut last_err = None;
     for _ in 0..attempts {
-        let tcp = TcpListener::bind(SocketAddr::new(host, port))?;
+        let tcp = listen(SocketAddr::new(host, port))?;
         let bound = tcp.local_addr()?;
         match UdpSocket::bind(bound) {
             Ok(udp) => {
