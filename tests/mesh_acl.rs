@@ -168,13 +168,16 @@ async fn a_backend_of_one_app_can_neither_read_nor_write_another_nor_forge_prese
         assert!(from(got, "backend-bot").is_empty(), "{who}: {got:?}");
     }
     // No presence forged: no ghost, alice still online for bob, and the
-    // backend's node token never reached a node (the join needed it).
+    // backend's node token never reached a node (the join needed it). The
+    // forged leave names no node; a leave a node announces names it (zenohd
+    // was seen to drop and restore both nodes' tokens within 20 ms about
+    // once in five runs; the nodes then rightly say offline, then back).
     for got in &got {
         assert!(from(got, "ghost").is_empty(), "{got:?}");
-        assert!(
-            !got.iter().any(|v| field(v, "op") == Some("peer_offline")),
-            "{got:?}"
-        );
+        let forged_leave = |v: &rmpv::Value| {
+            field(v, "op") == Some("peer_offline") && !matches!(field(v, "mesh"), Some("eu" | "us"))
+        };
+        assert!(!got.iter().any(forged_leave), "{got:?}");
     }
     assert!(!from(&got[2], "alice").is_empty(), "bob hears alice");
     assert_eq!(eu.counter(&["mesh", "remote_members"]).await, 2);
