@@ -154,15 +154,7 @@ async fn the_membership_contract_seen_from_a_zenoh_client() {
     let mut alice = node.ws(KEY1, "alice").await;
     alice.join("room").await;
 
-    let mut config = zenoh::Config::default();
-    for (key, value) in [
-        ("mode", r#""client""#.to_owned()),
-        ("connect/endpoints", format!(r#"["tcp/127.0.0.1:{zport}"]"#)),
-        ("scouting/multicast/enabled", "false".to_owned()),
-    ] {
-        config.insert_json5(key, &value).unwrap();
-    }
-    let session = zenoh::open(config).await.unwrap();
+    let session = common::zmesh::zenoh_client(zport).await;
     let channel = keys::channel_key("app1", "room");
     let publisher = session.declare_publisher(channel.clone()).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -14,7 +14,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::zmesh::{certs, python, zenohd, Probe, Shipped};
+use common::zmesh::{certs, python, relayed, zenohd, Probe, Shipped};
 use common::*;
 use prscd::mesh::{keys, Origin};
 
@@ -22,18 +22,6 @@ const QUIET: Duration = Duration::from_millis(400);
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// A relayed Signalling as a node or backend would publish it.
-fn relayed(t: &str, op: Option<&str>, p: &str, mesh: Option<&str>) -> Vec<u8> {
-    let mut pairs = vec![("t", t.into()), ("c", "room".into()), ("p", p.into())];
-    if let Some(op) = op {
-        pairs.push(("op", op.into()));
-    }
-    if let Some(mesh) = mesh {
-        pairs.push(("mesh", mesh.into()));
-    }
-    msg(pairs)
 }
 
 /// Everything a client gets within `within`.

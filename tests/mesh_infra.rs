@@ -9,7 +9,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -58,21 +58,7 @@ fn start_router(bin: &Path, dir: &Path, name: &str, listen: u16, connect: &[u16]
         connect.join(",")
     );
     let config = write_config(dir, &format!("{name}.json5"), &body, "");
-    let child = Command::new(bin)
-        .arg("-c")
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("zenohd");
-    // Ready when it accepts TCP.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", listen)).is_err() {
-        assert!(Instant::now() < deadline, "zenohd {name} did not listen");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let child = common::zmesh::spawn_zenohd(bin, &config, listen, name);
     Router(child)
 }
 

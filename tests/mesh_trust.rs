@@ -9,35 +9,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::zmesh::{relayed, zenoh_client};
 use common::*;
 use prscd::mesh::{keys, Origin};
-use zenoh::Session;
 
 const QUIET: Duration = Duration::from_millis(400);
-
-async fn client_session(zport: u16) -> Session {
-    let mut config = zenoh::Config::default();
-    for (key, value) in [
-        ("mode", r#""client""#.to_owned()),
-        ("connect/endpoints", format!(r#"["tcp/127.0.0.1:{zport}"]"#)),
-        ("scouting/multicast/enabled", "false".to_owned()),
-    ] {
-        config.insert_json5(key, &value).unwrap();
-    }
-    zenoh::open(config).await.unwrap()
-}
-
-/// A Signalling as another node would relay it.
-fn relayed(t: &str, op: Option<&str>, p: &str, mesh: Option<&str>) -> Vec<u8> {
-    let mut pairs = vec![("t", t.into()), ("c", "room".into()), ("p", p.into())];
-    if let Some(op) = op {
-        pairs.push(("op", op.into()));
-    }
-    if let Some(mesh) = mesh {
-        pairs.push(("mesh", mesh.into()));
-    }
-    msg(pairs)
-}
 
 fn sid(sid: u64) -> Vec<u8> {
     Origin {
@@ -66,7 +42,7 @@ async fn forged_samples_are_refused_and_counted_without_acls() {
     ]);
     let mut alice = node.ws(KEY1, "alice").await;
     alice.join("room").await;
-    let session = client_session(zport).await;
+    let session = zenoh_client(zport).await;
     let publisher = session
         .declare_publisher(keys::channel_key("app1", "room"))
         .await
@@ -135,7 +111,7 @@ async fn a_nodes_members_stay_within_the_apps_cap() {
     ]);
     let mut alice = node.ws(KEY1, "alice").await;
     alice.join("room").await;
-    let session = client_session(zport).await;
+    let session = zenoh_client(zport).await;
     // Holds the token of node "us", as only a node should (ACLs see to that).
     let _token = session
         .liveliness()
@@ -192,7 +168,7 @@ async fn a_flood_from_the_mesh_is_dropped_and_counted_past_the_inbound_queue() {
     ]);
     let mut alice = node.ws(KEY1, "alice").await;
     alice.join("room").await;
-    let session = client_session(zport).await;
+    let session = zenoh_client(zport).await;
     let publisher = session
         .declare_publisher(keys::channel_key("app1", "room"))
         .await

@@ -61,6 +61,51 @@ pub struct Shipped {
     pub ports: [u16; 3],
 }
 
+/// `zenohd -c config`, returned once it accepts TCP on `port`.
+pub fn spawn_zenohd(bin: &Path, config: &Path, port: u16, name: &str) -> Child {
+    let child = Command::new(bin)
+        .arg("-c")
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("zenohd");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "zenohd {name} did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
+/// A zenoh client session to a node listening on loopback `port`.
+pub async fn zenoh_client(port: u16) -> zenoh::Session {
+    let mut config = zenoh::Config::default();
+    for (key, value) in [
+        ("mode", r#""client""#.to_owned()),
+        ("connect/endpoints", format!(r#"["tcp/127.0.0.1:{port}"]"#)),
+        ("scouting/multicast/enabled", "false".to_owned()),
+    ] {
+        config.insert_json5(key, &value).unwrap();
+    }
+    zenoh::open(config).await.unwrap()
+}
+
+/// A relayed Signalling in channel `room` as a node or backend would
+/// publish it.
+pub fn relayed(t: &str, op: Option<&str>, p: &str, mesh: Option<&str>) -> Vec<u8> {
+    let mut pairs = vec![("t", t.into()), ("c", "room".into()), ("p", p.into())];
+    if let Some(op) = op {
+        pairs.push(("op", op.into()));
+    }
+    if let Some(mesh) = mesh {
+        pairs.push(("mesh", mesh.into()));
+    }
+    super::msg(pairs)
+}
+
 impl Shipped {
     /// Issues node and router certificates for the three regions and
     /// `backend-dev` (app `dev`, as the shipped ACLs name it).
@@ -124,24 +169,7 @@ impl Shipped {
     /// Region `r`'s router, listening once this returns.
     pub fn router(&self, zenohd: &Path, r: usize) -> Router {
         let config = self.config(&format!("router-{}.json5", REGIONS[r]));
-        let child = Command::new(zenohd)
-            .arg("-c")
-            .arg(&config)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("zenohd");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.ports[r])).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "router {} did not listen",
-                REGIONS[r]
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let child = spawn_zenohd(zenohd, &config, self.ports[r], REGIONS[r]);
         Router(Some(child))
     }
 
