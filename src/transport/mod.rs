@@ -35,7 +35,7 @@ pub struct Context {
     /// Swapped whole on SIGHUP; a connection keeps the settings it was
     /// admitted with.
     apps: RwLock<Arc<Apps>>,
-    pub quotas: Arc<Quotas>,
+    quotas: Arc<Quotas>,
     /// Longest `id` accepted at the handshake, in bytes.
     pub max_id_len: usize,
     /// Bearer token for `/metrics` on the client port; `None`: not served there.
