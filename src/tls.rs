@@ -14,6 +14,7 @@ use std::sync::{Arc, RwLock};
 
 use base64::Engine as _;
 use ring::digest::{digest, SHA256};
+use rustls::pki_types::pem::{self, PemObject as _};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use time::{Duration, OffsetDateTime};
 
@@ -92,7 +93,7 @@ impl Certificate {
         };
         let cert_pem = read(cert_file)?;
         let key_pem = read(key_file)?;
-        let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert_pem.as_slice())
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
             .collect::<Result<_, _>>()
             .map_err(|e| TlsError::Unparsable {
                 path: cert_file.to_owned(),
@@ -101,10 +102,13 @@ impl Certificate {
         if chain.is_empty() {
             return Err(TlsError::NoCertificate(cert_file.to_owned()));
         }
-        let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
-            .ok()
-            .flatten()
-            .ok_or_else(|| TlsError::NoKey(key_file.to_owned()))?;
+        let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| match e {
+            pem::Error::NoItemsFound => TlsError::NoKey(key_file.to_owned()),
+            e => TlsError::Unparsable {
+                path: key_file.to_owned(),
+                why: e.to_string(),
+            },
+        })?;
         let not_after = check_validity(&chain[0], cert_file, OffsetDateTime::now_utc())?;
         let cert = Certificate {
             chain,

@@ -6,6 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::CertificateDer;
 
 fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
     headers
@@ -148,10 +150,7 @@ async fn dev_defaults_generate_a_pinnable_certificate_and_a_dev_app() {
 
     // The printed hash is the one a browser pins: a client pinning it connects.
     let pem = std::fs::read(node.dir.join(".prscd-dev/cert.pem")).unwrap();
-    let der = rustls_pemfile::certs(&mut pem.as_slice())
-        .next()
-        .unwrap()
-        .unwrap();
+    let der = CertificateDer::from_pem_slice(&pem).unwrap();
     let digest = ring::digest::digest(&ring::digest::SHA256, &der);
     let printed: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
     assert_eq!(printed, hex);

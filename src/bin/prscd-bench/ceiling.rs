@@ -19,6 +19,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
@@ -77,9 +79,9 @@ pub async fn serve(opts: CeilingOpts) -> anyhow::Result<()> {
 
 fn server_config(opts: &CeilingOpts) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("read {}", p.display()));
-    let chain = rustls_pemfile::certs(&mut read(&opts.cert_file)?.as_slice())
-        .collect::<Result<Vec<_>, _>>()?;
-    let key = rustls_pemfile::private_key(&mut read(&opts.key_file)?.as_slice())?
+    let chain =
+        CertificateDer::pem_slice_iter(&read(&opts.cert_file)?).collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_slice(&read(&opts.key_file)?)
         .with_context(|| format!("no private key in {}", opts.key_file.display()))?;
     let mut config = rustls::ServerConfig::builder()
         .with_no_client_auth()
