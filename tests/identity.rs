@@ -344,7 +344,13 @@ async fn burst_arrives_whole(sender: &mut Client, reader: &mut Client, room: &st
 
 #[tokio::test]
 async fn reliable_transports_are_slowed_not_dropped() {
-    let node = Node::start_with(&[("PEER_MSG_RATE", "500"), ("PEER_BYTE_RATE", "0")]);
+    // The reader's queue holds the whole burst: this is about the sender,
+    // and a reader starved of CPU would otherwise be dropped as slow.
+    let node = Node::start_with(&[
+        ("PEER_MSG_RATE", "500"),
+        ("PEER_BYTE_RATE", "0"),
+        ("PEER_QUEUE", "4096"),
+    ]);
     for via in [Via::Ws, Via::Stream] {
         let room = format!("{via:?}");
         let mut sender = node.connect(via, KEY1, "sender").await;

@@ -327,7 +327,7 @@ async fn a_remote_member_never_heard_from_is_announced_after_the_presence_check(
     a.send(&control("peer_online", "room", None)).await;
     a.send(&control("peer_state", "room", Some(state("alice"))))
         .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    nodes[0].wait_counter(&["mesh", "published"], 2).await;
     assert_eq!(nodes[0].counter(&["mesh", "published"]).await, 2);
     let mut b = nodes[1].ws(KEY1, "bob").await;
     b.join("room").await;

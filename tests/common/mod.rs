@@ -787,6 +787,16 @@ enum Transport {
     },
 }
 
+/// What [`Client::next_within`] saw.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next {
+    Msg(Vec<u8>),
+    /// Nothing arrived in time; the connection is still open.
+    Quiet,
+    /// The connection ended (close, reset or error).
+    Closed,
+}
+
 /// One connected test client.
 pub struct Client {
     pub id: String,
@@ -852,12 +862,25 @@ impl Client {
         }
     }
 
-    /// The next message's raw bytes, or `None` after `within`.
+    /// The next message's raw bytes, or `None` when nothing arrives within
+    /// `within`. Panics if the connection has ended: a wait for silence must
+    /// not pass because the client died. [`Client::next_within`] tells the
+    /// two apart for tests that expect a close.
     pub async fn recv_raw(&mut self, within: Duration) -> Option<Vec<u8>> {
-        tokio::time::timeout(within, self.next_raw())
-            .await
-            .ok()
-            .flatten()
+        match self.next_within(within).await {
+            Next::Msg(raw) => Some(raw),
+            Next::Quiet => None,
+            Next::Closed => panic!("{}: the connection ended", self.id),
+        }
+    }
+
+    /// The next message, silence for `within`, or the connection's end.
+    pub async fn next_within(&mut self, within: Duration) -> Next {
+        match tokio::time::timeout(within, self.next_raw()).await {
+            Ok(Some(raw)) => Next::Msg(raw),
+            Ok(None) => Next::Closed,
+            Err(_) => Next::Quiet,
+        }
     }
 
     /// `None` when the connection ended.
