@@ -11,6 +11,7 @@
 //! One [`TlsStream`] carries the whole connection: the handshake
 //! ([`accept`]), the HTTP request head, then the WebSocket after the 101.
 
+use std::cell::RefCell;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -35,6 +36,16 @@ const RECORD_OVERHEAD: usize = 64;
 const MAX_PENDING_OUT: usize = 256 * 1024;
 /// Output buffer first offered to rustls for a handshake record.
 const ENCODE_GUESS: usize = 4096;
+/// A runtime thread's sealing buffer is dropped after a write that grew it
+/// past this, so one large message does not pin its size for good.
+const SEALING_KEEP: usize = 64 * 1024;
+
+thread_local! {
+    /// Where a write's records are sealed: the socket takes them from here,
+    /// and only what it does not take is copied to the connection's own
+    /// buffer, so a write that goes out at once allocates nothing.
+    static SEALING: RefCell<Outgoing> = RefCell::new(Outgoing::default());
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsStreamError {
@@ -93,9 +104,8 @@ pub struct TlsStream {
     /// Plaintext the reader has not taken yet, from `plain_at`.
     plain: Vec<u8>,
     plain_at: usize,
-    /// Encrypted bytes the socket has not taken yet, from `out_at`.
-    out: Vec<u8>,
-    out_at: usize,
+    /// Encrypted bytes the socket has not taken yet.
+    out: Outgoing,
     /// The client's close_notify came: reads see end of stream.
     peer_closed: bool,
     close_sent: bool,
@@ -134,8 +144,7 @@ pub async fn accept(
         incoming: Vec::new(),
         plain: Vec::new(),
         plain_at: 0,
-        out: Vec::new(),
-        out_at: 0,
+        out: Outgoing::default(),
         peer_closed: false,
         close_sent: false,
         failed: false,
@@ -184,41 +193,72 @@ fn record_room(received: &[u8]) -> usize {
     }
 }
 
-/// Lets `write` fill room at the end of `out`, offering `guess` bytes first
-/// and then what rustls says it needs.
-fn append<E: Into<Grow>>(
-    out: &mut Vec<u8>,
-    guess: usize,
-    mut write: impl FnMut(&mut [u8]) -> Result<usize, E>,
-) -> Result<(), TlsStreamError> {
-    let start = out.len();
-    let mut room = guess;
-    for _ in 0..2 {
-        out.resize(start + room, 0);
-        match write(&mut out[start..]).map_err(Into::into) {
-            Ok(n) => {
-                out.truncate(start + n);
-                return Ok(());
+/// Records to send: `buf[sent..filled]`. `buf` stays initialized to its
+/// length, so room that was zeroed once is not zeroed again per record.
+#[derive(Default)]
+struct Outgoing {
+    buf: Vec<u8>,
+    filled: usize,
+    sent: usize,
+}
+
+impl Outgoing {
+    fn pending(&self) -> &[u8] {
+        &self.buf[self.sent..self.filled]
+    }
+
+    fn is_empty(&self) -> bool {
+        self.sent == self.filled
+    }
+
+    fn extend(&mut self, bytes: &[u8]) {
+        self.buf.truncate(self.filled);
+        self.buf.extend_from_slice(bytes);
+        self.filled = self.buf.len();
+    }
+
+    /// Lets `write` fill room after the filled part, offering `guess` bytes
+    /// first and then what rustls says it needs.
+    fn append<E: Into<Grow>>(
+        &mut self,
+        guess: usize,
+        mut write: impl FnMut(&mut [u8]) -> Result<usize, E>,
+    ) -> Result<(), TlsStreamError> {
+        let start = self.filled;
+        let mut room = guess;
+        for _ in 0..2 {
+            if self.buf.len() < start + room {
+                self.buf.resize(start + room, 0);
             }
-            Err(Grow::To(needed)) => room = needed,
-            Err(Grow::Fail(e)) => {
-                out.truncate(start);
-                return Err(e);
+            match write(&mut self.buf[start..]).map_err(Into::into) {
+                Ok(n) => {
+                    self.filled = start + n;
+                    return Ok(());
+                }
+                Err(Grow::To(needed)) => room = needed,
+                Err(Grow::Fail(e)) => return Err(e),
             }
         }
+        Err(TlsStreamError::UnexpectedState(
+            "rustls asked for more room twice".into(),
+        ))
     }
-    out.truncate(start);
-    Err(TlsStreamError::UnexpectedState(
-        "rustls asked for more room twice".into(),
-    ))
 }
 
 impl TlsStream {
+    /// [`Self::drive_to`] with the connection's own output buffer.
+    fn drive(&mut self, goal: Goal<'_>) -> Result<Rest, TlsStreamError> {
+        let mut out = std::mem::take(&mut self.out);
+        let result = self.drive_to(goal, &mut out);
+        self.out = out;
+        result
+    }
+
     /// [`Self::drive_on`] over `incoming`, keeping what rustls did not
     /// consume and freeing the buffer once it holds nothing.
-    fn drive(&mut self, goal: Goal<'_>) -> Result<Rest, TlsStreamError> {
+    fn drive_to(&mut self, goal: Goal<'_>, out: &mut Outgoing) -> Result<Rest, TlsStreamError> {
         let mut incoming = std::mem::take(&mut self.incoming);
-        let (result, used) = self.drive_on(&mut incoming, goal);
+        let (result, used) = self.drive_on(&mut incoming, goal, out);
         incoming.drain(..used);
         if !incoming.is_empty() {
             self.incoming = incoming;
@@ -234,6 +274,7 @@ impl TlsStream {
         &mut self,
         received: &mut [u8],
         goal: Goal<'_>,
+        out: &mut Outgoing,
     ) -> (Result<Rest, TlsStreamError>, usize) {
         let mut used = 0;
         loop {
@@ -256,9 +297,9 @@ impl TlsStream {
                     }
                     Ok(None)
                 }
-                ConnectionState::EncodeTlsData(mut encode) => {
-                    append(&mut self.out, ENCODE_GUESS, |buf| encode.encode(buf)).map(|()| None)
-                }
+                ConnectionState::EncodeTlsData(mut encode) => out
+                    .append(ENCODE_GUESS, |buf| encode.encode(buf))
+                    .map(|()| None),
                 // Encoded records are in `out`, which goes out before
                 // anything queued after them.
                 ConnectionState::TransmitTlsData(transmit) => {
@@ -276,21 +317,17 @@ impl TlsStream {
                 ConnectionState::BlockedHandshake => Ok(Some(Rest::Blocked)),
                 ConnectionState::WriteTraffic(mut traffic) => match goal {
                     Goal::Settle => Ok(Some(Rest::Traffic)),
-                    Goal::Encrypt(data) => {
-                        let records = data.len().div_ceil(SEAL_PLAINTEXT);
-                        self.out.reserve(data.len() + records * RECORD_OVERHEAD);
-                        data.chunks(SEAL_PLAINTEXT)
-                            .try_for_each(|chunk| {
-                                append(&mut self.out, chunk.len() + RECORD_OVERHEAD, |buf| {
-                                    traffic.encrypt(chunk, buf)
-                                })
+                    Goal::Encrypt(data) => data
+                        .chunks(SEAL_PLAINTEXT)
+                        .try_for_each(|chunk| {
+                            out.append(chunk.len() + RECORD_OVERHEAD, |buf| {
+                                traffic.encrypt(chunk, buf)
                             })
-                            .map(|()| Some(Rest::Traffic))
-                    }
-                    Goal::CloseNotify => append(&mut self.out, RECORD_OVERHEAD, |buf| {
-                        traffic.queue_close_notify(buf)
-                    })
-                    .map(|()| Some(Rest::Traffic)),
+                        })
+                        .map(|()| Some(Rest::Traffic)),
+                    Goal::CloseNotify => out
+                        .append(RECORD_OVERHEAD, |buf| traffic.queue_close_notify(buf))
+                        .map(|()| Some(Rest::Traffic)),
                 },
                 ConnectionState::ReadEarlyData(_) => Err(TlsStreamError::EarlyData),
                 other => Err(TlsStreamError::UnexpectedState(format!("{other:?}"))),
@@ -313,7 +350,7 @@ impl TlsStream {
             // and reading on after a fatal error could raise a second one.
             let status = self.conn.process_tls_records(&mut self.incoming);
             if let Ok(ConnectionState::EncodeTlsData(mut encode)) = status.state {
-                let _ = append(&mut self.out, ENCODE_GUESS, |buf| encode.encode(buf));
+                let _ = self.out.append(ENCODE_GUESS, |buf| encode.encode(buf));
             }
             let _ = self.try_send();
             self.incoming = Vec::new();
@@ -355,7 +392,9 @@ impl TlsStream {
                 let mut chunk = [0u8; READ_CHUNK];
                 match self.tcp.try_read(&mut chunk) {
                     Ok(n) if n > 0 => {
-                        let (result, used) = self.drive_on(&mut chunk[..n], Goal::Settle);
+                        let mut out = std::mem::take(&mut self.out);
+                        let (result, used) = self.drive_on(&mut chunk[..n], Goal::Settle, &mut out);
+                        self.out = out;
                         let kept = &chunk[used..n];
                         if !kept.is_empty() {
                             let mut incoming = Vec::with_capacity(record_room(kept));
@@ -387,32 +426,53 @@ impl TlsStream {
 
     /// Writes `out` until the socket is full; frees it once all went.
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.out_at < self.out.len() {
-            let n = ready!(Pin::new(&mut self.tcp).poll_write(cx, &self.out[self.out_at..]))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            self.out_at += n;
-        }
-        self.out = Vec::new();
-        self.out_at = 0;
+        ready!(poll_send_from(&mut self.tcp, cx, &mut self.out))?;
+        self.out = Outgoing::default();
         Poll::Ready(Ok(()))
     }
 
     /// [`Self::poll_send`] for the reader: what the socket takes now,
     /// without waiting (the writer's flush sends the rest).
     fn try_send(&mut self) -> io::Result<()> {
-        while self.out_at < self.out.len() {
-            match self.tcp.try_write(&self.out[self.out_at..]) {
+        while !self.out.is_empty() {
+            match self.tcp.try_write(self.out.pending()) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => self.out_at += n,
+                Ok(n) => self.out.sent += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) => return Err(e),
             }
         }
-        self.out = Vec::new();
-        self.out_at = 0;
+        self.out = Outgoing::default();
         Ok(())
+    }
+
+    /// Seals `data` in this thread's sealing buffer and sends what the
+    /// socket takes now; the rest, or all of it when earlier records are
+    /// still queued, goes to `out` for the flush.
+    fn encrypt_and_send(&mut self, cx: &mut Context<'_>, data: &[u8]) -> io::Result<()> {
+        let mut sealing = SEALING.with(|s| std::mem::take(&mut *s.borrow_mut()));
+        sealing.filled = 0;
+        sealing.sent = 0;
+        let result = self.drive_to(Goal::Encrypt(data), &mut sealing);
+        // Records sealed before an error go out before its alert.
+        let sent = if self.out.is_empty() {
+            poll_send_from(&mut self.tcp, cx, &mut sealing)
+        } else {
+            Poll::Pending
+        };
+        self.out.extend(sealing.pending());
+        if sealing.buf.len() <= SEALING_KEEP {
+            SEALING.with(|s| *s.borrow_mut() = sealing);
+        }
+        match result {
+            Ok(Rest::Traffic) => {}
+            Ok(_) => return Err(TlsStreamError::Closed.into()),
+            Err(e) => return Err(self.fail(e)),
+        }
+        match sent {
+            Poll::Ready(Err(e)) => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// Hands waiting plaintext to `buf`; frees it once all is taken.
@@ -433,7 +493,7 @@ impl TlsStream {
 
     /// Bytes of buffer the connection holds: none while it is idle.
     pub fn buffer_capacity(&self) -> usize {
-        self.incoming.capacity() + self.plain.capacity() + self.out.capacity()
+        self.incoming.capacity() + self.plain.capacity() + self.out.buf.capacity()
     }
 
     /// Whether the handshake was full or resumed.
@@ -489,15 +549,11 @@ impl AsyncWrite for TlsStream {
         if data.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        if this.out.len() - this.out_at >= MAX_PENDING_OUT {
+        if this.out.pending().len() >= MAX_PENDING_OUT {
             ready!(this.poll_send(cx))?;
         }
-        match this.drive(Goal::Encrypt(data)) {
-            Ok(Rest::Traffic) => {}
-            Ok(_) => return Poll::Ready(Err(TlsStreamError::Closed.into())),
-            Err(e) => return Poll::Ready(Err(this.fail(e))),
-        }
         // What the socket takes now goes now; the rest at the flush.
+        this.encrypt_and_send(cx, data)?;
         if let Poll::Ready(Err(e)) = this.poll_send(cx) {
             return Poll::Ready(Err(e));
         }
@@ -521,4 +577,20 @@ impl AsyncWrite for TlsStream {
         ready!(this.poll_send(cx))?;
         Pin::new(&mut this.tcp).poll_shutdown(cx)
     }
+}
+
+/// Writes `out`'s pending bytes until the socket is full.
+fn poll_send_from(
+    tcp: &mut TcpStream,
+    cx: &mut Context<'_>,
+    out: &mut Outgoing,
+) -> Poll<io::Result<()>> {
+    while !out.is_empty() {
+        let n = ready!(Pin::new(&mut *tcp).poll_write(cx, out.pending()))?;
+        if n == 0 {
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        }
+        out.sent += n;
+    }
+    Poll::Ready(Ok(()))
 }

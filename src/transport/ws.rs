@@ -64,7 +64,8 @@ async fn handle(
 ) -> anyhow::Result<()> {
     // Boxed: the handshake's state (TLS accept, request parsing) is freed
     // once it is done instead of sizing the connection's task for good.
-    let Some((ws, admission, _slot)) = Box::pin(upgrade(tcp, addr, tls, &ctx)).await? else {
+    let Some(((sink, stream), admission, _slot)) = Box::pin(upgrade(tcp, addr, tls, &ctx)).await?
+    else {
         return Ok(());
     };
     let _live = ctx.hub.stats().connection(Transport::WebSocket);
@@ -76,19 +77,28 @@ async fn handle(
     );
     let span = info_span!("connection", transport = "websocket", app = %admission.app.id, peer = %admission.client_id, sid = peer.id(), mesh_id = ctx.hub.mesh_id(), %addr, close_reason = tracing::field::Empty);
     span.in_scope(|| debug!("connected"));
-    // Split here and box the session: the task then holds pointers, not a
-    // second copy of the WebSocket state (idle memory per connection).
-    let (sink, stream) = ws.split();
+    // The session is boxed: the task holds pointers, not the session's state
+    // (idle memory per connection).
     let (stream, sink) = Box::pin(run(sink, stream, peer, outbox, &ctx))
         .instrument(span)
         .await;
-    // close_notify after the WebSocket's Close, so the client sees a clean
-    // end of the TLS stream; a client that is gone gets no wait.
+    Box::pin(close_notify(sink, stream)).await;
+    Ok(())
+}
+
+/// close_notify after the WebSocket's Close, so the client sees a clean end
+/// of the TLS stream; a client that is gone gets no wait. The caller boxes
+/// it: the reunited WebSocket held across this await would otherwise size
+/// every connection's task, idle or not.
+async fn close_notify(sink: SplitSink<Ws, Message>, stream: SplitStream<Ws>) {
     if let Ok(mut ws) = sink.reunite(stream) {
         let _ = timeout(CLOSE_NOTIFY_GRACE, ws.get_mut().shutdown()).await;
     }
-    Ok(())
 }
+
+/// The WebSocket's two halves; split while the upgrade's state is boxed, so
+/// the connection's task never holds the whole WebSocket by value.
+type Halves = (SplitSink<Ws, Message>, SplitStream<Ws>);
 
 /// TLS, the HTTP request, admission and the 101: the connection's
 /// WebSocket and its counted slot, or `None` when it was answered otherwise
@@ -98,7 +108,7 @@ async fn upgrade(
     addr: SocketAddr,
     tls: Arc<ServerConfig>,
     ctx: &Context,
-) -> anyhow::Result<Option<(Ws, Admission, Slot)>> {
+) -> anyhow::Result<Option<(Halves, Admission, Slot)>> {
     let mut stream = timeout(HANDSHAKE_TIMEOUT, tls_stream::accept(tls, tcp)).await??;
     let (request, leftover) =
         match timeout(HANDSHAKE_TIMEOUT, http::read_request(&mut stream)).await? {
@@ -172,7 +182,7 @@ async fn upgrade(
     let ws =
         WebSocketStream::from_partially_read(stream, leftover, Role::Server, Some(config)).await;
 
-    Ok(Some((ws, admission, slot)))
+    Ok(Some((ws.split(), admission, slot)))
 }
 
 /// Buffer sizes of every node WebSocket (and of the bench's ceiling server,
