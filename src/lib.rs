@@ -4,6 +4,7 @@
 //! - [`protocol`]: the msgpack Signalling message, pure.
 //! - [`hub`]: apps, channels, peers; the one path every message takes.
 //! - [`outbox`]: the bounded queue from the hub to one peer's writer.
+//! - [`presence`]: who is in a channel per user, across tabs and nodes; pure.
 //! - [`transport`]: WebSocket (TLS/TCP) and WebTransport (QUIC/UDP).
 //! - [`mesh`]: the zenoh bridge that makes several nodes one service.
 //! - [`apps`], [`auth`], [`quota`], [`budget`]: who may connect, as whom, and how much.
@@ -18,6 +19,7 @@ pub mod hub;
 pub mod mesh;
 pub mod outbox;
 pub mod percent;
+pub mod presence;
 pub mod protocol;
 pub mod quota;
 pub mod server;

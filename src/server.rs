@@ -40,6 +40,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.limits.clone(),
         Arc::new(Stats::default()),
     );
+    hub.set_presence_grace(config.presence_grace);
+    tokio::spawn(hub.clone().run_leaves());
     // Outside any span: zenoh's background tasks inherit the current one.
     hub.stats()
         .set_certificate_expiry(cert.not_after.unix_timestamp());

@@ -49,6 +49,7 @@ use zenoh::Session;
 
 use crate::apps::AppLimits;
 use crate::hub::{Hub, MeshEvent, PeerId};
+use crate::presence::Why;
 use crate::protocol::{self, Kind, Op};
 use crate::stats::{DropReason, Stats};
 use crate::telemetry;
@@ -555,6 +556,7 @@ impl Bridge {
                     let remote = link.remote.len() as u64;
                     self.stats.mesh.remote_members.fetch_sub(remote, Relaxed);
                     drop(link); // undeclares its subscriber, before the app's watch
+                    self.hub.forget_remote(&id.0, &id.1);
                     self.unwatch(&id.0);
                     debug!(app = %id.0, channel = %id.1, "mesh: last local member left, unsubscribed");
                 }
@@ -881,10 +883,20 @@ impl Bridge {
                 // data) and said so already. One of a member never known
                 // here is delivered: the browsers may know it from its own
                 // messages.
+                // Per user: the local members hear of it only with the
+                // user's last connection ([`Hub::remote_left`]).
                 if link.remove_remote(&who).is_some() {
                     self.stats.mesh.remote_member_gone();
+                    self.stats.mesh.received.fetch_add(1, Relaxed);
+                    let sender = (relayed.peer, mesh);
+                    self.hub
+                        .remote_left(&id.0, &id.1, sender, Why::Left, &bytes);
+                    return;
                 } else if link.gone.remove(&who).is_some() {
                     debug!(app = %id.0, channel = %id.1, peer = relayed.peer, %mesh, "mesh: leave of a member already offline");
+                    return;
+                } else if self.hub.is_present(&id.0, &id.1, relayed.peer) {
+                    debug!(app = %id.0, channel = %id.1, peer = relayed.peer, %mesh, "mesh: leave of an unknown connection of a present user");
                     return;
                 }
             } else if let Some(remote) = link.remote.get_mut(&who) {
@@ -1151,6 +1163,8 @@ impl Bridge {
         debug!(app = %id.0, channel = %id.1, peer = %member.client_id, mesh = %member.mesh_id, healed = healed.is_some(), "mesh: remote member");
         let last_state = healed.as_ref().and_then(|(r, _)| r.last_state.clone());
         self.stats.mesh.remote_members.fetch_add(1, Relaxed);
+        self.hub
+            .remote_joined(&id.0, &id.1, &member.client_id, &member.mesh_id);
         link.insert_remote(
             who,
             Remote {
@@ -1182,10 +1196,14 @@ impl Bridge {
         }
     }
 
-    /// A remote member is gone: one `peer_offline` for the local members.
+    /// A remote member's node is gone: a `peer_offline` for the local
+    /// members, at once, if that was its user's last connection.
     fn offline(&self, id: &ChannelId, client_id: &str, mesh_id: &str) {
         self.stats.mesh.remote_member_gone();
-        deliver_presence(&self.hub, id, Op::PeerOffline, client_id, mesh_id);
+        let op = Op::PeerOffline;
+        let msg = Bytes::from(protocol::encode_control(op, &id.1, client_id, mesh_id));
+        let who = (client_id, mesh_id);
+        self.hub.remote_left(&id.0, &id.1, who, Why::NodeGone, &msg);
     }
 }
 

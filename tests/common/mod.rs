@@ -206,6 +206,9 @@ impl Node {
             ("CERT_FILE".into(), pki.chain_pem.display().to_string()),
             ("KEY_FILE".into(), pki.key_pem.display().to_string()),
             ("DEBUG".into(), "true".into()),
+            // Leaves at once, so that other tests see exact sequences; the
+            // grace period has tests of its own (tests/presence.rs).
+            ("PRESENCE_GRACE_MS".into(), "0".into()),
         ];
         for (k, v) in env {
             vars.retain(|(name, _)| name != k);
