@@ -133,6 +133,7 @@ impl Config {
         let app_sources = AppSources {
             pairs: get("APPS"),
             token_secrets: get("APP_TOKEN_SECRETS"),
+            api_keys: get("APP_API_KEYS"),
             file: get("APPS_FILE").map(PathBuf::from),
             limits: app_limits.clone(),
         };

@@ -81,6 +81,8 @@ pub enum CloseReason {
     SlowReader,
     /// No traffic, not even a Pong, within the idle timeout.
     Idle,
+    /// The app's backend asked (`POST /v1/apps/{app}/users/{id}/disconnect`; 1008).
+    Disconnected,
 }
 
 impl CloseReason {
@@ -91,7 +93,7 @@ impl CloseReason {
             CloseReason::GoingAway | CloseReason::Idle => 1001,
             CloseReason::UnsupportedData => 1003,
             CloseReason::MessageTooBig => 1009,
-            CloseReason::SlowReader => 1008,
+            CloseReason::SlowReader | CloseReason::Disconnected => 1008,
         }
     }
 
@@ -103,6 +105,7 @@ impl CloseReason {
             CloseReason::MessageTooBig => "message too big",
             CloseReason::SlowReader => "slow reader",
             CloseReason::Idle => "idle timeout",
+            CloseReason::Disconnected => "disconnected by the app",
         }
     }
 }
@@ -723,6 +726,23 @@ impl Hub {
             entry.member.ctl.close(CloseReason::GoingAway);
         }
         state.peers.len()
+    }
+
+    /// Closes every connection of user `client_id` of `app` on this node
+    /// (the app's backend asked); returns how many.
+    pub fn disconnect_user(&self, app: &str, client_id: &str) -> usize {
+        let state = self.read();
+        let mut closed = 0;
+        for entry in state.peers.values() {
+            if &*entry.app == app && &*entry.member.client_id == client_id {
+                entry.member.ctl.close(CloseReason::Disconnected);
+                closed += 1;
+            }
+        }
+        if closed > 0 {
+            tracing::info!(%app, peer = %client_id, connections = closed, "disconnected on the app's request");
+        }
+        closed
     }
 
     /// Live connections.

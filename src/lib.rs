@@ -7,16 +7,19 @@
 //! - [`presence`]: who is in a channel per user, across tabs and nodes; pure.
 //! - [`transport`]: WebSocket (TLS/TCP) and WebTransport (QUIC/UDP).
 //! - [`mesh`]: the zenoh bridge that makes several nodes one service.
+//! - [`api`], [`occupancy`]: the presence API for backends, and the mesh-wide view it answers from.
 //! - [`apps`], [`auth`], [`quota`], [`budget`]: who may connect, as whom, and how much.
 //! - [`config`], [`tls`], [`stats`], [`telemetry`]: the node's set-up.
 //! - [`server`]: start, signals, drain.
 
+pub mod api;
 pub mod apps;
 pub mod auth;
 pub mod budget;
 pub mod config;
 pub mod hub;
 pub mod mesh;
+pub mod occupancy;
 pub mod outbox;
 pub mod percent;
 pub mod presence;

@@ -61,6 +61,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let caps = ctx.clone();
     let limits: AppLimitsOf = Arc::new(move |app| caps.apps().get(app).map(|a| a.limits.clone()));
     let mesh = Mesh::start(hub.clone(), &config.mesh, limits).await?;
+    ctx.api.attach_mesh(mesh.admin());
 
     // Created outside any span: quinn attaches the current span to its tasks.
     let wt_config = webtransport::server_config(
@@ -81,7 +82,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot bind METRICS_PORT {port}"))?;
         info!("metrics: http://{}/metrics", listener.local_addr()?);
-        tokio::spawn(transport::http::serve_plain(listener, hub.clone()));
+        tokio::spawn(transport::http::serve_plain(listener, ctx.clone()));
     }
     std::fs::write(&config.pid_file, format!("{}\n", std::process::id()))
         .with_context(|| format!("cannot write {}", config.pid_file.display()))?;

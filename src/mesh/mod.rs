@@ -26,6 +26,7 @@
 //! whose publish backlog is capped by the hub. The mesh knows nothing of
 //! sockets; transports know nothing of zenoh. Key expressions: [`keys`].
 
+pub mod admin;
 pub mod keys;
 pub mod membership;
 
@@ -89,6 +90,8 @@ pub enum MeshError {
     ConfigKey { key: &'static str, why: String },
     #[error("cannot open the zenoh session: {0}")]
     Open(String),
+    #[error("cannot serve the presence API on the mesh: {0}")]
+    Admin(String),
     #[error("zenoh would accept links on {endpoint} from beyond loopback without authentication: configure TLS with client certificates (transport.link.tls.enable_mtls and a tls/ or quic/ endpoint) or user/password (transport.auth.usrpwd), or set MESH_ALLOW_UNAUTHENTICATED=true to accept anyone")]
     Unauthenticated { endpoint: String },
 }
@@ -249,6 +252,7 @@ fn insert(config: &mut zenoh::Config, key: &'static str, value: &str) -> Result<
 pub struct Mesh {
     session: Session,
     task: tokio::task::JoinHandle<()>,
+    admin: admin::Served,
 }
 
 impl Mesh {
@@ -267,6 +271,9 @@ impl Mesh {
         stats.mesh.open.store(true, Relaxed);
         info!(zid = %session.zid(), mesh_id = hub.mesh_id(), "mesh: zenoh session open");
 
+        let admin = admin::serve(&session, hub.clone())
+            .await
+            .map_err(|e| MeshError::Admin(e.to_string()))?;
         let (events, backlog) = hub.attach_mesh(settings.max_backlog.max(1));
         let (inbound_tx, inbound) = mpsc::channel(settings.inbound_queue.max(1));
         let (control_tx, control) = mpsc::unbounded_channel();
@@ -288,7 +295,16 @@ impl Mesh {
         };
         let task = tokio::spawn(bridge.run(events, control, inbound));
         tokio::spawn(watch_neighbours(session.clone(), stats));
-        Ok(Mesh { session, task })
+        Ok(Mesh {
+            session,
+            task,
+            admin,
+        })
+    }
+
+    /// What the presence API asks of the other nodes.
+    pub fn admin(&self) -> admin::MeshAdmin {
+        self.admin.admin.clone()
     }
 
     /// Withdraws every token and subscription and closes the session.
