@@ -10,7 +10,8 @@
 //! README ("Apps file"). It is rebuilt from the same sources on SIGHUP.
 //!
 //! An app's API keys (`APP_API_KEYS`, `api_keys` in the file) open its
-//! presence API to backends ([`crate::api`]).
+//! presence API to backends ([`crate::api`]) and sign its webhooks
+//! (`APP_WEBHOOKS`, `webhook` in the file; [`crate::webhooks`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -72,6 +73,8 @@ pub struct App {
     pub limits: AppLimits,
     /// Bearer keys of the app's presence API; none: the API refuses all.
     pub api_keys: Vec<String>,
+    /// Where its join/leave webhooks go, signed with its first API key.
+    pub webhook: Option<String>,
 }
 
 /// Shortest API key accepted: it is a bearer secret.
@@ -86,6 +89,7 @@ impl App {
             origins: Vec::new(),
             limits,
             api_keys: Vec::new(),
+            webhook: None,
         }
     }
 
@@ -96,6 +100,12 @@ impl App {
         self.api_keys.iter().fold(false, |ok, key| {
             ok | bool::from(key.as_bytes().ct_eq(given.as_bytes()))
         })
+    }
+
+    fn set_webhook(&mut self, url: &str) -> Result<(), String> {
+        crate::webhooks::Target::parse(url).map_err(|e| e.to_string())?;
+        self.webhook = Some(url.to_owned());
+        Ok(())
     }
 
     fn add_api_key(&mut self, key: &str) -> Result<(), String> {
@@ -141,6 +151,10 @@ impl Apps {
 
     pub fn len(&self) -> usize {
         self.apps.len()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<App>> {
+        self.apps.values()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -193,6 +207,8 @@ pub struct AppSources {
     pub token_secrets: Option<String>,
     /// `APP_API_KEYS`: `app_id:key` pairs.
     pub api_keys: Option<String>,
+    /// `APP_WEBHOOKS`: `app_id:URL` pairs.
+    pub webhooks: Option<String>,
     /// `APPS_FILE`.
     pub file: Option<PathBuf>,
     /// Limits of apps that don't set their own.
@@ -223,6 +239,13 @@ impl AppSources {
                     .map_err(|why| invalid("APP_API_KEYS", why))?;
             }
         }
+        if let Some(text) = &self.webhooks {
+            for (app, url) in pairs(text, "APP_WEBHOOKS")? {
+                apps.app_mut(&app, &self.limits)
+                    .set_webhook(&url)
+                    .map_err(|why| invalid("APP_WEBHOOKS", why))?;
+            }
+        }
         if let Some(path) = &self.file {
             let text = std::fs::read_to_string(path).map_err(|source| AppsError::Read {
                 path: path.clone(),
@@ -237,6 +260,17 @@ impl AppSources {
                     apps.add_key(&key, &app, &self.limits, &name)?;
                 }
             }
+        }
+        if let Some(app) = apps
+            .apps
+            .values()
+            .find(|a| a.webhook.is_some() && a.api_keys.is_empty())
+        {
+            let why = format!(
+                "app `{}` has a webhook but no API key to sign it with (APP_API_KEYS or api_keys)",
+                app.id
+            );
+            return Err(invalid("APP_WEBHOOKS", why));
         }
         Ok((!apps.is_empty()).then_some(apps))
     }
@@ -273,6 +307,9 @@ struct AppEntry {
     /// Bearer keys of the presence API.
     #[serde(default)]
     api_keys: Vec<String>,
+    /// Where join/leave webhooks go.
+    #[serde(default)]
+    webhook: Option<String>,
 }
 
 /// Limits in the file: each field falls back to the node's default.
@@ -343,6 +380,9 @@ fn load_toml(
         }
         for key in &entry.api_keys {
             app.add_api_key(key).map_err(at)?;
+        }
+        if let Some(url) = &entry.webhook {
+            app.set_webhook(url).map_err(at)?;
         }
         if app.tokens_only && app.tokens.is_empty() {
             return Err(at("tokens_only is set but it has no token key".into()));
@@ -463,6 +503,29 @@ api_keys = ["docs-api-key-from-the-file"]
             .unwrap_err()
             .to_string()
             .contains("APP_API_KEYS"));
+        let hooked = AppSources {
+            api_keys: Some("chat:chat-api-key-0123456".into()),
+            webhooks: Some("chat:http://127.0.0.1:9/hook".into()),
+            ..sources("k:chat,k2:other")
+        }
+        .load()
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            hooked.get("chat").unwrap().webhook.as_deref(),
+            Some("http://127.0.0.1:9/hook")
+        );
+        let unsigned = AppSources {
+            webhooks: Some("chat:https://hooks.example.com/x".into()),
+            ..sources("k:chat")
+        };
+        assert!(unsigned.load().unwrap_err().to_string().contains("API key"));
+        let bad_url = AppSources {
+            api_keys: Some("chat:chat-api-key-0123456".into()),
+            webhooks: Some("chat:ftp://x".into()),
+            ..sources("k:chat")
+        };
+        assert!(bad_url.load().is_err());
 
         std::fs::write(&file, "[apps.x]\nunknown_field = 1\n").unwrap();
         let err = AppSources {

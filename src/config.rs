@@ -134,6 +134,7 @@ impl Config {
             pairs: get("APPS"),
             token_secrets: get("APP_TOKEN_SECRETS"),
             api_keys: get("APP_API_KEYS"),
+            webhooks: get("APP_WEBHOOKS"),
             file: get("APPS_FILE").map(PathBuf::from),
             limits: app_limits.clone(),
         };

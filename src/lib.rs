@@ -8,6 +8,7 @@
 //! - [`transport`]: WebSocket (TLS/TCP) and WebTransport (QUIC/UDP).
 //! - [`mesh`]: the zenoh bridge that makes several nodes one service.
 //! - [`api`], [`occupancy`]: the presence API for backends, and the mesh-wide view it answers from.
+//! - [`webhooks`], [`webhook_events`]: join/leave webhooks, posted once by the mesh's leader.
 //! - [`apps`], [`auth`], [`quota`], [`budget`]: who may connect, as whom, and how much.
 //! - [`config`], [`tls`], [`stats`], [`telemetry`]: the node's set-up.
 //! - [`server`]: start, signals, drain.
@@ -30,3 +31,5 @@ pub mod stats;
 pub mod telemetry;
 pub mod tls;
 pub mod transport;
+pub mod webhook_events;
+pub mod webhooks;

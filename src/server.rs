@@ -62,6 +62,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let limits: AppLimitsOf = Arc::new(move |app| caps.apps().get(app).map(|a| a.limits.clone()));
     let mesh = Mesh::start(hub.clone(), &config.mesh, limits).await?;
     ctx.api.attach_mesh(mesh.admin());
+    let apps = ctx.clone();
+    tokio::spawn(crate::webhooks::run(hub.clone(), mesh.admin(), move || {
+        apps.apps()
+    }));
 
     // Created outside any span: quinn attaches the current span to its tasks.
     let wt_config = webtransport::server_config(

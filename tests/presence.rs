@@ -143,7 +143,7 @@ async fn two_tabs_on_two_nodes_go_offline_with_the_last() {
 
 #[tokio::test]
 async fn a_reload_within_the_grace_is_no_leave_even_onto_another_node() {
-    let nodes = mesh_of(&["eu", "us"], &[("PRESENCE_GRACE_MS", "3000")]);
+    let nodes = mesh_of(&["eu", "us"], &[("PRESENCE_GRACE_MS", "5000")]);
     wait_meshed(&nodes).await;
     let mut alice = nodes[0].ws(KEY1, "alice").await;
     let mut bob = nodes[0].ws(KEY1, "bob").await;
@@ -167,7 +167,7 @@ async fn a_reload_within_the_grace_is_no_leave_even_onto_another_node() {
     let left = Instant::now();
     reloaded.close().await;
     for watcher in [&mut bob, &mut carol] {
-        let off = watcher.recv_op_within("peer_offline", WAIT * 2).await;
+        let off = watcher.recv_op_within("peer_offline", WAIT * 3).await;
         assert_eq!(field(&off, "p"), Some("alice"));
         assert_eq!(field(&off, "mesh"), Some("us"));
         assert!(

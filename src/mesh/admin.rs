@@ -6,13 +6,15 @@
 //! A message goes out as a backend's would (no sid, no MESH_ID), so the
 //! other nodes accept it as data and never as presence.
 
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tracing::{debug, warn};
+use zenoh::liveliness::LivelinessToken;
 use zenoh::pubsub::Subscriber;
 use zenoh::query::{ConsolidationMode, QueryTarget, Queryable};
-use zenoh::sample::Locality;
+use zenoh::sample::{Locality, SampleKind};
 use zenoh::Session;
 
 use super::keys;
@@ -36,6 +38,8 @@ fn zenoh_error(e: impl std::fmt::Display) -> AdminError {
 #[derive(Clone)]
 pub struct MeshAdmin {
     session: Session,
+    /// The other nodes whose liveness token lives.
+    live: Arc<Mutex<BTreeSet<String>>>,
 }
 
 impl MeshAdmin {
@@ -71,6 +75,12 @@ impl MeshAdmin {
         Ok(nodes)
     }
 
+    /// The other nodes running now, as their liveness tokens say (a node
+    /// cut off or dead goes within the zenoh lease).
+    pub fn live_nodes(&self) -> BTreeSet<String> {
+        self.live.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// Publishes `msg` (a data message, encoded) into `app/channel` for
     /// the other nodes' members.
     pub async fn publish(&self, app: &str, channel: &str, msg: Vec<u8>) -> Result<(), AdminError> {
@@ -98,11 +108,14 @@ impl MeshAdmin {
 pub struct Served {
     _presence: Queryable<()>,
     _disconnects: Subscriber<()>,
+    _live_nodes: Subscriber<()>,
+    _live: LivelinessToken,
     pub admin: MeshAdmin,
 }
 
 pub async fn serve(session: &Session, hub: Arc<Hub>) -> zenoh::Result<Served> {
     let mesh_id = hub.mesh_id().to_owned();
+    let mesh_id_of_hub = mesh_id.clone();
     let runtime = tokio::runtime::Handle::current();
     let answering = hub.clone();
     let presence = session
@@ -133,11 +146,39 @@ pub async fn serve(session: &Session, hub: Arc<Hub>) -> zenoh::Result<Served> {
             },
         )
         .await?;
+    let live = Arc::new(Mutex::new(BTreeSet::new()));
+    let (seen, me) = (live.clone(), mesh_id_of_hub.clone());
+    let live_nodes = session
+        .liveliness()
+        .declare_subscriber(keys::live_nodes())
+        .history(true)
+        .callback(move |sample| {
+            let Some(node) = keys::parse_live_key(sample.key_expr().as_str()) else {
+                return;
+            };
+            if node == me {
+                return;
+            }
+            let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+            if sample.kind() == SampleKind::Put {
+                seen.insert(node);
+            } else {
+                seen.remove(&node);
+            }
+        })
+        .await?;
+    let token = session
+        .liveliness()
+        .declare_token(keys::live_key(&mesh_id_of_hub))
+        .await?;
     Ok(Served {
         _presence: presence,
         _disconnects: disconnects,
+        _live_nodes: live_nodes,
+        _live: token,
         admin: MeshAdmin {
             session: session.clone(),
+            live,
         },
     })
 }

@@ -9,6 +9,8 @@
 //!   the presence API, answered to queries (`occupancy::NodePresence`, JSON).
 //! - `prscd/@disconnect/<app>/<id>`: a put asks every node to close that
 //!   user's connections.
+//! - `prscd/@live/<mesh_id>`: a liveliness token every node holds while it
+//!   runs; the live node with the smallest MESH_ID posts the webhooks.
 //!
 //! App and channel are chunks of their own, so a node subscribes to exactly
 //! the channels its peers joined and apps never share a key. Each chunk is
@@ -118,6 +120,25 @@ pub fn presence_of_app(app: &str) -> String {
 pub fn parse_presence_key(key: &str) -> Option<(String, String)> {
     let [mesh_id, app] = captures(key, &[Some(ROOT), Some(PRESENCE), None, None])?;
     Some((mesh_id, app))
+}
+
+/// Chunk of the nodes' liveness tokens, after the root.
+pub const LIVE: &str = "@live";
+
+/// Node `mesh_id`'s liveness token: `prscd/@live/<mesh_id>`.
+pub fn live_key(mesh_id: &str) -> String {
+    format!("{ROOT}/{LIVE}/{}", encode_chunk(mesh_id))
+}
+
+/// Every node's liveness token.
+pub fn live_nodes() -> String {
+    format!("{ROOT}/{LIVE}/*")
+}
+
+/// Parses a [`live_key`] into its MESH_ID.
+pub fn parse_live_key(key: &str) -> Option<String> {
+    let [mesh_id] = captures(key, &[Some(ROOT), Some(LIVE), None])?;
+    Some(mesh_id)
 }
 
 /// Asks every node to close user `id` of `app`: `prscd/@disconnect/<app>/<id>`.
@@ -281,6 +302,10 @@ mod tests {
             "not a backend's traffic"
         );
         assert!(!ke("prscd/**").intersects(&ke(&presence)));
+        let live = live_key("eu west");
+        assert_eq!(parse_live_key(&live).as_deref(), Some("eu west"));
+        assert!(ke(&live_nodes()).intersects(&ke(&live)));
+        assert!(!ke("prscd/**").intersects(&ke(&live)));
         // A backend's `prscd/<app>/**` gets the traffic, never these keys.
         let traffic = ke("prscd/acme/**");
         assert!(traffic.intersects(&ke(&channel_key("acme", "room/1"))));
