@@ -63,9 +63,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mesh = Mesh::start(hub.clone(), &config.mesh, limits).await?;
     ctx.api.attach_mesh(mesh.admin());
     let apps = ctx.clone();
-    tokio::spawn(crate::webhooks::run(hub.clone(), mesh.admin(), move || {
-        apps.apps()
-    }));
+    let m = &config.mesh;
+    let alone = m.config_file.is_none() && m.listen.is_empty() && m.connect.is_empty();
+    let admin = mesh.admin();
+    tokio::spawn(crate::webhooks::run(
+        hub.clone(),
+        admin,
+        move || apps.apps(),
+        alone,
+    ));
 
     // Created outside any span: quinn attaches the current span to its tasks.
     let wt_config = webtransport::server_config(

@@ -3,7 +3,11 @@
 //!
 //! Every node polls every node's users of each app with a webhook
 //! ([`POLL`]), turns the changes into events, and, if it is the leader (the
-//! live node with the smallest MESH_ID), posts them: batched (up to
+//! live node with the smallest MESH_ID), posts them. A node declares itself
+//! live only once its view is whole and settled (every live node answered,
+//! the same nodes for [`SETTLED_ROUNDS`] rounds with zenoh neighbours, or
+//! for [`WARM_UP`] without), so that a node joining or restarting does not
+//! post what it merely had not seen yet. Posts are batched (up to
 //! [`BATCH`] events per request), signed (`X-Prscd-Signature`, HMAC-SHA256
 //! with the app's first API key, by `ring`), retried with backoff
 //! ([`RETRIES`]), from a bounded queue ([`QUEUE`] events per app; beyond it
@@ -11,7 +15,7 @@
 //! fails every retry is counted `webhook_failed`). README "Webhooks" says
 //! what "exactly once" covers and what it does not.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,6 +44,12 @@ pub const RETRIES: [Duration; 5] = [
     Duration::from_secs(2),
     Duration::from_secs(4),
 ];
+/// How long a node with no zenoh neighbour waits before it takes itself
+/// for the whole mesh (a node meant to run alone, or cut off at start).
+pub const WARM_UP: Duration = Duration::from_secs(5);
+/// Rounds with the same answering nodes before a node with neighbours
+/// takes its view for whole (zenoh's declarations settle in milliseconds).
+pub const SETTLED_ROUNDS: u32 = 4;
 /// Longest one attempt may take (connect, send, status line).
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -106,8 +116,14 @@ struct Outlet {
 }
 
 /// Polls, decides and posts for every app with a webhook; runs for the
-/// node's life. `apps` gives the apps as reloaded.
-pub async fn run(hub: Arc<Hub>, mesh: MeshAdmin, apps: impl Fn() -> Arc<Apps> + Send + 'static) {
+/// node's life. `apps` gives the apps as reloaded; `alone`: no zenoh
+/// endpoint or config is set, so this node's view is whole from the start.
+pub async fn run(
+    hub: Arc<Hub>,
+    mesh: MeshAdmin,
+    apps: impl Fn() -> Arc<Apps> + Send + 'static,
+    alone: bool,
+) {
     let stats = hub.stats().clone();
     let me = hub.mesh_id().to_owned();
     let mut views: HashMap<String, View> = HashMap::new();
@@ -115,6 +131,8 @@ pub async fn run(hub: Arc<Hub>, mesh: MeshAdmin, apps: impl Fn() -> Arc<Apps> + 
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut was_leader = None;
+    let (started, mut warm) = (tokio::time::Instant::now(), false);
+    let (mut answered_before, mut settled) = (BTreeSet::new(), 0u32);
     loop {
         tick.tick().await;
         let apps = apps();
@@ -129,20 +147,28 @@ pub async fn run(hub: Arc<Hub>, mesh: MeshAdmin, apps: impl Fn() -> Arc<Apps> + 
         views.retain(|app, _| hooked.iter().any(|(a, _, _)| a == app));
         outlets.retain(|app, _| hooked.iter().any(|(a, _, _)| a == app));
         let mut live = mesh.live_nodes();
-        let leader = webhook_events::leader(&me, live.iter().map(String::as_str)) == me;
-        if was_leader != Some(leader) {
+        let leader = warm && webhook_events::leader(&me, live.iter().map(String::as_str)) == me;
+        if warm && was_leader != Some(leader) {
             info!(mesh_id = %me, leader, "webhooks: {}", if leader { "this node posts" } else { "another node posts" });
             was_leader = Some(leader);
         }
+        let mut whole = true;
+        let mut answered = BTreeSet::new();
+        let others = live.clone();
         live.insert(me.clone());
         for (app, target, key) in hooked {
             let mut answers = match mesh.presence(&app).await {
                 Ok(answers) => answers,
                 Err(e) => {
                     debug!(%app, error = %e, "webhooks: presence query failed; next round");
+                    whole = false;
                     continue;
                 }
             };
+            whole &= others
+                .iter()
+                .all(|node| answers.iter().any(|a| &a.mesh_id == node));
+            answered.extend(answers.iter().map(|a| a.mesh_id.clone()));
             answers.push(NodePresence::from_hosted(&me, hub.hosted(&app)));
             let events = views
                 .entry(app.clone())
@@ -162,6 +188,27 @@ pub async fn run(hub: Arc<Hub>, mesh: MeshAdmin, apps: impl Fn() -> Arc<Apps> + 
                 if outlet.tx.try_send(event).is_err() {
                     stats.count_drop(DropReason::WebhookQueueFull);
                 }
+            }
+        }
+        let neighbours = stats.mesh.peers.load(std::sync::atomic::Ordering::Relaxed)
+            + stats
+                .mesh
+                .routers
+                .load(std::sync::atomic::Ordering::Relaxed);
+        settled = if whole && neighbours > 0 && answered == answered_before {
+            settled + 1
+        } else {
+            0
+        };
+        answered_before = answered;
+        let settled_enough = settled >= SETTLED_ROUNDS || started.elapsed() >= WARM_UP;
+        if !warm && whole && (alone || settled_enough) {
+            match mesh.declare_live().await {
+                Ok(()) => {
+                    warm = true;
+                    debug!(mesh_id = %me, "webhooks: view complete, live");
+                }
+                Err(e) => warn!(error = %e, "webhooks: cannot declare this node live"),
             }
         }
     }

@@ -1,7 +1,8 @@
-//! What the presence API asks of the mesh: every node's users of an app,
-//! a backend's message into a channel on every node, and closing a user's
-//! connections on every node. [`MeshAdmin`] asks; [`serve`] answers for
-//! this node. Keys: [`super::keys`] (`@presence`, `@disconnect`).
+//! What the presence API and the webhooks ask of the mesh: every node's
+//! users of an app, a backend's message into a channel on every node,
+//! closing a user's connections on every node, and which nodes are live for
+//! posting webhooks. [`MeshAdmin`] asks; [`serve`] answers for this node.
+//! Keys: [`super::keys`] (`@presence`, `@disconnect`, `@live`).
 //!
 //! A message goes out as a backend's would (no sid, no MESH_ID), so the
 //! other nodes accept it as data and never as presence.
@@ -40,6 +41,9 @@ pub struct MeshAdmin {
     session: Session,
     /// The other nodes whose liveness token lives.
     live: Arc<Mutex<BTreeSet<String>>>,
+    /// This node's liveness token, once declared ([`MeshAdmin::declare_live`]).
+    token: Arc<Mutex<Option<LivelinessToken>>>,
+    mesh_id: String,
 }
 
 impl MeshAdmin {
@@ -81,6 +85,20 @@ impl MeshAdmin {
         self.live.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Declares this node live for the webhooks (it may now lead): once its
+    /// own view of the mesh is complete, so that a node (re)starting never
+    /// takes the lead with a partial view.
+    pub async fn declare_live(&self) -> Result<(), AdminError> {
+        let token = self
+            .session
+            .liveliness()
+            .declare_token(keys::live_key(&self.mesh_id))
+            .await
+            .map_err(zenoh_error)?;
+        *self.token.lock().unwrap_or_else(|e| e.into_inner()) = Some(token);
+        Ok(())
+    }
+
     /// Publishes `msg` (a data message, encoded) into `app/channel` for
     /// the other nodes' members.
     pub async fn publish(&self, app: &str, channel: &str, msg: Vec<u8>) -> Result<(), AdminError> {
@@ -109,7 +127,6 @@ pub struct Served {
     _presence: Queryable<()>,
     _disconnects: Subscriber<()>,
     _live_nodes: Subscriber<()>,
-    _live: LivelinessToken,
     pub admin: MeshAdmin,
 }
 
@@ -167,18 +184,15 @@ pub async fn serve(session: &Session, hub: Arc<Hub>) -> zenoh::Result<Served> {
             }
         })
         .await?;
-    let token = session
-        .liveliness()
-        .declare_token(keys::live_key(&mesh_id_of_hub))
-        .await?;
     Ok(Served {
         _presence: presence,
         _disconnects: disconnects,
         _live_nodes: live_nodes,
-        _live: token,
         admin: MeshAdmin {
             session: session.clone(),
             live,
+            token: Arc::default(),
+            mesh_id: mesh_id_of_hub,
         },
     })
 }
