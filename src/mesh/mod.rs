@@ -10,13 +10,16 @@
 //!
 //! In: a sample on a joined channel's key is checked, re-encoded without
 //! `sid`/`app`, and handed to the hub for the local members (never back to
-//! zenoh: no loops). Another node's leave becomes one `peer_offline` for the
-//! local members; so does each of its members when its node's token of the
-//! app goes away (it left the app's channels, died, or was cut off and
-//! zenoh's lease expired). A node whose token appears is asked for its
-//! rosters; a member back from a partition becomes `peer_online` plus its
-//! last state, so the browsers on this side see it again without it having
-//! to rejoin. A `channel_join` is the bridge's, never the browsers'.
+//! zenoh: no loops). Every remote join and leave is told to the hub, which
+//! counts connections per user ([`crate::presence`]): another node's leave
+//! becomes one `peer_offline` for the local members if it was its user's
+//! last connection (after the grace period); so does each of its members,
+//! at once, when its node's token of the app goes away (it left the app's
+//! channels, died, or was cut off and zenoh's lease expired). The presence
+//! API and the webhooks ask the other nodes through [`admin`]. A node whose
+//! token appears is asked for its rosters; a member back from a partition
+//! becomes `peer_online` plus its last state, so the browsers on this side
+//! see it again without it having to rejoin. A `channel_join` is the bridge's, never the browsers'.
 //! What no node would send is refused and counted, ACLs or not
 //! (`Bridge::sender`): a member of a node needs that node's live token, a
 //! roster too, and one node's members of a channel stay within the app's
