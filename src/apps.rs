@@ -8,6 +8,10 @@
 //! (`app_id:secret` pairs) and `APPS_FILE`, either the same pairs one per
 //! line or, when its name ends in `.toml`, the structured file documented in
 //! README ("Apps file"). It is rebuilt from the same sources on SIGHUP.
+//!
+//! An app's API keys (`APP_API_KEYS`, `api_keys` in the file) open its
+//! presence API to backends ([`crate::api`]) and sign its webhooks
+//! (`APP_WEBHOOKS`, `webhook` in the file; [`crate::webhooks`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -67,7 +71,14 @@ pub struct App {
     /// Allowed `Origin`s (`scheme://host[:port]`, or `*`); empty allows any.
     pub origins: Vec<String>,
     pub limits: AppLimits,
+    /// Bearer keys of the app's presence API; none: the API refuses all.
+    pub api_keys: Vec<String>,
+    /// Where its join/leave webhooks go, signed with its first API key.
+    pub webhook: Option<String>,
 }
+
+/// Shortest API key accepted: it is a bearer secret.
+pub const MIN_API_KEY_LEN: usize = 16;
 
 impl App {
     pub fn new(id: &str, limits: AppLimits) -> App {
@@ -77,7 +88,34 @@ impl App {
             tokens: TokenKeys::default(),
             origins: Vec::new(),
             limits,
+            api_keys: Vec::new(),
+            webhook: None,
         }
+    }
+
+    /// Whether `given` is one of the app's API keys, compared in constant
+    /// time (per key) so that a guess learns nothing from the timing.
+    pub fn api_key_matches(&self, given: &str) -> bool {
+        use subtle::ConstantTimeEq as _;
+        self.api_keys.iter().fold(false, |ok, key| {
+            ok | bool::from(key.as_bytes().ct_eq(given.as_bytes()))
+        })
+    }
+
+    fn set_webhook(&mut self, url: &str) -> Result<(), String> {
+        crate::webhooks::Target::parse(url).map_err(|e| e.to_string())?;
+        self.webhook = Some(url.to_owned());
+        Ok(())
+    }
+
+    fn add_api_key(&mut self, key: &str) -> Result<(), String> {
+        if key.len() < MIN_API_KEY_LEN {
+            return Err(format!(
+                "an API key must have at least {MIN_API_KEY_LEN} characters"
+            ));
+        }
+        self.api_keys.push(key.to_owned());
+        Ok(())
     }
 
     /// Whether a handshake with this `Origin` header (if any) may connect.
@@ -113,6 +151,10 @@ impl Apps {
 
     pub fn len(&self) -> usize {
         self.apps.len()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<App>> {
+        self.apps.values()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -163,6 +205,10 @@ pub struct AppSources {
     pub pairs: Option<String>,
     /// `APP_TOKEN_SECRETS`: `app_id:secret` pairs (HS256).
     pub token_secrets: Option<String>,
+    /// `APP_API_KEYS`: `app_id:key` pairs.
+    pub api_keys: Option<String>,
+    /// `APP_WEBHOOKS`: `app_id:URL` pairs.
+    pub webhooks: Option<String>,
     /// `APPS_FILE`.
     pub file: Option<PathBuf>,
     /// Limits of apps that don't set their own.
@@ -186,6 +232,20 @@ impl AppSources {
                     .map_err(|why| invalid("APP_TOKEN_SECRETS", why))?;
             }
         }
+        if let Some(text) = &self.api_keys {
+            for (app, key) in pairs(text, "APP_API_KEYS")? {
+                apps.app_mut(&app, &self.limits)
+                    .add_api_key(&key)
+                    .map_err(|why| invalid("APP_API_KEYS", why))?;
+            }
+        }
+        if let Some(text) = &self.webhooks {
+            for (app, url) in pairs(text, "APP_WEBHOOKS")? {
+                apps.app_mut(&app, &self.limits)
+                    .set_webhook(&url)
+                    .map_err(|why| invalid("APP_WEBHOOKS", why))?;
+            }
+        }
         if let Some(path) = &self.file {
             let text = std::fs::read_to_string(path).map_err(|source| AppsError::Read {
                 path: path.clone(),
@@ -200,6 +260,17 @@ impl AppSources {
                     apps.add_key(&key, &app, &self.limits, &name)?;
                 }
             }
+        }
+        if let Some(app) = apps
+            .apps
+            .values()
+            .find(|a| a.webhook.is_some() && a.api_keys.is_empty())
+        {
+            let why = format!(
+                "app `{}` has a webhook but no API key to sign it with (APP_API_KEYS or api_keys)",
+                app.id
+            );
+            return Err(invalid("APP_WEBHOOKS", why));
         }
         Ok((!apps.is_empty()).then_some(apps))
     }
@@ -233,6 +304,12 @@ struct AppEntry {
     origins: Vec<String>,
     #[serde(default)]
     limits: Option<PartialLimits>,
+    /// Bearer keys of the presence API.
+    #[serde(default)]
+    api_keys: Vec<String>,
+    /// Where join/leave webhooks go.
+    #[serde(default)]
+    webhook: Option<String>,
 }
 
 /// Limits in the file: each field falls back to the node's default.
@@ -300,6 +377,12 @@ fn load_toml(
                 max_channels: l.max_channels.unwrap_or(d.max_channels),
                 max_members: l.max_members.unwrap_or(d.max_members),
             };
+        }
+        for key in &entry.api_keys {
+            app.add_api_key(key).map_err(at)?;
+        }
+        if let Some(url) = &entry.webhook {
+            app.set_webhook(url).map_err(at)?;
         }
         if app.tokens_only && app.tokens.is_empty() {
             return Err(at("tokens_only is set but it has no token key".into()));
@@ -383,12 +466,14 @@ limits = { max_members = 50 }
 [apps.docs]
 tokens_only = true
 token_secrets = ["other-other-other-other"]
+api_keys = ["docs-api-key-from-the-file"]
 "#,
         )
         .unwrap();
         let apps = AppSources {
             file: Some(file.clone()),
             token_secrets: Some("docs:yet-another-long-secret".into()),
+            api_keys: Some("docs:docs-api-key-from-env,chat:chat-api-key-0123456".into()),
             ..AppSources::default()
         }
         .load()
@@ -403,6 +488,44 @@ token_secrets = ["other-other-other-other"]
         let docs = apps.get("docs").unwrap();
         assert!(docs.tokens_only);
         assert_eq!(docs.tokens.len(), 2);
+        // API keys from both sources; one app's key is not another's.
+        assert!(docs.api_key_matches("docs-api-key-from-env"));
+        assert!(docs.api_key_matches("docs-api-key-from-the-file"));
+        assert!(!docs.api_key_matches("chat-api-key-0123456"));
+        assert!(!docs.api_key_matches(""));
+        assert!(chat.api_key_matches("chat-api-key-0123456"));
+        let short = AppSources {
+            api_keys: Some("chat:short".into()),
+            ..sources("k:chat")
+        };
+        assert!(short
+            .load()
+            .unwrap_err()
+            .to_string()
+            .contains("APP_API_KEYS"));
+        let hooked = AppSources {
+            api_keys: Some("chat:chat-api-key-0123456".into()),
+            webhooks: Some("chat:http://127.0.0.1:9/hook".into()),
+            ..sources("k:chat,k2:other")
+        }
+        .load()
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            hooked.get("chat").unwrap().webhook.as_deref(),
+            Some("http://127.0.0.1:9/hook")
+        );
+        let unsigned = AppSources {
+            webhooks: Some("chat:https://hooks.example.com/x".into()),
+            ..sources("k:chat")
+        };
+        assert!(unsigned.load().unwrap_err().to_string().contains("API key"));
+        let bad_url = AppSources {
+            api_keys: Some("chat:chat-api-key-0123456".into()),
+            webhooks: Some("chat:ftp://x".into()),
+            ..sources("k:chat")
+        };
+        assert!(bad_url.load().is_err());
 
         std::fs::write(&file, "[apps.x]\nunknown_field = 1\n").unwrap();
         let err = AppSources {

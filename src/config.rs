@@ -67,6 +67,9 @@ pub struct Config {
     pub idle_timeout: Duration,
     pub drain_grace: Duration,
     pub drain_timeout: Duration,
+    /// How long a user whose last connection in a channel went stays a
+    /// member, so that a page reload is no leave and join.
+    pub presence_grace: Duration,
     pub pid_file: PathBuf,
     /// Plain-HTTP port for `/metrics` and `/health`, besides the TLS port.
     pub metrics_port: Option<u16>,
@@ -85,6 +88,9 @@ pub struct QuicLimits {
     /// ... and on all of a session's streams together.
     pub connection_window: u32,
 }
+
+/// `PRESENCE_GRACE_MS` by default: a page reload reconnects well within it.
+pub const PRESENCE_GRACE_DEFAULT_MS: u64 = 1_500;
 
 /// Upper bound for MAX_MESSAGE_SIZE.
 const MAX_MESSAGE_SIZE_CAP: usize = 16 << 20;
@@ -127,6 +133,8 @@ impl Config {
         let app_sources = AppSources {
             pairs: get("APPS"),
             token_secrets: get("APP_TOKEN_SECRETS"),
+            api_keys: get("APP_API_KEYS"),
+            webhooks: get("APP_WEBHOOKS"),
             file: get("APPS_FILE").map(PathBuf::from),
             limits: app_limits.clone(),
         };
@@ -235,6 +243,7 @@ impl Config {
             idle_timeout,
             drain_grace: ms("DRAIN_GRACE_MS", 2_000)?,
             drain_timeout: ms("DRAIN_TIMEOUT_MS", 5_000)?,
+            presence_grace: ms("PRESENCE_GRACE_MS", PRESENCE_GRACE_DEFAULT_MS)?,
             pid_file: get("PID_FILE").unwrap_or_else(|| "prscd.pid".into()).into(),
             metrics_port: get("METRICS_PORT")
                 .map(|v| v.trim().parse())

@@ -11,6 +11,11 @@
 //! channel. Dropping a [`Peer`] (its connection ended, for whatever reason)
 //! removes it from every channel and sends `peer_offline` to the others.
 //!
+//! Presence is per user ([`crate::presence`]): a member's `peer_offline`
+//! reaches the others only when the user's last connection in the channel,
+//! on any node, is gone, after the grace period (`PRESENCE_GRACE_MS`) that
+//! [`Hub::run_leaves`] keeps.
+//!
 //! State sits behind one `RwLock`, held only for map work and `try_send`s,
 //! never across an `.await`.
 
@@ -27,6 +32,7 @@ use crate::apps::App;
 use crate::auth::Grant;
 use crate::budget::Budget;
 use crate::outbox::{outbox, Outbox, OutboxReceiver, SendError};
+use crate::presence::{Arrival, Departure, LocalUser, Place, Presence, Why};
 use crate::protocol::{self, DecodeError, Kind, Op, Outbound};
 use crate::stats::{DropReason, Gauges, Stats, Transport};
 
@@ -75,6 +81,8 @@ pub enum CloseReason {
     SlowReader,
     /// No traffic, not even a Pong, within the idle timeout.
     Idle,
+    /// The app's backend asked (`POST /v1/apps/{app}/users/{id}/disconnect`; 1008).
+    Disconnected,
 }
 
 impl CloseReason {
@@ -85,7 +93,7 @@ impl CloseReason {
             CloseReason::GoingAway | CloseReason::Idle => 1001,
             CloseReason::UnsupportedData => 1003,
             CloseReason::MessageTooBig => 1009,
-            CloseReason::SlowReader => 1008,
+            CloseReason::SlowReader | CloseReason::Disconnected => 1008,
         }
     }
 
@@ -97,6 +105,7 @@ impl CloseReason {
             CloseReason::MessageTooBig => "message too big",
             CloseReason::SlowReader => "slow reader",
             CloseReason::Idle => "idle timeout",
+            CloseReason::Disconnected => "disconnected by the app",
         }
     }
 }
@@ -224,10 +233,11 @@ fn state_key(client_id: &str, mesh_id: &str) -> String {
 /// An app's channels.
 type Channels = HashMap<Arc<str>, Channel>;
 
-#[derive(Default)]
 struct State {
     apps: HashMap<Arc<str>, Channels>,
     peers: HashMap<PeerId, PeerEntry>,
+    /// Users per channel, here and on the other nodes the mesh reports.
+    presence: Presence,
 }
 
 pub struct Hub {
@@ -238,6 +248,8 @@ pub struct Hub {
     next_id: AtomicU64,
     draining: AtomicBool,
     uplink: OnceLock<Uplink>,
+    /// Wakes [`Hub::run_leaves`] when a user starts leaving.
+    leaving: tokio::sync::Notify,
 }
 
 impl Hub {
@@ -246,11 +258,22 @@ impl Hub {
             mesh_id: mesh_id.into(),
             limits,
             stats,
-            state: RwLock::default(),
+            state: RwLock::new(State {
+                apps: HashMap::new(),
+                peers: HashMap::new(),
+                presence: Presence::new(mesh_id, Duration::ZERO),
+            }),
             next_id: AtomicU64::new(first_peer_id()),
             draining: AtomicBool::new(false),
             uplink: OnceLock::new(),
+            leaving: tokio::sync::Notify::new(),
         })
+    }
+
+    /// How long a user whose last connection in a channel went stays a
+    /// member (`PRESENCE_GRACE_MS`; zero until set).
+    pub fn set_presence_grace(&self, grace: Duration) {
+        self.write().presence.set_grace(grace);
     }
 
     pub fn mesh_id(&self) -> &str {
@@ -348,22 +371,37 @@ impl Hub {
         self.deliver_to(ch, from, since, msg, Kind::Control(Op::PeerState))
     }
 
-    /// Relays a `peer_offline` of `client_id` (on node `mesh_id`): those who
-    /// get it forget the sender, so its next state must reach them all.
+    /// Relays a `peer_offline` of `client_id`: those who get it forget the
+    /// user, so its next state must reach them all.
     fn relay_offline(
         &self,
         app: &str,
         channel: &str,
         from: Option<PeerId>,
-        (client_id, mesh_id): (&str, &str),
+        client_id: &str,
         msg: &Bytes,
     ) -> Delivery {
+        self.forget_states(app, channel, client_id, None);
+        self.relay(app, channel, from, msg, Kind::Control(Op::PeerOffline))
+    }
+
+    /// Forgets the last states of `client_id` (from node `mesh_id`, or from
+    /// every node) in `app/channel`: the members who are told that it went
+    /// offline, or came online again, no longer hold it (the client resets a
+    /// member on `peer_online`), so its next state must reach them all.
+    fn forget_states(&self, app: &str, channel: &str, client_id: &str, mesh_id: Option<&str>) {
         let mut state = self.write();
         if let Some(ch) = state.apps.get_mut(app).and_then(|a| a.get_mut(channel)) {
-            ch.states.remove(state_key(client_id, mesh_id).as_str());
+            match mesh_id {
+                Some(mesh_id) => {
+                    ch.states.remove(state_key(client_id, mesh_id).as_str());
+                }
+                None => {
+                    let prefix = state_key(client_id, "");
+                    ch.states.retain(|k, _| !k.starts_with(&prefix));
+                }
+            }
         }
-        drop(state);
-        self.relay(app, channel, from, msg, Kind::Control(Op::PeerOffline))
     }
 
     /// Queues `msg` for the members of `ch` but `from` whose join number is
@@ -449,18 +487,122 @@ impl Hub {
         };
         members.next_seq += 1;
         members.members.insert(id, seat);
+        let user = &member.client_id;
+        let arrival = state.presence.arrive(&app.id, channel, user, Place::Here);
+        drop(state);
+        log_arrival(&app.id, channel, user, &self.mesh_id, arrival);
         Ok(())
     }
 
-    /// Removes `id` (client `client_id`) from `app/channel` and tells the
-    /// others it went offline.
+    /// Removes `id` (client `client_id`) from `app/channel`; if that was
+    /// the user's last connection there, the others are told it went
+    /// offline, now or after the grace period.
     fn leave(&self, app: &str, channel: &str, id: PeerId, client_id: &str, offline: &Bytes) {
         let mut state = self.write();
         if remove_member(&mut state, app, channel, id) {
+            let now = Instant::now();
+            let departure =
+                state
+                    .presence
+                    .depart(app, channel, client_id, Place::Here, Why::Left, now);
             drop(state);
-            let sender = (client_id, &*self.mesh_id);
-            self.relay_offline(app, channel, Some(id), sender, offline);
+            self.on_departure(app, channel, Some(id), client_id, departure, offline);
         }
+    }
+
+    /// Acts on what a connection's leave means for its user.
+    fn on_departure(
+        &self,
+        app: &str,
+        channel: &str,
+        from: Option<PeerId>,
+        client_id: &str,
+        departure: Departure,
+        offline: &Bytes,
+    ) -> Delivery {
+        match departure {
+            Departure::Offline => self.relay_offline(app, channel, from, client_id, offline),
+            Departure::Leaving { .. } => {
+                self.leaving.notify_one();
+                Delivery::default()
+            }
+            Departure::Stays => Delivery::default(),
+        }
+    }
+
+    /// A connection of `client_id` on node `mesh_id` joined `app/channel`
+    /// (the mesh reports it for the channels this node has members in).
+    pub fn remote_joined(&self, app: &str, channel: &str, client_id: &str, mesh_id: &str) {
+        let place = Place::Node(mesh_id);
+        let arrival = self.write().presence.arrive(app, channel, client_id, place);
+        log_arrival(app, channel, client_id, mesh_id, arrival);
+    }
+
+    /// A connection of `client_id` on node `mesh_id` left `app/channel`:
+    /// `offline` (its node's `peer_offline`) goes to the local members if
+    /// that was the user's last connection, now or after the grace period.
+    pub fn remote_left(
+        &self,
+        app: &str,
+        channel: &str,
+        (client_id, mesh_id): (&str, &str),
+        why: Why,
+        offline: &Bytes,
+    ) -> Delivery {
+        let now = Instant::now();
+        let place = Place::Node(mesh_id);
+        let departure = self
+            .write()
+            .presence
+            .depart(app, channel, client_id, place, why, now);
+        self.on_departure(app, channel, None, client_id, departure, offline)
+    }
+
+    /// The mesh stopped following `app/channel` (no local member is left):
+    /// forget the other nodes' connections there.
+    pub fn forget_remote(&self, app: &str, channel: &str) {
+        self.write().presence.forget_elsewhere(app, channel);
+    }
+
+    /// Whether `client_id` is in `app/channel`, connected anywhere this
+    /// node knows of or within its grace period.
+    pub fn is_present(&self, app: &str, channel: &str, client_id: &str) -> bool {
+        self.read().presence.is_present(app, channel, client_id)
+    }
+
+    /// Tells the local members about the users whose grace period is over
+    /// at `now`; returns how many users went offline.
+    pub fn expire_leaves(&self, now: Instant) -> usize {
+        let gone = self.write().presence.due(now);
+        for g in &gone {
+            let offline = offline_msg(&g.channel, &g.user, &g.mesh_id);
+            self.relay_offline(&g.app, &g.channel, None, &g.user, &offline);
+            tracing::debug!(app = %g.app, channel = %g.channel, peer = %g.user, mesh_id = %g.mesh_id, "presence: user gone after the grace period");
+        }
+        gone.len()
+    }
+
+    /// Ends grace periods as they fall due; runs for the node's life.
+    pub async fn run_leaves(self: Arc<Self>) {
+        loop {
+            let next = self.read().presence.next_due();
+            match next {
+                Some(due) => {
+                    let due = tokio::time::Instant::from_std(due);
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(due) => {}
+                        _ = self.leaving.notified() => {}
+                    }
+                }
+                None => self.leaving.notified().await,
+            }
+            self.expire_leaves(Instant::now());
+        }
+    }
+
+    /// This node's users of each of `app`'s channels, for the presence API.
+    pub fn hosted(&self, app: &str) -> Vec<(Arc<str>, Vec<LocalUser>)> {
+        self.read().presence.hosted(app)
     }
 
     /// Connects the mesh: from now on joins, leaves and local messages are
@@ -502,7 +644,7 @@ impl Hub {
     /// did so already, unless it was no node.
     pub fn deliver_remote(&self, app: &str, channel: &str, msg: &Bytes, kind: Kind) -> Delivery {
         let op = kind.op();
-        if !matches!(op, Some(Op::PeerState | Op::PeerOffline)) {
+        if !matches!(op, Some(Op::PeerState | Op::PeerOffline | Op::PeerOnline)) {
             return self.relay(app, channel, None, msg, kind);
         }
         let Ok(relayed) = protocol::decode_relayed(msg) else {
@@ -510,7 +652,11 @@ impl Hub {
         };
         let sender = (relayed.peer, relayed.mesh.unwrap_or(""));
         if op == Some(Op::PeerOffline) {
-            return self.relay_offline(app, channel, None, sender, msg);
+            return self.relay_offline(app, channel, None, sender.0, msg);
+        }
+        if op == Some(Op::PeerOnline) {
+            self.forget_states(app, channel, sender.0, Some(sender.1));
+            return self.relay(app, channel, None, msg, kind);
         }
         let key = state_key(sender.0, sender.1);
         match pin_relayed(&relayed) {
@@ -580,6 +726,23 @@ impl Hub {
             entry.member.ctl.close(CloseReason::GoingAway);
         }
         state.peers.len()
+    }
+
+    /// Closes every connection of user `client_id` of `app` on this node
+    /// (the app's backend asked); returns how many.
+    pub fn disconnect_user(&self, app: &str, client_id: &str) -> usize {
+        let state = self.read();
+        let mut closed = 0;
+        for entry in state.peers.values() {
+            if &*entry.app == app && &*entry.member.client_id == client_id {
+                entry.member.ctl.close(CloseReason::Disconnected);
+                closed += 1;
+            }
+        }
+        if closed > 0 {
+            tracing::info!(%app, peer = %client_id, connections = closed, "disconnected on the app's request");
+        }
+        closed
     }
 
     /// Live connections.
@@ -666,6 +829,12 @@ fn remove_member(state: &mut State, app: &str, channel: &str, id: PeerId) -> boo
         }
     }
     removed
+}
+
+fn log_arrival(app: &str, channel: &str, user: &str, mesh_id: &str, arrival: Arrival) {
+    if arrival == Arrival::Back {
+        tracing::debug!(%app, %channel, peer = %user, %mesh_id, "presence: user back within the grace period");
+    }
 }
 
 fn offline_msg(channel: &str, client_id: &str, mesh_id: &str) -> Bytes {
@@ -841,10 +1010,20 @@ impl Peer {
             let deliver = tracing::info_span!(target: "otel", "deliver", delivered = tracing::field::Empty, dropped_slow = tracing::field::Empty);
             let delivery = deliver.in_scope(|| {
                 let (app, from) = (&self.app, Some(self.id));
+                let client_id = &self.member.client_id;
                 if msg.kind == Kind::Control(Op::PeerState) {
-                    let key = state_key(&self.member.client_id, &self.hub.mesh_id);
+                    if let Some(pl) = pinned.as_deref().or(msg.payload) {
+                        let pl = Bytes::copy_from_slice(pl);
+                        let mut state = self.hub.write();
+                        state.presence.set_state(app, msg.channel, client_id, pl);
+                    }
+                    let key = state_key(client_id, &self.hub.mesh_id);
                     self.hub.relay_state(app, msg.channel, from, &key, &relayed)
                 } else {
+                    if msg.kind == Kind::Control(Op::PeerOnline) {
+                        let mesh_id = Some(&*self.hub.mesh_id);
+                        self.hub.forget_states(app, msg.channel, client_id, mesh_id);
+                    }
                     self.hub.relay(app, msg.channel, from, &relayed, msg.kind)
                 }
             });
@@ -869,19 +1048,23 @@ impl Drop for Peer {
     fn drop(&mut self) {
         let mut state = self.hub.write();
         state.peers.remove(&self.id);
+        let (now, client_id) = (Instant::now(), &self.member.client_id);
         let mut left = Vec::new();
         for channel in self.joined.drain() {
             if remove_member(&mut state, &self.app, &channel, self.id) {
-                left.push(channel);
+                let (place, why) = (Place::Here, Why::Left);
+                let departure = state
+                    .presence
+                    .depart(&self.app, &channel, client_id, place, why, now);
+                left.push((channel, departure));
             }
         }
         drop(state);
-        for channel in left {
-            let client_id = &self.member.client_id;
+        for (channel, departure) in left {
             let offline = offline_msg(&channel, client_id, &self.hub.mesh_id);
-            let sender = (&**client_id, &*self.hub.mesh_id);
+            let from = Some(self.id);
             self.hub
-                .relay_offline(&self.app, &channel, Some(self.id), sender, &offline);
+                .on_departure(&self.app, &channel, from, client_id, departure, &offline);
             self.hub.to_mesh(MeshEvent::Left {
                 app: self.app.clone(),
                 channel,
@@ -1247,6 +1430,117 @@ mod tests {
             recv(&mut rx_b).is_none(),
             "no second offline after the drain"
         );
+    }
+
+    #[test]
+    fn a_user_in_two_tabs_goes_offline_with_the_last_one_after_the_grace() {
+        let hub = hub(Limits::default());
+        let grace = Duration::from_millis(1500);
+        hub.set_presence_grace(grace);
+        let ws = Transport::WebSocket;
+        let (mut tab1, _r1) = hub.connect(&app("app"), "alice", ws, Grant::default());
+        let (mut tab2, _r2) = hub.connect(&app("app"), "alice", ws, Grant::default());
+        let (mut b, mut rb) = hub.connect(&app("app"), "bob", ws, Grant::default());
+        for p in [&mut tab1, &mut tab2, &mut b] {
+            p.handle(&join("room")).unwrap();
+        }
+        recv(&mut rb);
+        drop(tab1);
+        assert!(recv(&mut rb).is_none(), "alice is still there in tab 2");
+        drop(tab2);
+        let left = Instant::now();
+        assert!(recv(&mut rb).is_none(), "within the grace period");
+        assert_eq!(hub.expire_leaves(left), 0);
+        assert_eq!(hub.expire_leaves(left + grace), 1);
+        let off = recv(&mut rb).unwrap();
+        assert_eq!(
+            (off["op"].as_str(), off["p"].as_str(), off["mesh"].as_str()),
+            (Some("peer_offline"), Some("alice"), Some("m1"))
+        );
+        assert!(recv(&mut rb).is_none(), "once");
+    }
+
+    #[test]
+    fn a_reload_within_the_grace_sends_no_offline() {
+        let hub = hub(Limits::default());
+        hub.set_presence_grace(Duration::from_secs(60));
+        let ws = Transport::WebSocket;
+        let (mut a, _ra) = hub.connect(&app("app"), "alice", ws, Grant::default());
+        let (mut b, mut rb) = hub.connect(&app("app"), "bob", ws, Grant::default());
+        a.handle(&join("room")).unwrap();
+        b.handle(&join("room")).unwrap();
+        recv(&mut rb);
+        drop(a);
+        let (mut again, _ra) = hub.connect(&app("app"), "alice", ws, Grant::default());
+        again.handle(&join("room")).unwrap();
+        assert_eq!(
+            hub.expire_leaves(Instant::now() + Duration::from_secs(61)),
+            0
+        );
+        assert!(recv(&mut rb).is_none());
+        assert!(hub.is_present("app", "room", "alice"));
+    }
+
+    #[test]
+    fn a_users_connections_on_other_nodes_keep_it_online() {
+        let hub = hub(Limits::default());
+        let ws = Transport::WebSocket;
+        let (mut a, _ra) = hub.connect(&app("app"), "alice", ws, Grant::default());
+        let (mut b, mut rb) = hub.connect(&app("app"), "bob", ws, Grant::default());
+        a.handle(&join("room")).unwrap();
+        b.handle(&join("room")).unwrap();
+        recv(&mut rb);
+        hub.remote_joined("app", "room", "alice", "m2");
+        hub.remote_joined("app", "room", "carol", "m2");
+        drop(a);
+        assert!(recv(&mut rb).is_none(), "alice is still on m2");
+        let off = |p: &str| Bytes::from(protocol::encode_control(Op::PeerOffline, "room", p, "m2"));
+        let gone = hub.remote_left("app", "room", ("alice", "m2"), Why::Left, &off("alice"));
+        assert_eq!(gone.sent, 1);
+        assert_eq!(recv(&mut rb).unwrap()["p"], "alice");
+        // A node's death needs no grace, even with one set.
+        hub.set_presence_grace(Duration::from_secs(60));
+        let gone = hub.remote_left("app", "room", ("carol", "m2"), Why::NodeGone, &off("carol"));
+        assert_eq!(gone.sent, 1);
+        // An unknown connection's leave is nobody's.
+        let none = hub.remote_left("app", "room", ("dan", "m2"), Why::Left, &off("dan"));
+        assert_eq!(none.sent, 0);
+    }
+
+    #[test]
+    fn a_second_tabs_online_makes_the_users_next_state_reach_everyone() {
+        let hub = hub(Limits::default());
+        let ws = Transport::WebSocket;
+        let st = || {
+            let pl = rmp_serde::to_vec_named(&json!({"id": "alice", "v": 1})).unwrap();
+            let msg = rmpv::Value::Map(vec![
+                ("t".into(), "control".into()),
+                ("op".into(), "peer_state".into()),
+                ("c".into(), "r".into()),
+                ("pl".into(), rmpv::Value::Binary(pl)),
+            ]);
+            let mut out = Vec::new();
+            rmpv::encode::write_value(&mut out, &msg).unwrap();
+            out
+        };
+        let online = frame(json!({"t":"control","op":"peer_online","c":"r"}));
+        let (mut tab1, _r1) = hub.connect(&app("app"), "alice", ws, Grant::default());
+        let (mut b, mut rb) = hub.connect(&app("app"), "bob", ws, Grant::default());
+        tab1.handle(&join("r")).unwrap();
+        b.handle(&join("r")).unwrap();
+        recv(&mut rb);
+        tab1.handle(&st()).unwrap();
+        assert_eq!(recv_state(&mut rb)["v"].as_u64(), Some(1));
+        // bob's client resets alice to {id} on this online: the same state must follow.
+        let (mut tab2, _r2) = hub.connect(&app("app"), "alice", ws, Grant::default());
+        tab2.handle(&join("r")).unwrap();
+        tab2.handle(&online).unwrap();
+        assert_eq!(recv(&mut rb).unwrap()["op"], "peer_online");
+        tab2.handle(&st()).unwrap();
+        assert_eq!(recv_state(&mut rb)["v"].as_u64(), Some(1));
+        let hosted = hub.hosted("app");
+        assert_eq!(hosted[0].1[0].connections, 2);
+        assert!(hosted[0].1[0].state.is_some());
     }
 
     #[test]

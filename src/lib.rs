@@ -4,20 +4,26 @@
 //! - [`protocol`]: the msgpack Signalling message, pure.
 //! - [`hub`]: apps, channels, peers; the one path every message takes.
 //! - [`outbox`]: the bounded queue from the hub to one peer's writer.
+//! - [`presence`]: who is in a channel per user, across tabs and nodes; pure.
 //! - [`transport`]: WebSocket (TLS/TCP) and WebTransport (QUIC/UDP).
 //! - [`mesh`]: the zenoh bridge that makes several nodes one service.
+//! - [`api`], [`occupancy`]: the presence API for backends, and the mesh-wide view it answers from.
+//! - [`webhooks`], [`webhook_events`]: join/leave webhooks, posted once by the mesh's leader.
 //! - [`apps`], [`auth`], [`quota`], [`budget`]: who may connect, as whom, and how much.
 //! - [`config`], [`tls`], [`stats`], [`telemetry`]: the node's set-up.
 //! - [`server`]: start, signals, drain.
 
+pub mod api;
 pub mod apps;
 pub mod auth;
 pub mod budget;
 pub mod config;
 pub mod hub;
 pub mod mesh;
+pub mod occupancy;
 pub mod outbox;
 pub mod percent;
+pub mod presence;
 pub mod protocol;
 pub mod quota;
 pub mod server;
@@ -25,3 +31,5 @@ pub mod stats;
 pub mod telemetry;
 pub mod tls;
 pub mod transport;
+pub mod webhook_events;
+pub mod webhooks;

@@ -40,6 +40,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.limits.clone(),
         Arc::new(Stats::default()),
     );
+    hub.set_presence_grace(config.presence_grace);
+    tokio::spawn(hub.clone().run_leaves());
     // Outside any span: zenoh's background tasks inherit the current one.
     hub.stats()
         .set_certificate_expiry(cert.not_after.unix_timestamp());
@@ -59,6 +61,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let caps = ctx.clone();
     let limits: AppLimitsOf = Arc::new(move |app| caps.apps().get(app).map(|a| a.limits.clone()));
     let mesh = Mesh::start(hub.clone(), &config.mesh, limits).await?;
+    ctx.api.attach_mesh(mesh.admin());
+    let apps = ctx.clone();
+    let m = &config.mesh;
+    let alone = m.config_file.is_none() && m.listen.is_empty() && m.connect.is_empty();
+    let admin = mesh.admin();
+    tokio::spawn(crate::webhooks::run(
+        hub.clone(),
+        admin,
+        move || apps.apps(),
+        alone,
+    ));
 
     // Created outside any span: quinn attaches the current span to its tasks.
     let wt_config = webtransport::server_config(
@@ -79,7 +92,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot bind METRICS_PORT {port}"))?;
         info!("metrics: http://{}/metrics", listener.local_addr()?);
-        tokio::spawn(transport::http::serve_plain(listener, hub.clone()));
+        tokio::spawn(transport::http::serve_plain(listener, ctx.clone()));
     }
     std::fs::write(&config.pid_file, format!("{}\n", std::process::id()))
         .with_context(|| format!("cannot write {}", config.pid_file.display()))?;

@@ -44,6 +44,8 @@ reasons! {
     MeshForged => "mesh_forged": "A sample whose attachment claims a node's sid space it cannot hold: a sid without a node, this node's own mesh_id, or presence without a node's sid.",
     MeshMemberCap => "mesh_member_cap": "A remote member over the app's member cap for one node's share of a channel.",
     MeshInboundFull => "mesh_inbound_full": "A sample or roster from zenoh while the bridge's inbound queue was full.",
+    WebhookQueueFull => "webhook_queue_full": "A webhook event while the app's webhook queue was full.",
+    WebhookFailed => "webhook_failed": "A webhook event whose batch the receiver did not take within every retry.",
 }
 
 /// The two client transports.

@@ -155,6 +155,24 @@ fn published_client_in_four_tabs_of_one_room() {
     );
 }
 
+/// One user in two tabs (one on native WebTransport, one on the polyfill)
+/// and another user: closing one tab leaves the user in the other's list;
+/// closing the last sends one `peer_offline`.
+#[test]
+fn published_client_one_user_in_two_tabs() {
+    let Some((root, chromium)) = browser_ready() else {
+        return;
+    };
+    let (node, spki) = dev_node(&[("MESH_ID", "tabs-node")]);
+    let url = format!("https://127.0.0.1:{}/v1", node.port);
+    run_browser(
+        root,
+        &chromium,
+        &["--url", &url, "--spki", &spki, "--case", "tabs"],
+        &[&node],
+    );
+}
+
 #[test]
 fn two_browsers_on_two_meshed_nodes_and_one_node_killed() {
     let Some((root, chromium)) = browser_ready() else {

@@ -5,6 +5,12 @@
 //!   `mesh_id` while it has members in the app.
 //! - `prscd/<app>/<channel>/@member/<mesh_id>`: that node's roster of the
 //!   channel, answered to queries.
+//! - `prscd/@presence/<mesh_id>/<app>`: that node's users of the app, for
+//!   the presence API, answered to queries (`occupancy::NodePresence`, JSON).
+//! - `prscd/@disconnect/<app>/<id>`: a put asks every node to close that
+//!   user's connections.
+//! - `prscd/@live/<mesh_id>`: a liveliness token every node holds while it
+//!   runs; the live node with the smallest MESH_ID posts the webhooks.
 //!
 //! App and channel are chunks of their own, so a node subscribes to exactly
 //! the channels its peers joined and apps never share a key. Each chunk is
@@ -84,6 +90,75 @@ pub fn node_members_of_app(app: &str, mesh_id: &str) -> String {
         encode_chunk(app),
         encode_chunk(mesh_id)
     )
+}
+
+/// Chunk of the presence API's per-node answers, after the root.
+pub const PRESENCE: &str = "@presence";
+/// Chunk of the presence API's disconnect requests, after the root.
+pub const DISCONNECT: &str = "@disconnect";
+
+/// Node `mesh_id`'s answer about `app`: `prscd/@presence/<mesh_id>/<app>`.
+pub fn presence_key(mesh_id: &str, app: &str) -> String {
+    format!(
+        "{ROOT}/{PRESENCE}/{}/{}",
+        encode_chunk(mesh_id),
+        encode_chunk(app)
+    )
+}
+
+/// What node `mesh_id` answers: its users of every app.
+pub fn presence_of_node(mesh_id: &str) -> String {
+    format!("{ROOT}/{PRESENCE}/{}/*", encode_chunk(mesh_id))
+}
+
+/// The query for every node's users of `app`.
+pub fn presence_of_app(app: &str) -> String {
+    format!("{ROOT}/{PRESENCE}/*/{}", encode_chunk(app))
+}
+
+/// Parses a [`presence_key`] into (mesh_id, app).
+pub fn parse_presence_key(key: &str) -> Option<(String, String)> {
+    let [mesh_id, app] = captures(key, &[Some(ROOT), Some(PRESENCE), None, None])?;
+    Some((mesh_id, app))
+}
+
+/// Chunk of the nodes' liveness tokens, after the root.
+pub const LIVE: &str = "@live";
+
+/// Node `mesh_id`'s liveness token: `prscd/@live/<mesh_id>`.
+pub fn live_key(mesh_id: &str) -> String {
+    format!("{ROOT}/{LIVE}/{}", encode_chunk(mesh_id))
+}
+
+/// Every node's liveness token.
+pub fn live_nodes() -> String {
+    format!("{ROOT}/{LIVE}/*")
+}
+
+/// Parses a [`live_key`] into its MESH_ID.
+pub fn parse_live_key(key: &str) -> Option<String> {
+    let [mesh_id] = captures(key, &[Some(ROOT), Some(LIVE), None])?;
+    Some(mesh_id)
+}
+
+/// Asks every node to close user `id` of `app`: `prscd/@disconnect/<app>/<id>`.
+pub fn disconnect_key(app: &str, id: &str) -> String {
+    format!(
+        "{ROOT}/{DISCONNECT}/{}/{}",
+        encode_chunk(app),
+        encode_chunk(id)
+    )
+}
+
+/// Every disconnect request.
+pub fn disconnects() -> String {
+    format!("{ROOT}/{DISCONNECT}/*/*")
+}
+
+/// Parses a [`disconnect_key`] into (app, id).
+pub fn parse_disconnect_key(key: &str) -> Option<(String, String)> {
+    let [app, id] = captures(key, &[Some(ROOT), Some(DISCONNECT), None, None])?;
+    Some((app, id))
 }
 
 /// A node's place in a channel, as named by a membership key.
@@ -207,6 +282,30 @@ mod tests {
         assert!(!ke(&members_of("acme", "room")).intersects(&ke(&members)));
         assert!(!ke(&node_members_of_app("acme", "us")).intersects(&ke(&members)));
         assert!(!ke(&node_members_of_app("acme", "eu west")).intersects(&ke(&token)));
+        // The presence API's keys parse back and match their patterns.
+        let presence = presence_key("eu west", "acme");
+        assert_eq!(
+            parse_presence_key(&presence),
+            Some(("eu west".into(), "acme".into()))
+        );
+        assert!(ke(&presence_of_app("acme")).intersects(&ke(&presence)));
+        assert!(ke(&presence_of_node("eu west")).intersects(&ke(&presence)));
+        assert!(!ke(&presence_of_app("acme2")).intersects(&ke(&presence)));
+        let kick = disconnect_key("acme", "al/ice");
+        assert_eq!(
+            parse_disconnect_key(&kick),
+            Some(("acme".into(), "al/ice".into()))
+        );
+        assert!(ke(&disconnects()).intersects(&ke(&kick)));
+        assert!(
+            !ke("prscd/**").intersects(&ke(&kick)),
+            "not a backend's traffic"
+        );
+        assert!(!ke("prscd/**").intersects(&ke(&presence)));
+        let live = live_key("eu west");
+        assert_eq!(parse_live_key(&live).as_deref(), Some("eu west"));
+        assert!(ke(&live_nodes()).intersects(&ke(&live)));
+        assert!(!ke("prscd/**").intersects(&ke(&live)));
         // A backend's `prscd/<app>/**` gets the traffic, never these keys.
         let traffic = ke("prscd/acme/**");
         assert!(traffic.intersects(&ke(&channel_key("acme", "room/1"))));

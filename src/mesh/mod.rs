@@ -10,13 +10,16 @@
 //!
 //! In: a sample on a joined channel's key is checked, re-encoded without
 //! `sid`/`app`, and handed to the hub for the local members (never back to
-//! zenoh: no loops). Another node's leave becomes one `peer_offline` for the
-//! local members; so does each of its members when its node's token of the
-//! app goes away (it left the app's channels, died, or was cut off and
-//! zenoh's lease expired). A node whose token appears is asked for its
-//! rosters; a member back from a partition becomes `peer_online` plus its
-//! last state, so the browsers on this side see it again without it having
-//! to rejoin. A `channel_join` is the bridge's, never the browsers'.
+//! zenoh: no loops). Every remote join and leave is told to the hub, which
+//! counts connections per user ([`crate::presence`]): another node's leave
+//! becomes one `peer_offline` for the local members if it was its user's
+//! last connection (after the grace period); so does each of its members,
+//! at once, when its node's token of the app goes away (it left the app's
+//! channels, died, or was cut off and zenoh's lease expired). The presence
+//! API and the webhooks ask the other nodes through [`admin`]. A node whose
+//! token appears is asked for its rosters; a member back from a partition
+//! becomes `peer_online` plus its last state, so the browsers on this side
+//! see it again without it having to rejoin. A `channel_join` is the bridge's, never the browsers'.
 //! What no node would send is refused and counted, ACLs or not
 //! (`Bridge::sender`): a member of a node needs that node's live token, a
 //! roster too, and one node's members of a channel stay within the app's
@@ -26,6 +29,7 @@
 //! whose publish backlog is capped by the hub. The mesh knows nothing of
 //! sockets; transports know nothing of zenoh. Key expressions: [`keys`].
 
+pub mod admin;
 pub mod keys;
 pub mod membership;
 
@@ -49,6 +53,7 @@ use zenoh::Session;
 
 use crate::apps::AppLimits;
 use crate::hub::{Hub, MeshEvent, PeerId};
+use crate::presence::Why;
 use crate::protocol::{self, Kind, Op};
 use crate::stats::{DropReason, Stats};
 use crate::telemetry;
@@ -88,6 +93,8 @@ pub enum MeshError {
     ConfigKey { key: &'static str, why: String },
     #[error("cannot open the zenoh session: {0}")]
     Open(String),
+    #[error("cannot serve the presence API on the mesh: {0}")]
+    Admin(String),
     #[error("zenoh would accept links on {endpoint} from beyond loopback without authentication: configure TLS with client certificates (transport.link.tls.enable_mtls and a tls/ or quic/ endpoint) or user/password (transport.auth.usrpwd), or set MESH_ALLOW_UNAUTHENTICATED=true to accept anyone")]
     Unauthenticated { endpoint: String },
 }
@@ -248,6 +255,7 @@ fn insert(config: &mut zenoh::Config, key: &'static str, value: &str) -> Result<
 pub struct Mesh {
     session: Session,
     task: tokio::task::JoinHandle<()>,
+    admin: admin::Served,
 }
 
 impl Mesh {
@@ -266,6 +274,9 @@ impl Mesh {
         stats.mesh.open.store(true, Relaxed);
         info!(zid = %session.zid(), mesh_id = hub.mesh_id(), "mesh: zenoh session open");
 
+        let admin = admin::serve(&session, hub.clone())
+            .await
+            .map_err(|e| MeshError::Admin(e.to_string()))?;
         let (events, backlog) = hub.attach_mesh(settings.max_backlog.max(1));
         let (inbound_tx, inbound) = mpsc::channel(settings.inbound_queue.max(1));
         let (control_tx, control) = mpsc::unbounded_channel();
@@ -287,7 +298,16 @@ impl Mesh {
         };
         let task = tokio::spawn(bridge.run(events, control, inbound));
         tokio::spawn(watch_neighbours(session.clone(), stats));
-        Ok(Mesh { session, task })
+        Ok(Mesh {
+            session,
+            task,
+            admin,
+        })
+    }
+
+    /// What the presence API asks of the other nodes.
+    pub fn admin(&self) -> admin::MeshAdmin {
+        self.admin.admin.clone()
     }
 
     /// Withdraws every token and subscription and closes the session.
@@ -555,6 +575,7 @@ impl Bridge {
                     let remote = link.remote.len() as u64;
                     self.stats.mesh.remote_members.fetch_sub(remote, Relaxed);
                     drop(link); // undeclares its subscriber, before the app's watch
+                    self.hub.forget_remote(&id.0, &id.1);
                     self.unwatch(&id.0);
                     debug!(app = %id.0, channel = %id.1, "mesh: last local member left, unsubscribed");
                 }
@@ -881,10 +902,20 @@ impl Bridge {
                 // data) and said so already. One of a member never known
                 // here is delivered: the browsers may know it from its own
                 // messages.
+                // Per user: the local members hear of it only with the
+                // user's last connection ([`Hub::remote_left`]).
                 if link.remove_remote(&who).is_some() {
                     self.stats.mesh.remote_member_gone();
+                    self.stats.mesh.received.fetch_add(1, Relaxed);
+                    let sender = (relayed.peer, mesh);
+                    self.hub
+                        .remote_left(&id.0, &id.1, sender, Why::Left, &bytes);
+                    return;
                 } else if link.gone.remove(&who).is_some() {
                     debug!(app = %id.0, channel = %id.1, peer = relayed.peer, %mesh, "mesh: leave of a member already offline");
+                    return;
+                } else if self.hub.is_present(&id.0, &id.1, relayed.peer) {
+                    debug!(app = %id.0, channel = %id.1, peer = relayed.peer, %mesh, "mesh: leave of an unknown connection of a present user");
                     return;
                 }
             } else if let Some(remote) = link.remote.get_mut(&who) {
@@ -1151,6 +1182,8 @@ impl Bridge {
         debug!(app = %id.0, channel = %id.1, peer = %member.client_id, mesh = %member.mesh_id, healed = healed.is_some(), "mesh: remote member");
         let last_state = healed.as_ref().and_then(|(r, _)| r.last_state.clone());
         self.stats.mesh.remote_members.fetch_add(1, Relaxed);
+        self.hub
+            .remote_joined(&id.0, &id.1, &member.client_id, &member.mesh_id);
         link.insert_remote(
             who,
             Remote {
@@ -1182,10 +1215,14 @@ impl Bridge {
         }
     }
 
-    /// A remote member is gone: one `peer_offline` for the local members.
+    /// A remote member's node is gone: a `peer_offline` for the local
+    /// members, at once, if that was its user's last connection.
     fn offline(&self, id: &ChannelId, client_id: &str, mesh_id: &str) {
         self.stats.mesh.remote_member_gone();
-        deliver_presence(&self.hub, id, Op::PeerOffline, client_id, mesh_id);
+        let op = Op::PeerOffline;
+        let msg = Bytes::from(protocol::encode_control(op, &id.1, client_id, mesh_id));
+        let who = (client_id, mesh_id);
+        self.hub.remote_left(&id.0, &id.1, who, Why::NodeGone, &msg);
     }
 }
 

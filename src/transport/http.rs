@@ -1,11 +1,14 @@
 //! The HTTP/1.1 the TCP port speaks before a WebSocket upgrade: read one
 //! request head, answer `/health` or a rejection, or hand over to WebSocket.
 //!
-//! Hand-rolled on `httparse` because the port serves exactly three things
-//! (upgrade, health, errors) and must put the `X-Prscd-*` headers on each.
+//! Hand-rolled on `httparse` because the port serves few things (upgrade,
+//! health, metrics, the presence API of [`crate::api`], errors) and must put
+//! the `X-Prscd-*` headers on each.
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::api::{Api, ApiError};
+use crate::apps::Apps;
 use crate::hub::Hub;
 
 /// Largest request head accepted.
@@ -99,6 +102,8 @@ pub fn reason_phrase(status: u16) -> &'static str {
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        411 => "Length Required",
+        413 => "Content Too Large",
         426 => "Upgrade Required",
         429 => "Too Many Requests",
         503 => "Service Unavailable",
@@ -125,6 +130,73 @@ pub async fn respond<S: AsyncWrite + Unpin>(
     stream.write_all(head.as_bytes()).await?;
     stream.write_all(body.as_bytes()).await?;
     stream.flush().await
+}
+
+/// Reads the body announced by `Content-Length` (none: empty), after the
+/// `leftover` bytes read with the head; refuses chunked bodies and bodies
+/// over `max` before reading them.
+pub async fn read_body<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    request: &Request,
+    mut leftover: Vec<u8>,
+    max: usize,
+) -> Result<Vec<u8>, ApiError> {
+    if request.header("transfer-encoding").is_some() {
+        return Err(ApiError::LengthRequired);
+    }
+    let len = match request.header("content-length") {
+        None => 0,
+        Some(v) => v
+            .parse::<usize>()
+            .map_err(|_| ApiError::BadRequest("bad Content-Length".into()))?,
+    };
+    if len > max {
+        return Err(ApiError::TooLarge(max));
+    }
+    leftover.truncate(len);
+    let mut chunk = [0u8; 4096];
+    while leftover.len() < len {
+        let want = (len - leftover.len()).min(chunk.len());
+        let n = stream
+            .read(&mut chunk[..want])
+            .await
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        if n == 0 {
+            return Err(ApiError::BadRequest("the body ended early".into()));
+        }
+        leftover.extend_from_slice(&chunk[..n]);
+    }
+    Ok(leftover)
+}
+
+/// Answers a presence API request (`/v1/apps/...`): (status, JSON body).
+pub async fn api<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    request: &Request,
+    leftover: Vec<u8>,
+    api: &Api,
+    apps: &Apps,
+) -> (u16, String) {
+    let answer = async {
+        let route = api.admit(
+            apps,
+            &request.method,
+            request.path(),
+            request.header("authorization"),
+        )?;
+        let body = if route.has_body() {
+            read_body(stream, request, leftover, api.max_body).await?
+        } else {
+            Vec::new()
+        };
+        api.run(route, &body).await
+    };
+    answer.await.unwrap_or_else(|e| (e.status(), e.body()))
+}
+
+/// Whether a request is for the presence API.
+pub fn is_api(request: &Request) -> bool {
+    request.path().starts_with(crate::api::PREFIX)
 }
 
 /// Who may read `/metrics` on a port.
@@ -185,20 +257,35 @@ fn constant_time_eq(a: &str, b: &str) -> bool {
     bool::from(a.as_bytes().ct_eq(b.as_bytes()))
 }
 
-/// Serves `/health` and `/metrics` in plain HTTP (for Prometheus and load
-/// balancer probes on `METRICS_PORT`), until the process exits.
-pub async fn serve_plain(listener: tokio::net::TcpListener, hub: std::sync::Arc<Hub>) {
+/// Serves `/health`, `/metrics` and the presence API in plain HTTP (for
+/// Prometheus, load balancer probes and backends on `METRICS_PORT`), until
+/// the process exits.
+pub async fn serve_plain(listener: tokio::net::TcpListener, ctx: std::sync::Arc<super::Context>) {
     loop {
         let Ok((mut tcp, _)) = listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
-        let hub = hub.clone();
+        let ctx = ctx.clone();
         tokio::spawn(async move {
             let read = tokio::time::timeout(super::HANDSHAKE_TIMEOUT, read_request(&mut tcp)).await;
-            let Ok(Ok((request, _))) = read else { return };
-            let (status, content_type, body) = observability(&request, &hub, Metrics::Open)
-                .unwrap_or((404, "text/plain", "not found\n".to_owned()));
+            let Ok(Ok((request, leftover))) = read else {
+                return;
+            };
+            let (status, content_type, body) = if is_api(&request) {
+                let apps = ctx.apps();
+                let answer = api(&mut tcp, &request, leftover, &ctx.api, &apps);
+                match tokio::time::timeout(super::HANDSHAKE_TIMEOUT, answer).await {
+                    Ok((status, body)) => (status, "application/json", body),
+                    Err(_) => return,
+                }
+            } else {
+                observability(&request, &ctx.hub, Metrics::Open).unwrap_or((
+                    404,
+                    "text/plain",
+                    "not found\n".to_owned(),
+                ))
+            };
             let _ = respond(&mut tcp, status, &[], content_type, &body).await;
         });
     }

@@ -45,6 +45,8 @@ pub struct Context {
     pub idle_timeout: Duration,
     /// Every connection task, so a drain can wait for them.
     pub tasks: TaskTracker,
+    /// The presence API (`/v1/apps/...`), on the TCP port and `METRICS_PORT`.
+    pub api: crate::api::Api,
 }
 
 /// The settings of a [`Context`] other than its state.
@@ -60,7 +62,7 @@ pub struct Settings {
 impl Context {
     pub fn new(hub: Arc<Hub>, settings: Settings) -> Context {
         Context {
-            hub,
+            hub: hub.clone(),
             apps: RwLock::new(Arc::new(settings.apps)),
             quotas: Arc::default(),
             max_id_len: settings.max_id_len,
@@ -69,6 +71,7 @@ impl Context {
             keepalive_interval: settings.keepalive_interval,
             idle_timeout: settings.idle_timeout,
             tasks: TaskTracker::new(),
+            api: crate::api::Api::new(hub.clone(), settings.max_message_size),
         }
     }
 

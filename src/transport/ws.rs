@@ -129,6 +129,13 @@ async fn upgrade(
         };
     let headers = ctx.prscd_headers();
 
+    if http::is_api(&request) {
+        let apps = ctx.apps();
+        let answer = http::api(&mut stream, &request, leftover, &ctx.api, &apps);
+        let (status, body) = timeout(HANDSHAKE_TIMEOUT, answer).await?;
+        self::answer(&mut stream, status, &headers, "application/json", &body).await?;
+        return Ok(None);
+    }
     let metrics = http::Metrics::Bearer(ctx.metrics_token.as_deref());
     if let Some((status, content_type, body)) = http::observability(&request, &ctx.hub, metrics) {
         answer(&mut stream, status, &headers, content_type, &body).await?;

@@ -3,7 +3,7 @@
 // See README.md. Usage:
 //   node tests/browser/run.mjs --url https://127.0.0.1:PORT/v1 --spki <base64> [--publickey dev]
 //                              [--token-secret S --token-app APP]   # a signed token per user instead
-//                              [--case wt-ws|wt-pair|all|smoke] [--verbose] [--debug]
+//                              [--case wt-ws|wt-pair|all|room|tabs|smoke] [--verbose] [--debug]
 //   node tests/browser/run.mjs [--server PATH]     # no --url: start prscd itself (PORT=0 DEBUG=true)
 //   node tests/browser/run.mjs --case mesh --url https://127.0.0.1:PORT/v1 --spki <base64>
 //                              --url2 https://127.0.0.1:PORT2/v1 --spki2 <base64> --kill-pid <pid of node B>
@@ -63,7 +63,7 @@ if (opts.help) {
   console.log(readFileSync(join(HERE, 'README.md'), 'utf8'));
   process.exit(0);
 }
-const CASES = { 'wt-ws': ['wt-ws'], 'wt-pair': ['wt-pair'], all: ['wt-ws', 'wt-pair'], room: ['room'], smoke: ['smoke'], mesh: ['mesh'] };
+const CASES = { 'wt-ws': ['wt-ws'], 'wt-pair': ['wt-pair'], all: ['wt-ws', 'wt-pair'], room: ['room'], tabs: ['tabs'], smoke: ['smoke'], mesh: ['mesh'] };
 const WAIT = Math.min(Math.max(Number(opts.timeout) || MAX_WAIT, 1000), MAX_WAIT);
 
 // ---------------------------------------------------------------------------
@@ -627,6 +627,71 @@ async function runRoomCase(pageUrl, target) {
   }
 }
 
+// One user in two tabs (the same id, one on native WebTransport, one on the
+// polyfill) and another user: closing one tab leaves the user online for the
+// other; closing the last one sends its peer_offline once.
+async function runTabsCase(pageUrl, target) {
+  const suffix = rand();
+  const aId = `alice-${suffix}`;
+  const bId = `bob-${suffix}`;
+  const aState = { name: 'Alice' };
+  const bState = { name: 'Bob' };
+  const A1 = new TestPage(`A1(${aId})`, 'wt');
+  const A2 = new TestPage(`A2(${aId})`, 'ws');
+  const B = new TestPage(`B(${bId})`, 'wt');
+  const pages = [A1, A2, B];
+  const chan = `${opts.channel}-tabs`;
+  const peersOnNode = async (n) => {
+    const deadline = Date.now() + WAIT;
+    for (;;) {
+      const h = await health(target);
+      if (h.peers === n) return `the node has ${n} connections`;
+      if (Date.now() > deadline) throw new Fail(`the node has ${h.peers} connections, expected ${n}`);
+      await sleep(50);
+    }
+  };
+  const offlinesOf = (p, id) => rxOf(p, (m) => m.t === 'control' && m.op === 'peer_offline' && m.p === id).length;
+  try {
+    await runChecks('tabs', pages, [
+      ['tab 1 of alice loads, native WebTransport', () => pageLoads(A1, pageUrl)],
+      ['tab 2 of alice loads, WebSocket polyfill', () => pageLoads(A2, pageUrl)],
+      ['bob loads, native WebTransport', () => pageLoads(B, pageUrl)],
+      ['tab 1 connects and joins', async () => `${await connectAndCheck(A1, target, aId)}; ${await joinAndCheck(A1, aId, chan, aState)}`],
+      ['bob connects and joins', async () => `${await connectAndCheck(B, target, bId)}; ${await joinAndCheck(B, bId, chan, bState)}`],
+      ['tab 2 connects and joins as the same user', async () => `${await connectAndCheck(A2, target, aId)}; ${await joinAndCheck(A2, aId, chan, aState)}`],
+      ['bob sees alice once, with her state', async () => {
+        const seen = await seesPeer(B, aId, aState);
+        const s = await B.state();
+        const n = s.peers.filter((x) => String(x.id) === aId).length;
+        if (n !== 1) throw new Fail(`alice is ${n} times in bob's list: ${JSON.stringify(s.peers)}`);
+        return seen;
+      }],
+      ['both tabs of alice see bob', async () => `${await seesPeer(A1, bId, bState)}; ${await seesPeer(A2, bId, bState)}`],
+      ['tab 1 closes', async () => {
+        await A1.closePage();
+        return peersOnNode(2);
+      }],
+      ['bob still sees alice (no peer_offline)', async () => {
+        // Sent after the node saw tab 1 go: anything about it came first.
+        await broadcastReaches(A2, aId, B, { text: 'still here' });
+        if (offlinesOf(B, aId)) throw new Fail(`bob got peer_offline for ${aId} while tab 2 is open`);
+        const s = await B.state();
+        if (!s.peers.some((x) => String(x.id) === aId)) throw new Fail(`alice left bob's list: ${JSON.stringify(s.peers)}`);
+        return `peers=${JSON.stringify(s.peers)}`;
+      }],
+      ['tab 2 closes: bob gets one peer_offline', async () => {
+        const seen = await offlineSeen(B, bId, A2, aId);
+        const n = offlinesOf(B, aId);
+        if (n !== 1) throw new Fail(`bob got ${n} peer_offline for ${aId}`);
+        return seen;
+      }],
+      ['received messages are well-formed (no sid/app)', () => wireHygiene(pages)],
+    ]);
+  } finally {
+    for (const p of pages) if (p.context) await p.close().catch(() => {});
+  }
+}
+
 async function pageLoads(p, pageUrl) {
   await p.open(pageUrl);
   const s = await p.state();
@@ -1020,6 +1085,7 @@ async function main() {
   for (const c of cases) {
     if (c === 'smoke') await runSmoke(pageUrl);
     else if (c === 'room') await runRoomCase(pageUrl, target);
+    else if (c === 'tabs') await runTabsCase(pageUrl, target);
     else await runPairCase(c, pageUrl, target);
   }
 }

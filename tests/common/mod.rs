@@ -206,6 +206,9 @@ impl Node {
             ("CERT_FILE".into(), pki.chain_pem.display().to_string()),
             ("KEY_FILE".into(), pki.key_pem.display().to_string()),
             ("DEBUG".into(), "true".into()),
+            // Leaves at once, so that other tests see exact sequences; the
+            // grace period has tests of its own (tests/presence.rs).
+            ("PRESENCE_GRACE_MS".into(), "0".into()),
         ];
         for (k, v) in env {
             vars.retain(|(name, _)| name != k);
@@ -634,12 +637,34 @@ pub async fn http_get_with<S>(
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let extra: String = headers
+    http_request(tls, "GET", path, headers, None).await
+}
+
+/// One HTTP/1.1 request on an open stream (TLS or not), with a body if
+/// given (and its Content-Length): (status, headers lower-cased, body).
+pub async fn http_request<S>(
+    tls: &mut S,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> (u16, Vec<(String, String)>, String)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut extra: String = headers
         .iter()
         .map(|(k, v)| format!("{k}: {v}\r\n"))
         .collect();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}Connection: close\r\n\r\n");
+    if let Some(body) = body {
+        extra.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    let req =
+        format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}Connection: close\r\n\r\n");
     tls.write_all(req.as_bytes()).await.unwrap();
+    if let Some(body) = body {
+        tls.write_all(body).await.unwrap();
+    }
     let mut raw = Vec::new();
     let _ = tokio::time::timeout(WAIT, tls.read_to_end(&mut raw)).await;
     let text = String::from_utf8_lossy(&raw).to_string();
