@@ -19,6 +19,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -334,7 +336,7 @@ fn client_config() -> Result<Arc<rustls::ClientConfig>, WebhookError> {
                 .unwrap_or_else(|_| "/etc/ssl/certs/ca-certificates.crt".into());
             let pem = std::fs::read(&path).map_err(|e| format!("{path}: {e}"))?;
             let mut roots = rustls::RootCertStore::empty();
-            for cert in rustls_pemfile::certs(&mut pem.as_slice()).flatten() {
+            for cert in CertificateDer::pem_slice_iter(&pem).flatten() {
                 let _ = roots.add(cert);
             }
             if roots.is_empty() {
