@@ -202,27 +202,15 @@ struct PeerEntry {
 }
 
 /// A channel on this node: its members, and what each sender's state last
-/// was, so that a repeated state reaches only the members who have not
-/// seen it (PROTOCOL.md §3, "Cost": the client answers every `peer_online`
-/// by re-sending its unchanged state to all).
+/// was (README, "Big rooms": the client answers every `peer_online` by
+/// re-sending its unchanged state to all). A joiner gets those states from
+/// the node with its join ack, so every member has every last state and a
+/// repeated one goes to no one.
 #[derive(Default)]
 struct Channel {
-    members: HashMap<PeerId, Seat>,
-    /// The join order number the next member gets.
-    next_seq: u64,
-    /// By sender ([`state_key`]): its last state as relayed, and the join
-    /// numbers below which every member has received it.
-    states: HashMap<Box<str>, LastState>,
-}
-
-struct Seat {
-    member: Member,
-    seq: u64,
-}
-
-struct LastState {
-    msg: Bytes,
-    seen_below: u64,
+    members: HashMap<PeerId, Member>,
+    /// By sender ([`state_key`]): its last state as relayed.
+    states: HashMap<Box<str>, Bytes>,
 }
 
 /// A state's sender across the mesh: its client id and the node it is on.
@@ -338,12 +326,11 @@ impl Hub {
         let Some(ch) = state.apps.get(app).and_then(|a| a.get(channel)) else {
             return Delivery::default();
         };
-        self.deliver_to(ch, from, 0, msg, kind)
+        self.deliver_to(ch, from, msg, kind)
     }
 
-    /// Relays a `peer_state` of the sender `key` ([`state_key`]): to every
-    /// other member when it changed, else only to the members who joined
-    /// since it last reached everyone.
+    /// Relays a `peer_state` of the sender `key` ([`state_key`]) to every
+    /// other member if it changed: an unchanged one every member has.
     fn relay_state(
         &self,
         app: &str,
@@ -352,23 +339,22 @@ impl Hub {
         key: &str,
         msg: &Bytes,
     ) -> Delivery {
+        // Most states in a big room are answers to a join, unchanged: they
+        // need no write lock, which would stall every fan-out.
+        let state = self.read();
+        let Some(ch) = state.apps.get(app).and_then(|a| a.get(channel)) else {
+            return Delivery::default();
+        };
+        if ch.states.get(key) == Some(msg) {
+            return Delivery::default();
+        }
+        drop(state);
         let mut state = self.write();
         let Some(ch) = state.apps.get_mut(app).and_then(|a| a.get_mut(channel)) else {
             return Delivery::default();
         };
-        let everyone = ch.next_seq;
-        let since = match ch.states.get_mut(key) {
-            Some(last) if last.msg == *msg => std::mem::replace(&mut last.seen_below, everyone),
-            _ => {
-                let last = LastState {
-                    msg: msg.clone(),
-                    seen_below: everyone,
-                };
-                ch.states.insert(key.into(), last);
-                0
-            }
-        };
-        self.deliver_to(ch, from, since, msg, Kind::Control(Op::PeerState))
+        ch.states.insert(key.into(), msg.clone());
+        self.deliver_to(ch, from, msg, Kind::Control(Op::PeerState))
     }
 
     /// Relays a `peer_offline` of `client_id`: those who get it forget the
@@ -404,23 +390,14 @@ impl Hub {
         }
     }
 
-    /// Queues `msg` for the members of `ch` but `from` whose join number is
-    /// at least `since`.
-    fn deliver_to(
-        &self,
-        ch: &Channel,
-        from: Option<PeerId>,
-        since: u64,
-        msg: &Bytes,
-        kind: Kind,
-    ) -> Delivery {
+    /// Queues `msg` for the members of `ch` but `from`.
+    fn deliver_to(&self, ch: &Channel, from: Option<PeerId>, msg: &Bytes, kind: Kind) -> Delivery {
         let mut delivery = Delivery::default();
         let mut per_transport = [0u64; 2];
-        for (id, seat) in &ch.members {
-            if Some(*id) == from || seat.seq < since {
+        for (id, member) in &ch.members {
+            if Some(*id) == from {
                 continue;
             }
-            let member = &seat.member;
             match self.offer(member, msg.clone()) {
                 Offer::Queued => {
                     delivery.sent += 1;
@@ -439,10 +416,18 @@ impl Hub {
 
     /// Queues one message for one member; a full queue disconnects it.
     fn offer(&self, member: &Member, msg: Bytes) -> Offer {
+        self.offer_with(member, |outbox| outbox.try_send(msg))
+    }
+
+    fn offer_with(
+        &self,
+        member: &Member,
+        send: impl FnOnce(&Outbox) -> Result<(), SendError>,
+    ) -> Offer {
         if member.ctl.is_closing() {
             return Offer::Closing;
         }
-        match member.outbox.try_send(msg) {
+        match send(&member.outbox) {
             Ok(()) => Offer::Queued,
             Err(SendError::Full) => {
                 if member.ctl.close(CloseReason::SlowReader) {
@@ -455,13 +440,18 @@ impl Hub {
         }
     }
 
-    /// Adds `id` to `app/channel` within the app's caps on this node.
+    /// Adds `id` to `app/channel` within the app's caps on this node, and
+    /// queues for it `ack` then every member's last state, in one reply:
+    /// the members' answers to its `peer_online` are then unchanged states,
+    /// relayed to no one, and the joiner's queue takes the room's states
+    /// whatever the room's size (README, "Big rooms").
     fn join(
         &self,
         app: &App,
         channel: &str,
         id: PeerId,
         member: &Member,
+        ack: Bytes,
     ) -> Result<(), DropReason> {
         let limits = &app.limits;
         let mut state = self.write();
@@ -481,14 +471,20 @@ impl Hub {
             }
             return Err(DropReason::ChannelFull);
         }
-        let seat = Seat {
-            member: member.clone(),
-            seq: members.next_seq,
-        };
-        members.next_seq += 1;
-        members.members.insert(id, seat);
+        members.members.insert(id, member.clone());
+        let ack_len = ack.len();
+        let mut reply = Vec::with_capacity(1 + members.states.len());
+        reply.push(ack);
+        reply.extend(members.states.values().cloned());
         let user = &member.client_id;
         let arrival = state.presence.arrive(&app.id, channel, user, Place::Here);
+        if self.offer_with(member, |outbox| outbox.try_send_all(&reply)) == Offer::Queued {
+            let stats = &self.stats;
+            stats.record_out(member.transport, Kind::Control(Op::ChannelJoin), 1, ack_len);
+            let states = reply[1..].iter().map(Bytes::len).sum();
+            let n = reply.len() as u64 - 1;
+            stats.record_out_total(member.transport, Kind::Control(Op::PeerState), n, states);
+        }
         drop(state);
         log_arrival(&app.id, channel, user, &self.mesh_id, arrival);
         Ok(())
@@ -711,11 +707,11 @@ impl Hub {
                     });
                 }
                 for (leaving_id, leaving) in members {
-                    let offline = offline_msg(&channel, &leaving.member.client_id, &self.mesh_id);
-                    for (id, seat) in members {
+                    let offline = offline_msg(&channel, &leaving.client_id, &self.mesh_id);
+                    for (id, member) in members {
                         // Everyone is leaving: a full queue is not a slow reader here.
                         if id != leaving_id {
-                            let _ = seat.member.outbox.try_send(offline.clone());
+                            let _ = member.outbox.try_send(offline.clone());
                         }
                     }
                 }
@@ -769,9 +765,9 @@ impl Hub {
                 let mut peers: Vec<String> = ch
                     .members
                     .iter()
-                    .map(|(id, seat)| {
+                    .map(|(id, member)| {
                         let transport = state.peers.get(id).map_or("?", |p| p.transport.as_str());
-                        format!("{}(sid={id},{transport})", seat.member.client_id)
+                        format!("{}(sid={id},{transport})", member.client_id)
                     })
                     .collect();
                 peers.sort();
@@ -959,8 +955,9 @@ impl Peer {
                     return Err(DropReason::ChannelNotAllowed);
                 }
                 let channel: Arc<str> = msg.channel.into();
+                let ack = Bytes::from(protocol::encode_join_ack(msg.channel, &self.hub.mesh_id));
                 self.hub
-                    .join(&self.settings, &channel, self.id, &self.member)?;
+                    .join(&self.settings, &channel, self.id, &self.member, ack)?;
                 self.hub.to_mesh(MeshEvent::Joined {
                     app: self.app.clone(),
                     channel: channel.clone(),
@@ -968,6 +965,7 @@ impl Peer {
                     client_id: self.member.client_id.clone(),
                 });
                 self.joined.insert(channel);
+                return Ok(());
             }
             let ack = Bytes::from(protocol::encode_join_ack(msg.channel, &self.hub.mesh_id));
             let len = ack.len();
@@ -1330,12 +1328,14 @@ mod tests {
         // Unchanged: b has it already.
         a.handle(&state(1)).unwrap();
         assert!(recv(&mut rb).is_none());
-        // A newcomer gets it, and only the newcomer.
+        // A newcomer gets it from the node, right after its ack; a's answer
+        // is then for no one.
         let (mut c, mut rc) = hub.connect(&app, "c", ws, Grant::default());
         c.handle(&join("r")).unwrap();
-        recv(&mut rc);
-        a.handle(&state(1)).unwrap();
+        assert_eq!(recv(&mut rc).unwrap()["op"], "channel_join");
         assert_eq!(recv_state(&mut rc)["v"].as_u64(), Some(1));
+        a.handle(&state(1)).unwrap();
+        assert!(recv(&mut rc).is_none());
         assert!(recv(&mut rb).is_none());
         // A changed state reaches everyone.
         a.handle(&state(2)).unwrap();
@@ -1346,10 +1346,15 @@ mod tests {
             .unwrap();
         b.handle(&join("r")).unwrap();
         recv(&mut rb);
+        assert_eq!(recv_state(&mut rb)["v"].as_u64(), Some(2));
         recv(&mut rc); // b's peer_offline
         a.handle(&state(2)).unwrap();
-        assert_eq!(recv_state(&mut rb)["v"].as_u64(), Some(2));
+        assert!(recv(&mut rb).is_none());
         assert!(recv(&mut rc).is_none());
+        // A second join on the same connection is acked alone.
+        b.handle(&join("r")).unwrap();
+        assert_eq!(recv(&mut rb).unwrap()["op"], "channel_join");
+        assert!(recv(&mut rb).is_none());
         // a goes offline: the members forget it, its next state is for all.
         drop(a);
         recv(&mut rb);
@@ -1380,6 +1385,53 @@ mod tests {
         let off_kind = Kind::Control(Op::PeerOffline);
         assert_eq!(hub.deliver_remote("app", "r", &off, off_kind).sent, 3);
         assert_eq!(hub.deliver_remote("app", "r", &remote(1), st).sent, 3);
+        // A joiner here gets the remote sender's state from this node too.
+        let (mut d, mut rd) = hub.connect(&app, "d", ws, Grant::default());
+        d.handle(&join("r")).unwrap();
+        recv(&mut rd);
+        let mut got: Vec<_> = (0..2).map(|_| recv_state(&mut rd)["id"].clone()).collect();
+        got.sort_by_key(|v| v.to_string());
+        assert_eq!(got, [rmpv::Value::from("a"), rmpv::Value::from("z")]);
+        assert!(recv(&mut rd).is_none());
+    }
+
+    #[test]
+    fn a_joiner_gets_every_state_past_the_message_bound() {
+        let hub = hub(Limits {
+            outbox: 4,
+            ..Limits::default()
+        });
+        let app = app("app");
+        let mut members: Vec<(Peer, OutboxReceiver)> = Vec::new();
+        for i in 0..10 {
+            let id = format!("m{i}");
+            let (mut m, mut rx) = hub.connect(&app, &id, Transport::WebSocket, Grant::default());
+            m.handle(&join("r")).unwrap();
+            let pl = rmp_serde::to_vec_named(&json!({"id": id})).unwrap();
+            let msg = rmpv::Value::Map(vec![
+                ("t".into(), "control".into()),
+                ("op".into(), "peer_state".into()),
+                ("c".into(), "r".into()),
+                ("pl".into(), rmpv::Value::Binary(pl)),
+            ]);
+            let mut out = Vec::new();
+            rmpv::encode::write_value(&mut out, &msg).unwrap();
+            m.handle(&out).unwrap();
+            // Drained as it goes: only the joiner below is put to the test.
+            let mut batch = Vec::new();
+            for (_, rx) in &mut members {
+                rx.try_recv(&mut batch);
+            }
+            rx.try_recv(&mut batch);
+            members.push((m, rx));
+        }
+        let (mut j, mut rj) = hub.connect(&app, "j", Transport::WebSocket, Grant::default());
+        j.handle(&join("r")).unwrap();
+        let mut batch = Vec::new();
+        assert!(rj.try_recv(&mut batch));
+        assert_eq!(batch.len(), 11, "the ack and ten states, past a bound of 4");
+        assert_eq!(j.ctl().reason(), None);
+        assert_eq!(hub.stats().drops(DropReason::SlowReader), 0);
     }
 
     #[test]

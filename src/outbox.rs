@@ -15,7 +15,8 @@
 //!
 //! The bound counts queued messages and their bytes; the batch the writer is
 //! writing is not counted, so a peer holds at most `bound` queued messages
-//! (or `max_bytes` of them) plus one batch.
+//! (or `max_bytes` of them) plus one batch. A burst the node sends as one
+//! reply ([`Outbox::try_send_all`]) counts as one message and all its bytes.
 
 use std::future::poll_fn;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -68,6 +69,9 @@ struct Shared {
 #[derive(Default)]
 struct State {
     queue: Vec<Bytes>,
+    /// Messages in `queue` as the bound counts them: a reply sent with
+    /// `try_send_all` is one.
+    count: usize,
     /// Bytes in `queue`.
     bytes: usize,
     waker: Option<Waker>,
@@ -96,24 +100,55 @@ impl Outbox {
             return Err(SendError::Closed);
         }
         let bytes = state.bytes.saturating_add(msg.len());
-        if state.queue.len() >= self.shared.bound
+        if state.count >= self.shared.bound
             || (bytes > self.shared.max_bytes && !state.queue.is_empty())
         {
             return Err(SendError::Full);
         }
         state.bytes = bytes;
+        state.count += 1;
         state.queue.push(msg);
-        // A non-empty queue means the writer was woken already.
-        let waker = if state.queue.len() == 1 {
-            state.waker.take()
-        } else {
-            None
-        };
-        drop(state);
-        if let Some(waker) = waker {
-            waker.wake();
-        }
+        wake_if_first(state, 1);
         Ok(())
+    }
+
+    /// Queues `msgs` as one message: all of them or none. They count as one
+    /// against the bound and with all their bytes against the byte bound,
+    /// which they must fit even in an empty queue: the node's reply to a
+    /// joiner (every member's state) is as long as the channel is big, and
+    /// the message bound is for what a peer falls behind on, not for that.
+    pub fn try_send_all(&self, msgs: &[Bytes]) -> Result<(), SendError> {
+        if msgs.is_empty() {
+            return Ok(());
+        }
+        let mut state = self.shared.lock();
+        if state.receiver_gone {
+            return Err(SendError::Closed);
+        }
+        let size = msgs.iter().map(Bytes::len).fold(0, usize::saturating_add);
+        let bytes = state.bytes.saturating_add(size);
+        if state.count >= self.shared.bound || bytes > self.shared.max_bytes {
+            return Err(SendError::Full);
+        }
+        state.bytes = bytes;
+        state.count += 1;
+        state.queue.extend_from_slice(msgs);
+        wake_if_first(state, msgs.len());
+        Ok(())
+    }
+}
+
+/// Wakes the writer if the `added` messages just queued are all there is:
+/// a queue that was not empty means it was woken already.
+fn wake_if_first(mut state: MutexGuard<'_, State>, added: usize) {
+    let waker = if state.queue.len() == added {
+        state.waker.take()
+    } else {
+        None
+    };
+    drop(state);
+    if let Some(waker) = waker {
+        waker.wake();
     }
 }
 
@@ -202,6 +237,7 @@ impl OutboxReceiver {
         let mut state = self.shared.lock();
         let msg = (!state.queue.is_empty()).then(|| state.queue.remove(0))?;
         state.bytes -= msg.len();
+        state.count = state.count.min(state.queue.len());
         Some(msg)
     }
 }
@@ -221,6 +257,7 @@ impl Drop for OutboxReceiver {
 /// queue keeps `batch`'s buffer for what comes next).
 fn take_all(state: &mut State, batch: &mut Vec<Bytes>) -> bool {
     state.bytes = 0;
+    state.count = 0;
     let queue = &mut state.queue;
     if queue.is_empty() {
         return false;
@@ -274,6 +311,30 @@ mod tests {
         assert!(rx.try_recv(&mut batch));
         assert_eq!(batch.len(), 10);
         tx.try_send(Bytes::from(vec![0; 10])).unwrap();
+    }
+
+    #[test]
+    fn a_reply_counts_as_one_message_and_all_its_bytes() {
+        let (tx, mut rx) = outbox(2, 10);
+        tx.try_send(msg(0)).unwrap();
+        // Five frames, one message: past the message bound, within bytes.
+        let reply: Vec<Bytes> = (1..6).map(msg).collect();
+        tx.try_send_all(&reply).unwrap();
+        assert_eq!(
+            tx.try_send(msg(6)),
+            Err(SendError::Full),
+            "two messages queued"
+        );
+        let mut batch = Vec::new();
+        assert!(rx.try_recv(&mut batch));
+        assert_eq!(batch, (0..6).map(msg).collect::<Vec<_>>());
+        // Over the byte bound it is refused whole, even into an empty queue.
+        let big: Vec<Bytes> = (0..11).map(msg).collect();
+        assert_eq!(tx.try_send_all(&big), Err(SendError::Full));
+        assert!(!rx.try_recv(&mut batch));
+        tx.try_send_all(&big[..10]).unwrap();
+        drop(rx);
+        assert_eq!(tx.try_send_all(&big[..1]), Err(SendError::Closed));
     }
 
     #[test]

@@ -226,8 +226,13 @@ impl Stats {
 
     /// `n` copies of a `bytes`-long message queued for clients of `transport`.
     pub fn record_out(&self, transport: Transport, kind: Kind, n: u64, bytes: usize) {
+        self.record_out_total(transport, kind, n, n as usize * bytes);
+    }
+
+    /// `n` messages of `kind` sent, `bytes` in all.
+    pub fn record_out_total(&self, transport: Transport, kind: Kind, n: u64, bytes: usize) {
         if n > 0 {
-            self.traffic_out[transport as usize][kind_index(Some(kind))].add(n, n * bytes as u64);
+            self.traffic_out[transport as usize][kind_index(Some(kind))].add(n, bytes as u64);
         }
     }
 

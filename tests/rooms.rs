@@ -230,3 +230,48 @@ async fn two_joiners_at_once_and_a_leave_across_two_nodes() {
         m.stop().await;
     }
 }
+
+/// The node answers a joiner itself, right after its ack, with every
+/// member's last state, as one reply: a room far past `PEER_QUEUE` messages
+/// is joined with no one dropped as a slow reader, the joiner knows every
+/// state before any member answered it, and the members' answers, being
+/// unchanged, are then delivered to no one.
+#[tokio::test]
+async fn a_joiner_gets_every_state_from_the_node_past_the_queue_bound() {
+    let node = &Node::start_with(&[("PEER_MSG_RATE", "0"), ("PEER_QUEUE", "8")]);
+    let members = fill(|_| node, "big", N).await;
+    let all: Vec<&Member> = members.iter().collect();
+    converged(&all, 1).await;
+
+    // A joiner that has not announced itself: no member has answered it.
+    let mut joiner = node.ws(KEY1, "joiner").await;
+    joiner.join("big").await;
+    let mut states = HashMap::new();
+    for _ in 0..N {
+        let v = joiner.recv().await;
+        assert_eq!(field(&v, "op"), Some("peer_state"), "{v}");
+        let from = field(&v, "p").unwrap().to_owned();
+        states.insert(from.clone(), bin(&v, "pl").unwrap().to_vec());
+    }
+    for m in &members {
+        assert_eq!(states.get(&m.id), Some(&state_of(&m.id, 1)), "{}", m.id);
+    }
+
+    // Its peer_online reaches the N members; their N answers reach no one.
+    let before = deliveries(&[node]).await;
+    let heard = node.counter(&["messages_in"]).await;
+    joiner.send(&control("peer_online", "big", None)).await;
+    // The answers are in (the joiner's peer_online and N states).
+    node.wait_counter(&["messages_in"], heard + 1 + N as u64)
+        .await;
+    let cost = deliveries(&[node]).await - before;
+    assert_eq!(
+        cost, N as u64,
+        "peer_online to each member, and nothing more"
+    );
+    assert_eq!(node.counter(&["dropped", "slow_reader"]).await, 0);
+    drop(all);
+    for m in members {
+        m.stop().await;
+    }
+}
