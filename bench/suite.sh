@@ -6,11 +6,18 @@
 # prscd-only rows (WebTransport datagrams, the zenoh hop, node death).
 #
 #   bench/suite.sh [--quick] [--out DIR]
+#   SECTIONS="fanout idle" bench/suite.sh --out DIR
 #
 # Writes one JSON per run into DIR (default bench/results/<UTC date>), then
 # bench/report.py renders the tables and charts. --quick scales everything
 # down (a minute or two) to try the suite itself. Every run is bounded by
 # prscd-bench's --duration-limit; servers are killed on exit.
+#
+# SECTIONS (default: all) runs only those of: fanout load rooms idle storm
+# transport hop death; results of earlier runs in DIR are kept and reported
+# with the new ones. BENCH_ONLY is the older name for it. PRSCD_MAX=<msg/s>
+# sets the offered loads of `load` and `hop` when `fanout` is not run.
+# HOP_REPS=N repeats the hop's same/cross pairs N times (3; 1 with --quick).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -22,9 +29,14 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1 ;;
     --out) OUT="$2"; shift ;;
-    *) echo "usage: bench/suite.sh [--quick] [--out DIR]" >&2; exit 1 ;;
+    *) echo "usage: [SECTIONS=\"...\"] bench/suite.sh [--quick] [--out DIR]" >&2; exit 1 ;;
   esac
   shift
+done
+ALL_SECTIONS="fanout load rooms idle storm transport hop death"
+SECTIONS=${SECTIONS:-${BENCH_ONLY:-$ALL_SECTIONS}}
+for s in $SECTIONS; do
+  [[ " $ALL_SECTIONS " == *" $s "* ]] || { echo "unknown section: $s (sections: $ALL_SECTIONS)" >&2; exit 1; }
 done
 
 # Sizes: full, or --quick.
@@ -132,10 +144,7 @@ stop
 } >"$OUT/machine.txt"
 
 SERVERS="prscd ceiling node-ws socketio"
-# BENCH_ONLY="rooms hop" runs only those sections (fanout load rooms idle storm
-# transport hop death); results of earlier runs in $OUT are kept. HOP_REPS=N
-# repeats the hop's same/cross pairs N times (3; 1 with --quick).
-want() { [ -z "${BENCH_ONLY:-}" ] || [[ " $BENCH_ONLY " == *" $1 "* ]]; }
+want() { [[ " $SECTIONS " == *" $1 "* ]]; }
 
 if want fanout; then
 echo "==> fan-out at max rate: 1 publisher -> $SUBS subscribers, 100-byte payloads, $FANOUT_REPS rounds"
