@@ -323,27 +323,54 @@ const NIL: u8 = 0xc0;
 /// then waits for more bytes) and [`DecodeError::Malformed`] on the reserved
 /// marker 0xc1. Iterative, so nesting depth cannot overflow the stack.
 pub fn value_len(buf: &[u8]) -> Result<usize, DecodeError> {
-    let mut pos = 0usize;
-    // Values still to be read; u64 because a map32 announces 2 * u32::MAX.
-    let mut pending: u64 = 1;
-    while pending > 0 {
-        pending -= 1;
-        let (header, body, children) = header_at(buf, pos)?;
-        pos = pos
-            .checked_add(header)
-            .and_then(|p| p.checked_add(body))
-            .ok_or(DecodeError::Incomplete)?;
-        if pos > buf.len() {
-            return Err(DecodeError::Incomplete);
-        }
-        pending += children;
-        // Every child takes at least one byte: an announcement larger than
-        // what is left cannot be complete yet.
-        if pending > (buf.len() - pos) as u64 {
-            return Err(DecodeError::Incomplete);
-        }
+    ValueScan::default().next(buf)
+}
+
+/// [`value_len`] that resumes where it stopped. A stream reader fed a value
+/// in small pieces then reads each byte once, instead of rescanning the
+/// whole value for every piece (quadratic in a value of many small items).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValueScan {
+    /// Where the next item's header starts.
+    pos: usize,
+    /// Items still to be read; u64 because a map32 announces 2 * u32::MAX.
+    pending: u64,
+}
+
+impl Default for ValueScan {
+    fn default() -> Self {
+        ValueScan { pos: 0, pending: 1 }
     }
-    Ok(pos)
+}
+
+impl ValueScan {
+    /// The length of the first value of `buf` once it is complete, and the
+    /// scan starts over for the next one. Between calls `buf` may only grow
+    /// at its end; after a value is split off its front, the scan is
+    /// already fresh.
+    pub fn next(&mut self, buf: &[u8]) -> Result<usize, DecodeError> {
+        while self.pending > 0 {
+            let (header, body, children) = header_at(buf, self.pos)?;
+            let end = self
+                .pos
+                .checked_add(header)
+                .and_then(|p| p.checked_add(body))
+                .ok_or(DecodeError::Incomplete)?;
+            if end > buf.len() {
+                return Err(DecodeError::Incomplete);
+            }
+            self.pos = end;
+            self.pending = self.pending - 1 + children;
+            // Every child takes at least one byte: an announcement larger
+            // than what is left cannot be complete yet.
+            if self.pending > (buf.len() - self.pos) as u64 {
+                return Err(DecodeError::Incomplete);
+            }
+        }
+        let len = self.pos;
+        *self = ValueScan::default();
+        Ok(len)
+    }
 }
 
 /// For the value at `pos`: (header bytes, body bytes, child values).
@@ -737,6 +764,30 @@ mod tests {
                 let v = (keys, serde_bytes::ByteBuf::from(blob), n, f, Option::<bool>::None);
                 let packed = rmp_serde::to_vec(&v).unwrap();
                 prop_assert_eq!(value_len(&packed), Ok(packed.len()));
+            }
+
+            /// Scanning a stream fed in pieces finds the same values as
+            /// measuring each whole.
+            #[test]
+            fn value_scan_in_pieces_agrees_with_value_len(
+                items in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 1..6),
+                piece in 1usize..9,
+            ) {
+                let values: Vec<Vec<u8>> = items
+                    .iter()
+                    .map(|item| rmp_serde::to_vec(&(item, item.len(), vec![1u8; item.len() % 5])).unwrap())
+                    .collect();
+                let stream = values.concat();
+                let (mut scan, mut buf, mut found) = (ValueScan::default(), Vec::new(), Vec::new());
+                for chunk in stream.chunks(piece) {
+                    buf.extend_from_slice(chunk);
+                    while let Ok(n) = scan.next(&buf) {
+                        prop_assert_eq!(value_len(&buf), Ok(n));
+                        found.push(buf.drain(..n).collect::<Vec<u8>>());
+                    }
+                }
+                prop_assert_eq!(found, values);
+                prop_assert!(buf.is_empty());
             }
 
             /// Whatever decodes re-encodes to something that decodes the same.

@@ -314,9 +314,10 @@ async fn read_stream(
 ) {
     let mut buf = BytesMut::with_capacity(4096);
     let mut chunk = vec![0u8; 16 * 1024];
+    let mut scan = protocol::ValueScan::default();
     loop {
         loop {
-            match protocol::value_len(&buf) {
+            match scan.next(&buf) {
                 Ok(len) if len <= max => {
                     if frames.send(buf.split_to(len).freeze()).await.is_err() {
                         return;
