@@ -68,9 +68,19 @@ pub async fn read_request<S: AsyncRead + Unpin>(
             return Err(HttpError::Eof);
         }
         buf.extend_from_slice(&chunk[..n]);
-        let mut headers = [httparse::EMPTY_HEADER; 48];
-        let mut req = httparse::Request::new(&mut headers);
-        if let httparse::Status::Complete(len) = req.parse(&buf)? {
+        if let Some((request, len)) = parse_head(&buf)? {
+            return Ok((request, buf.split_off(len)));
+        }
+    }
+}
+
+/// Parses the request head at the start of `buf`: `Ok(None)` while it is
+/// incomplete, else the head and its length in bytes.
+pub fn parse_head(buf: &[u8]) -> Result<Option<(Request, usize)>, HttpError> {
+    let mut headers = [httparse::EMPTY_HEADER; 48];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf)? {
+        httparse::Status::Complete(len) => {
             let request = Request {
                 method: req.method.unwrap_or_default().to_owned(),
                 target: req.path.unwrap_or_default().to_owned(),
@@ -85,11 +95,10 @@ pub async fn read_request<S: AsyncRead + Unpin>(
                     })
                     .collect(),
             };
-            return Ok((request, buf.split_off(len)));
+            Ok(Some((request, len)))
         }
-        if buf.len() > MAX_HEAD {
-            return Err(HttpError::TooLarge);
-        }
+        httparse::Status::Partial if buf.len() > MAX_HEAD => Err(HttpError::TooLarge),
+        httparse::Status::Partial => Ok(None),
     }
 }
 
