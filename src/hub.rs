@@ -1096,6 +1096,21 @@ mod tests {
         frame(json!({"t": "control", "op": "channel_join", "c": c}))
     }
 
+    /// A `peer_state` for `c` whose `pl` is `state` bin-wrapped, as the
+    /// published client sends it.
+    fn state_frame(c: &str, state: &Value) -> Vec<u8> {
+        let pl = rmp_serde::to_vec_named(state).unwrap();
+        let msg = rmpv::Value::Map(vec![
+            ("t".into(), "control".into()),
+            ("op".into(), "peer_state".into()),
+            ("c".into(), c.into()),
+            ("pl".into(), rmpv::Value::Binary(pl)),
+        ]);
+        let mut out = Vec::new();
+        rmpv::encode::write_value(&mut out, &msg).unwrap();
+        out
+    }
+
     /// The state in the next relayed message's `pl`.
     fn recv_state(rx: &mut OutboxReceiver) -> rmpv::Value {
         let msg = rx.try_recv_one().expect("a message");
@@ -1275,25 +1290,13 @@ mod tests {
         b.handle(&join("room-1")).unwrap();
         recv(&mut rx_a);
         recv(&mut rx_b);
-        let state =
-            rmp_serde::to_vec_named(&json!({"id": "mallory", "name": "M", "x": 1})).unwrap();
-        let state_frame = |pl: &[u8]| {
-            let msg = rmpv::Value::Map(vec![
-                ("t".into(), "control".into()),
-                ("op".into(), "peer_state".into()),
-                ("c".into(), "room-1".into()),
-                ("pl".into(), rmpv::Value::Binary(pl.to_vec())),
-            ]);
-            let mut out = Vec::new();
-            rmpv::encode::write_value(&mut out, &msg).unwrap();
-            out
-        };
-        a.handle(&state_frame(&state)).unwrap();
+        let state = state_frame("room-1", &json!({"id": "mallory", "name": "M", "x": 1}));
+        a.handle(&state).unwrap();
         let bin = recv_state(&mut rx_b);
         assert_eq!(bin["id"].as_str(), Some("alice"));
         assert_eq!(bin["name"].as_str(), Some("Alice"));
         // bob has no grant: his forged id is pinned, his name left alone.
-        b.handle(&state_frame(&state)).unwrap();
+        b.handle(&state).unwrap();
         let bin = recv_state(&mut rx_a);
         assert_eq!(
             (bin["id"].as_str(), bin["name"].as_str()),
@@ -1306,18 +1309,7 @@ mod tests {
         let hub = hub(Limits::default());
         let app = app("app");
         let ws = Transport::WebSocket;
-        let state = |v: u32| {
-            let pl = rmp_serde::to_vec_named(&json!({"id": "a", "v": v})).unwrap();
-            let msg = rmpv::Value::Map(vec![
-                ("t".into(), "control".into()),
-                ("op".into(), "peer_state".into()),
-                ("c".into(), "r".into()),
-                ("pl".into(), rmpv::Value::Binary(pl)),
-            ]);
-            let mut out = Vec::new();
-            rmpv::encode::write_value(&mut out, &msg).unwrap();
-            out
-        };
+        let state = |v: u32| state_frame("r", &json!({"id": "a", "v": v}));
         let (mut a, _ra) = hub.connect(&app, "a", ws, Grant::default());
         let (mut b, mut rb) = hub.connect(&app, "b", ws, Grant::default());
         a.handle(&join("r")).unwrap();
@@ -1407,16 +1399,7 @@ mod tests {
             let id = format!("m{i}");
             let (mut m, mut rx) = hub.connect(&app, &id, Transport::WebSocket, Grant::default());
             m.handle(&join("r")).unwrap();
-            let pl = rmp_serde::to_vec_named(&json!({"id": id})).unwrap();
-            let msg = rmpv::Value::Map(vec![
-                ("t".into(), "control".into()),
-                ("op".into(), "peer_state".into()),
-                ("c".into(), "r".into()),
-                ("pl".into(), rmpv::Value::Binary(pl)),
-            ]);
-            let mut out = Vec::new();
-            rmpv::encode::write_value(&mut out, &msg).unwrap();
-            m.handle(&out).unwrap();
+            m.handle(&state_frame("r", &json!({"id": id}))).unwrap();
             // Drained as it goes: only the joiner below is put to the test.
             let mut batch = Vec::new();
             for (_, rx) in &mut members {
@@ -1563,18 +1546,7 @@ mod tests {
     fn a_second_tabs_online_makes_the_users_next_state_reach_everyone() {
         let hub = hub(Limits::default());
         let ws = Transport::WebSocket;
-        let st = || {
-            let pl = rmp_serde::to_vec_named(&json!({"id": "alice", "v": 1})).unwrap();
-            let msg = rmpv::Value::Map(vec![
-                ("t".into(), "control".into()),
-                ("op".into(), "peer_state".into()),
-                ("c".into(), "r".into()),
-                ("pl".into(), rmpv::Value::Binary(pl)),
-            ]);
-            let mut out = Vec::new();
-            rmpv::encode::write_value(&mut out, &msg).unwrap();
-            out
-        };
+        let st = || state_frame("r", &json!({"id": "alice", "v": 1}));
         let online = frame(json!({"t":"control","op":"peer_online","c":"r"}));
         let (mut tab1, _r1) = hub.connect(&app("app"), "alice", ws, Grant::default());
         let (mut b, mut rb) = hub.connect(&app("app"), "bob", ws, Grant::default());
