@@ -153,8 +153,10 @@ async fn a_reload_within_the_grace_is_no_leave_even_onto_another_node() {
     }
     nodes[1].wait_remote_members(2).await;
 
-    // The page reloads and its new connection lands on the other node.
+    // The page reloads and its new connection lands on the other node,
+    // once us has heard the old one leave (else it is just a second tab).
     alice.close().await;
+    nodes[1].wait_remote_members(1).await;
     let mut reloaded = nodes[1].ws(KEY1, "alice").await;
     reloaded.join("room").await;
     for node in &nodes {
