@@ -53,7 +53,7 @@ use zenoh::Session;
 
 use crate::apps::AppLimits;
 use crate::hub::{Hub, MeshEvent, PeerId};
-use crate::presence::Why;
+use crate::presence::{Arrival, Why};
 use crate::protocol::{self, Kind, Op};
 use crate::stats::{DropReason, Stats};
 use crate::telemetry;
@@ -440,6 +440,10 @@ struct Remote {
     last_state: Option<Bytes>,
     /// Whether any message of it reached this node.
     heard: bool,
+    /// Whether it was its user's first connection here ([`Arrival::First`]):
+    /// only then do the local members hear its `peer_online`; otherwise
+    /// they know the user, and the node answers for them.
+    announce: bool,
 }
 
 /// A channel with local members: its subscription, and what is known of the
@@ -894,6 +898,7 @@ impl Bridge {
         // Re-encoded: whatever a backend sent, browsers get a clean map.
         let bytes = Bytes::from(protocol::encode(&relayed));
         let mut missed_announcement = None;
+        let mut repeated_online = false;
         if let Some((mesh, sid)) = member {
             let who = (mesh.to_owned(), sid);
             if relayed.kind == Kind::Control(Op::PeerOffline) {
@@ -929,17 +934,29 @@ impl Bridge {
                     && relayed.kind != Kind::Control(Op::PeerOnline)
                     && self.presence_check.is_some()
                 {
-                    missed_announcement = Some(mesh);
+                    missed_announcement = Some((mesh, sid));
                 }
                 remote.heard = true;
                 if relayed.kind == Kind::Control(Op::PeerState) {
                     remote.last_state = Some(bytes.clone());
                 }
+                if relayed.kind == Kind::Control(Op::PeerOnline) {
+                    repeated_online = !std::mem::take(&mut remote.announce);
+                }
+            } else if relayed.kind == Kind::Control(Op::PeerOnline) {
+                // Its join is not known here yet (data can overtake it).
+                repeated_online = self.hub.is_present(&id.0, &id.1, relayed.peer);
             }
         }
-        if let Some(mesh) = missed_announcement {
+        if let Some((mesh, sid)) = missed_announcement {
             debug!(app = %id.0, channel = %id.1, peer = relayed.peer, %mesh, "mesh: new remote member's announcement missed; asking local members to announce");
-            deliver_presence(&self.hub, &id, Op::PeerOnline, relayed.peer, mesh);
+            self.announce(&id, relayed.peer, (mesh, sid));
+        }
+        if repeated_online {
+            debug!(app = %id.0, channel = %id.1, peer = relayed.peer, "mesh: peer_online of a present user; answering for the local members");
+            self.stats.mesh.received.fetch_add(1, Relaxed);
+            self.hub.republish_states(&id.0, &id.1);
+            return;
         }
         self.stats.mesh.received.fetch_add(1, Relaxed);
         let deliver = tracing::info_span!(target: "otel", "deliver", delivered = tracing::field::Empty, dropped_slow = tracing::field::Empty);
@@ -1012,13 +1029,24 @@ impl Bridge {
         }
         remote.heard = true;
         debug!(app = %id.0, channel = %id.1, peer = %member.client_id, mesh = %member.mesh_id, "mesh: nothing heard from new remote member; asking local members to announce");
-        deliver_presence(
-            &self.hub,
-            &id,
-            Op::PeerOnline,
-            &member.client_id,
-            &member.mesh_id,
-        );
+        self.announce(&id, &member.client_id, (&member.mesh_id, member.sid));
+    }
+
+    /// Makes the local members' states reach a new remote member: a user's
+    /// first connection is announced to them (`peer_online` on its behalf;
+    /// they answer with their state), another one of a present user is
+    /// answered by the node for them ([`Hub::republish_states`]).
+    fn announce(&mut self, id: &ChannelId, client_id: &str, (mesh_id, sid): (&str, u64)) {
+        let first = self
+            .channels
+            .get_mut(id)
+            .and_then(|link| link.remote.get_mut(&(mesh_id.to_owned(), sid)))
+            .is_some_and(|remote| std::mem::take(&mut remote.announce));
+        if first {
+            deliver_presence(&self.hub, id, Op::PeerOnline, client_id, mesh_id);
+        } else {
+            self.hub.republish_states(&id.0, &id.1);
+        }
     }
 
     /// The linked channel and the other node a membership key names; `None`
@@ -1182,26 +1210,32 @@ impl Bridge {
         debug!(app = %id.0, channel = %id.1, peer = %member.client_id, mesh = %member.mesh_id, healed = healed.is_some(), "mesh: remote member");
         let last_state = healed.as_ref().and_then(|(r, _)| r.last_state.clone());
         self.stats.mesh.remote_members.fetch_add(1, Relaxed);
-        self.hub
+        let arrival = self
+            .hub
             .remote_joined(&id.0, &id.1, &member.client_id, &member.mesh_id);
+        let first = arrival == Arrival::First;
         link.insert_remote(
             who,
             Remote {
                 client_id: member.client_id.clone(),
                 last_state: last_state.clone(),
                 heard: healed.is_some(),
+                announce: first && healed.is_none(),
             },
         );
         if healed.is_some() {
-            // Back after a partition: tell the local members again.
+            // Back after a partition: tell the local members again, unless
+            // they never heard the user go (connected elsewhere too).
             info!(app = %id.0, channel = %id.1, peer = %member.client_id, mesh = %member.mesh_id, "mesh: peer back after a partition");
-            deliver_presence(
-                &self.hub,
-                id,
-                Op::PeerOnline,
-                &member.client_id,
-                &member.mesh_id,
-            );
+            if first {
+                deliver_presence(
+                    &self.hub,
+                    id,
+                    Op::PeerOnline,
+                    &member.client_id,
+                    &member.mesh_id,
+                );
+            }
             if let Some(state) = last_state {
                 self.hub
                     .deliver_remote(&id.0, &id.1, &state, Kind::Control(Op::PeerState));
