@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The full benchmark of BENCHMARKS.md, side by side in one run on this
 # machine: prscd, the tokio-tungstenite ceiling (prscd-bench serve-ceiling),
-# a Node `ws` broadcast server and a socket.io room server, all over TLS
+# a uWebSockets.js pub/sub server, a Node `ws` broadcast server and a
+# socket.io room server, all over TLS
 # WebSocket on loopback, driven by the same prscd-bench client; then the
-# prscd-only rows (WebTransport datagrams, the zenoh hop, node death).
+# prscd-only rows (WebTransport datagrams, the zenoh hop, node death), and
+# three nodes of socket.io + Redis against three prscd nodes
+# (bench/multinode.sh).
 #
 #   bench/suite.sh [--quick] [--out DIR]
 #   SECTIONS="fanout idle" bench/suite.sh --out DIR
@@ -14,7 +17,7 @@
 # prscd-bench's --duration-limit; servers are killed on exit.
 #
 # SECTIONS (default: all) runs only those of: fanout load rooms idle storm
-# transport hop death; results of earlier runs in DIR are kept and reported
+# transport hop death multinode; results of earlier runs in DIR are kept and reported
 # with the new ones. BENCH_ONLY is the older name for it. PRSCD_MAX=<msg/s>
 # sets the offered loads of `load` and `hop` when `fanout` is not run.
 # HOP_REPS=N repeats the hop's same/cross pairs N times (3; 1 with --quick).
@@ -33,7 +36,7 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-ALL_SECTIONS="fanout load rooms idle storm transport hop death"
+ALL_SECTIONS="fanout load rooms idle storm transport hop death multinode"
 SECTIONS=${SECTIONS:-${BENCH_ONLY:-$ALL_SECTIONS}}
 for s in $SECTIONS; do
   [[ " $ALL_SECTIONS " == *" $s "* ]] || { echo "unknown section: $s (sections: $ALL_SECTIONS)" >&2; exit 1; }
@@ -99,6 +102,9 @@ start() {
     socketio)
       CERT_FILE="$CERT_DIR/cert.pem" KEY_FILE="$CERT_DIR/key.pem" PORT=0 node bench/servers/socketio-rooms.js 2>"$log" &
       ;;
+    uws)
+      CERT_FILE="$CERT_DIR/cert.pem" KEY_FILE="$CERT_DIR/key.pem" PORT=0 node bench/servers/uws-rooms.js 2>"$log" &
+      ;;
   esac
   SPID=$!
   PIDS+=("$SPID")
@@ -143,22 +149,24 @@ stop
   echo "loadavg before: $(cat /proc/loadavg)"
 } >"$OUT/machine.txt"
 
-SERVERS="prscd ceiling node-ws socketio"
+SERVERS="prscd ceiling uws node-ws socketio"
 want() { [[ " $SECTIONS " == *" $1 "* ]]; }
 
 if want fanout; then
 echo "==> fan-out at max rate: 1 publisher -> $SUBS subscribers, 100-byte payloads, $FANOUT_REPS rounds"
 # Rounds, every server once per round: this VM's speed drifts by ±10 % over
 # minutes, so servers are compared round by round, not block by block.
-# ceiling-frames: the ceiling relaying the exact bytes prscd delivers.
+# ceiling-frames, uws-frames: the ceiling and uWS relaying the exact bytes
+# prscd delivers.
 # fanout-max: the client on one thread, which bounds every server's rate
 # here (BENCHMARKS.md, fix 11); fanout-max2: on two threads.
 for rep in $(seq 1 "$FANOUT_REPS"); do
   for threads in 1 2; do
     name=fanout-max; [ "$threads" = 1 ] || name=fanout-max$threads
-    for kind in prscd ceiling ceiling-frames node-ws socketio; do
+    for kind in prscd ceiling ceiling-frames uws uws-frames node-ws socketio; do
       case $kind in
         ceiling-frames) server=ceiling; frames=(--frames prscd) ;;
+        uws-frames) server=uws; frames=(--frames prscd) ;;
         *) server=$kind; frames=() ;;
       esac
       fresh "$server" "$name-$kind-$rep" fanout \
@@ -271,6 +279,13 @@ fi
 if want death; then
 echo "==> node death: 3 meshed nodes, kill -9 one, $DEATH_TRIALS trials"
 bench node-death node-death --prscd "$BIN/prscd" --nodes 3 --clients 5 --trials "$DEATH_TRIALS" --duration-limit 600
+
+fi
+
+if want multinode; then
+echo "==> three nodes each: socket.io + Redis adapter, prscd peer to peer, prscd through one zenohd router"
+quick=(); [ "$QUICK" = 1 ] && quick=(--quick)
+bench/multinode.sh "${quick[@]}" --out "$OUT" | sed 's/^/    /'
 
 fi
 
