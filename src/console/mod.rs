@@ -619,7 +619,7 @@ pub fn channel(hub: &Hub, app: &str, name: &str, page: &Page, payloads: bool) ->
         .iter()
         .map(|u| {
             let state = match &u.state {
-                Some(pl) => crate::occupancy::state_json(pl),
+                Some(pl) => payload_json(pl),
                 // A user of another node: the last state its node relayed.
                 None => u
                     .elsewhere
@@ -669,11 +669,34 @@ pub fn channel(hub: &Hub, app: &str, name: &str, page: &Page, payloads: bool) ->
     }))
 }
 
-/// A relayed message's `pl` as JSON (msgpack decoded), or `null`.
+/// A relayed message's `pl` as JSON: the msgpack it holds (as the
+/// published client sends it, wrapped in a bin or not), or, for bytes that
+/// are not one whole msgpack value, their size and first bytes in hex.
 fn relayed_payload_json(msg: &[u8]) -> Value {
     match crate::protocol::decode_relayed(msg) {
-        Ok(m) => m.payload.map_or(Value::Null, crate::occupancy::state_json),
+        Ok(m) => m.payload.map_or(Value::Null, payload_json),
         Err(_) => Value::Null,
+    }
+}
+
+fn payload_json(pl: &[u8]) -> Value {
+    let whole = |bytes: &[u8]| {
+        let mut rest = bytes;
+        let value = rmpv::decode::read_value(&mut rest).ok()?;
+        rest.is_empty().then_some(value)
+    };
+    let inner = match whole(pl) {
+        Some(rmpv::Value::Binary(inner)) => inner,
+        Some(_) => pl.to_vec(),
+        None => Vec::new(),
+    };
+    match whole(&inner).and_then(|_| rmp_serde::from_slice::<Value>(&inner).ok()) {
+        Some(v) => v,
+        None => {
+            let raw = if inner.is_empty() { pl } else { &inner[..] };
+            let hex: String = raw.iter().take(32).map(|b| format!("{b:02x}")).collect();
+            json!({ "bytes": raw.len(), "hex": hex })
+        }
     }
 }
 
@@ -1014,5 +1037,16 @@ mod tests {
         let v = channel(&hub, "app1", "room", &page, true).unwrap();
         assert_eq!(v["samples"][0]["payload"]["data"], "hello");
         assert!(channel(&hub, "app2", "room", &page, false).is_none());
+        assert_eq!(
+            payload_json(&[0xc4, 2, 0x00, 0xff])["hex"],
+            "00ff",
+            "not one msgpack value"
+        );
+        assert_eq!(
+            payload_json(&[0x2a])["bytes"],
+            Value::Null,
+            "a bare msgpack value"
+        );
+        assert_eq!(payload_json(&[0x2a]), json!(42));
     }
 }

@@ -129,6 +129,8 @@ try {
     const n = Number(step.replace('nodes=', ''));
     const s = await waitNodesUp(page, n);
     if (i === 0 && opts.inspect) await inspect(page, opts.inspect);
+    // Shots show rates over a few live updates, not the first two.
+    if (opts.shots) await page.waitForTimeout(3000);
     await shot(page, `console-step${i + 1}`);
     console.log(`SEEN ${JSON.stringify(s)}`);
     if (i + 1 < opts.step.length) await nextLine();

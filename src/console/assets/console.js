@@ -404,7 +404,7 @@ async function loadChannel() {
   );
   fill(
     $('samples').tBodies[0],
-    v.samples.map((m) =>
+    v.samples.slice(0, 20).map((m) =>
       row([
         new Date(m.time_ms).toLocaleTimeString(), m.from, m.mesh, m.op, m.bytes,
         m.payload === undefined ? '' : el('code', json(m.payload)),
