@@ -3,7 +3,7 @@
 //! Chromium shows the three nodes and their counts and follows a killed
 //! node; the endpoints refuse a missing or wrong token (401), serve
 //! nothing without `ADMIN_TOKEN` (404), and an app's API key never sees
-//! another app's data.
+//! another app's data. Also across the shipped routers and their ACLs.
 
 mod common;
 
@@ -299,6 +299,29 @@ async fn tokens_and_what_each_viewer_sees() {
     assert!(text.contains("Content-Type: text/event-stream"), "{text}");
     assert!(text.contains("event: snapshot\ndata: {"), "{text}");
     assert!(!text.contains("app2"), "{text}");
+}
+
+/// Behind the shipped regional routers and their ACLs (`mesh/regions`):
+/// the other node's summary crosses both routers, and the node lists the
+/// router it is linked to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_the_shipped_routers_and_their_acls() {
+    let Some(zenohd) = common::zmesh::zenohd() else {
+        return;
+    };
+    let mesh = common::zmesh::Shipped::plaintext("console-routers");
+    let _routers = [mesh.router(&zenohd, 0), mesh.router(&zenohd, 1)];
+    let extra = [("ADMIN_TOKEN", ADMIN), ("METRICS_PORT", "0")];
+    let (eu, _us) = (mesh.node_with(0, &extra), mesh.node_with(1, &extra));
+    eu.wait_mesh_state("connected").await;
+    let s = wait_snapshot(admin_port(&eu), ADMIN, |s| s["nodes_up"] == 2).await;
+    let us = node(&s, "us");
+    assert_eq!(
+        (us["state"].as_str(), us["link"].as_str()),
+        (Some("up"), Some("routed")),
+        "{s:#}"
+    );
+    assert_eq!(s["routers"].as_array().unwrap().len(), 1, "{s:#}");
 }
 
 #[tokio::test]
