@@ -191,6 +191,24 @@ async fn tokens_and_what_each_viewer_sees() {
     );
     assert_eq!(app(&s, "app2").unwrap()["users"], 1);
     assert!(s["counters"]["handshake_rejected"].is_object());
+    // Counters move: app1's messages in, as alice talks.
+    let before = app(&s, "app1").unwrap()["messages_in"].as_u64().unwrap();
+    wait_snapshot(port, ADMIN, |s| {
+        app(s, "app1").unwrap()["messages_in"].as_u64().unwrap() > before
+    })
+    .await;
+    // A refused handshake is a recent error, for the admin only.
+    let refused = ws_handshake(nodes[0].addr(), "/v1?publickey=nope&id=mallory").await;
+    assert_eq!(refused.err().map(|(status, _)| status), Some(403));
+    let s = wait_snapshot(port, ADMIN, |s| {
+        s["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "rejected" && e["detail"].as_str().unwrap().contains("403"))
+    })
+    .await;
+    assert_eq!(s["errors"][0]["app"], Value::Null, "no app: admin only");
     // Alice's messages cross to us: its hop times from eu are measured there.
     let us_port = admin_port(&nodes[1]);
     let s_us = wait_snapshot(us_port, ADMIN, |s| {
@@ -216,6 +234,7 @@ async fn tokens_and_what_each_viewer_sees() {
         "ap holds app2 only"
     );
     assert_eq!(s["counters"], Value::Null, "node-wide counters mix apps");
+    assert!(s["errors"].as_array().unwrap().is_empty(), "{s:#}");
     let text = s.to_string();
     for secret in ["app2", "secret-room", "dave"] {
         assert!(!text.contains(secret), "app1's key sees {secret}: {text}");
