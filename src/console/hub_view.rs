@@ -46,19 +46,36 @@ pub struct ChannelView {
 }
 
 impl Hub {
-    /// Every app with connections or channels on this node, by app.
+    /// Every app with connections or channels on this node, by app. The
+    /// lock is held only to copy out pointers; counting is done after.
     pub fn console_apps(&self) -> Vec<AppCounts> {
-        let state = self.read();
+        let (peers, channels) = {
+            let state = self.read();
+            let peers: Vec<(Arc<str>, Transport, Arc<str>)> = state
+                .peers
+                .values()
+                .map(|p| (p.app.clone(), p.transport, p.member.client_id.clone()))
+                .collect();
+            let channels: Vec<(Arc<str>, usize, usize)> = state
+                .apps
+                .iter()
+                .map(|(app, chs)| {
+                    let members = chs.values().map(|c| c.members.len()).sum();
+                    (app.clone(), chs.len(), members)
+                })
+                .collect();
+            (peers, channels)
+        };
         let mut apps: HashMap<&str, (AppCounts, HashSet<&str>)> = HashMap::new();
-        for entry in state.peers.values() {
-            let (counts, users) = apps.entry(&*entry.app).or_default();
-            counts.connections[entry.transport as usize] += 1;
-            users.insert(&*entry.member.client_id);
+        for (app, transport, client_id) in &peers {
+            let (counts, users) = apps.entry(&**app).or_default();
+            counts.connections[*transport as usize] += 1;
+            users.insert(&**client_id);
         }
-        for (app, channels) in &state.apps {
+        for (app, channels, members) in &channels {
             let (counts, _) = apps.entry(&**app).or_default();
-            counts.channels = channels.len();
-            counts.members = channels.values().map(|c| c.members.len()).sum();
+            counts.channels = *channels;
+            counts.members = *members;
         }
         let mut out: Vec<AppCounts> = apps
             .into_iter()
