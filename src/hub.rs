@@ -36,6 +36,9 @@ use crate::presence::{Arrival, Departure, LocalUser, Place, Presence, Why};
 use crate::protocol::{self, DecodeError, Kind, Op, Outbound};
 use crate::stats::{DropReason, Gauges, Stats, Transport};
 
+#[path = "console/hub_view.rs"]
+pub mod console_view;
+
 /// A connection's id on this node (the original's `sid`); never sent to clients.
 pub type PeerId = u64;
 
@@ -307,6 +310,7 @@ impl Hub {
             member,
             joined: HashMap::new(),
             budget: Budget::new(self.limits.msg_rate, self.limits.byte_rate, Instant::now()),
+            traffic: self.stats.console.app(&settings.id),
             settings,
             grant: (grant != Grant::default()).then(|| Box::new(grant)),
         };
@@ -918,6 +922,8 @@ pub struct Peer {
     settings: Arc<App>,
     /// What the peer's token granted; `None`: no restriction, no overlay.
     grant: Option<Box<Grant>>,
+    /// Its app's counters for the console.
+    traffic: Arc<crate::console::AppTraffic>,
 }
 
 impl Peer {
@@ -954,6 +960,7 @@ impl Peer {
         let ok = self.budget.try_charge(len, Instant::now());
         if !ok {
             self.hub.stats.count_drop(DropReason::RateLimited);
+            self.traffic.count_drop(DropReason::RateLimited);
             self.hub.stats.record_in(self.member.transport, None, len);
         }
         ok
@@ -971,9 +978,11 @@ impl Peer {
             bytes = frame.len(), op = tracing::field::Empty, channel = tracing::field::Empty,
         );
         let _entered = span.enter();
+        self.traffic.count_in(frame.len());
         let result = self.apply(frame, &span);
         if let Err(reason) = result {
             self.hub.stats.count_drop(reason);
+            self.traffic.count_drop(reason);
             tracing::info!(target: "otel", reason = reason.as_str(), "dropped");
         }
         result
@@ -1090,6 +1099,16 @@ impl Peer {
             });
             deliver.record("delivered", delivery.sent);
             deliver.record("dropped_slow", delivery.dropped);
+            self.traffic.count_out(delivery.sent);
+            let from = (&*self.member.client_id, &*self.hub.mesh_id);
+            crate::console::tap(
+                &self.hub.stats,
+                &self.app,
+                msg.channel,
+                from,
+                msg.kind,
+                &relayed,
+            );
             if let Some((channel, _)) = self.joined.get_key_value(msg.channel) {
                 self.hub.to_mesh(MeshEvent::Publish {
                     app: self.app.clone(),
@@ -1107,6 +1126,14 @@ impl Peer {
 impl Drop for Peer {
     /// The connection ended: leave every channel with a `peer_offline`.
     fn drop(&mut self) {
+        if self.member.ctl.reason() == Some(CloseReason::SlowReader) {
+            self.traffic.count_drop(DropReason::SlowReader);
+            let why = format!("{} disconnected: queue full", self.member.client_id);
+            self.hub
+                .stats
+                .console
+                .error("slow_reader", Some(&*self.app), why);
+        }
         let mut state = self.hub.write();
         state.peers.remove(&self.id);
         let (now, client_id) = (Instant::now(), &self.member.client_id);

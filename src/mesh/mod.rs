@@ -852,6 +852,8 @@ impl Bridge {
             other => {
                 debug!(app = %id.0, channel = %id.1, result = ?other.err(), "mesh: invalid sample dropped");
                 self.stats.count_drop(DropReason::MeshInvalid);
+                let why = format!("mesh_invalid: undecodable sample in {}", id.1);
+                self.stats.console.error("mesh_refused", Some(&*id.0), why);
                 tracing::info!(target: "otel", reason = DropReason::MeshInvalid.as_str(), "dropped");
                 return;
             }
@@ -864,6 +866,9 @@ impl Bridge {
         if origin.sent_us > 0 {
             span.record("hop_us", hop_us);
             self.stats.mesh.observe_hop(hop_us);
+            if let Some(mesh) = relayed.mesh {
+                self.stats.console.observe_hop(mesh, hop_us);
+            }
         }
         if relayed.kind == Kind::Control(Op::ChannelJoin) && origin.sid.is_none() {
             debug!(app = %id.0, channel = %id.1, "mesh: channel_join without a node's sid dropped");
@@ -875,6 +880,14 @@ impl Bridge {
             Ok(member) => member,
             Err(reason) => {
                 debug!(app = %id.0, channel = %id.1, peer = relayed.peer, mesh = ?relayed.mesh, sid = ?origin.sid, reason = reason.as_str(), "mesh: sample refused");
+                let why = format!(
+                    "{}: {} in {} from node {:?}",
+                    reason.as_str(),
+                    relayed.peer,
+                    id.1,
+                    relayed.mesh.unwrap_or("-")
+                );
+                self.stats.console.error("mesh_refused", Some(&*id.0), why);
                 self.stats.count_drop(reason);
                 tracing::info!(target: "otel", reason = reason.as_str(), "dropped");
                 return;
@@ -964,6 +977,9 @@ impl Bridge {
             deliver.in_scope(|| self.hub.deliver_remote(&id.0, &id.1, &bytes, relayed.kind));
         deliver.record("delivered", delivery.sent);
         deliver.record("dropped_slow", delivery.dropped);
+        self.stats.console.app(&id.0).count_out(delivery.sent);
+        let from = (relayed.peer, relayed.mesh.unwrap_or(""));
+        crate::console::tap(&self.stats, &id.0, &id.1, from, relayed.kind, &bytes);
     }
 
     /// Who a sample says it comes from, if that can be so: `Some((mesh_id,

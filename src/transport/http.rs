@@ -266,8 +266,9 @@ fn constant_time_eq(a: &str, b: &str) -> bool {
     bool::from(a.as_bytes().ct_eq(b.as_bytes()))
 }
 
-/// Serves `/health`, `/metrics` and the presence API in plain HTTP (for
-/// Prometheus, load balancer probes and backends on `METRICS_PORT`), until
+/// Serves `/health`, `/metrics`, the presence API and the console in plain
+/// HTTP (for Prometheus, load balancer probes, backends and operators on
+/// `METRICS_PORT`), until
 /// the process exits.
 pub async fn serve_plain(listener: tokio::net::TcpListener, ctx: std::sync::Arc<super::Context>) {
     loop {
@@ -281,6 +282,11 @@ pub async fn serve_plain(listener: tokio::net::TcpListener, ctx: std::sync::Arc<
             let Ok(Ok((request, leftover))) = read else {
                 return;
             };
+            if crate::console::http::is_console(&request) {
+                let apps = ctx.apps();
+                crate::console::http::serve(&mut tcp, &request, &ctx.console, &apps).await;
+                return;
+            }
             let (status, content_type, body) = if is_api(&request) {
                 let apps = ctx.apps();
                 let answer = api(&mut tcp, &request, leftover, &ctx.api, &apps);

@@ -47,6 +47,8 @@ pub struct Context {
     pub tasks: TaskTracker,
     /// The presence API (`/v1/apps/...`), on the TCP port and `METRICS_PORT`.
     pub api: crate::api::Api,
+    /// The operator's console (`/console`), on `METRICS_PORT`.
+    pub console: crate::console::Console,
 }
 
 /// The settings of a [`Context`] other than its state.
@@ -57,6 +59,8 @@ pub struct Settings {
     pub max_message_size: usize,
     pub keepalive_interval: Duration,
     pub idle_timeout: Duration,
+    /// `ADMIN_TOKEN`: opens the console; `None`: no console.
+    pub admin_token: Option<String>,
 }
 
 impl Context {
@@ -72,6 +76,7 @@ impl Context {
             idle_timeout: settings.idle_timeout,
             tasks: TaskTracker::new(),
             api: crate::api::Api::new(hub.clone(), settings.max_message_size),
+            console: crate::console::Console::new(hub.clone(), settings.admin_token),
         }
     }
 
