@@ -16,7 +16,7 @@
 # What each does to presence when a node dies is not a throughput figure:
 # BENCHMARKS.md says it (prscd: the `death` section of bench/suite.sh).
 #
-#   bench/multinode.sh [--quick] [--out DIR]
+#   bench/multinode.sh [--quick | --smoke] [--out DIR]
 #
 # Env: KINDS (default "socketio-redis prscd-p2p prscd-router"), SUBS (1000),
 # MSGS (2000), RATE (10 msg/s: 10,000 deliveries/s, which socket.io sustains
@@ -28,19 +28,31 @@ OUT="bench/results/multinode-$(date -u +%Y-%m-%dT%H%M)"
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1 ;;
+    --smoke) QUICK=smoke ;;
     --out) OUT="$2"; shift ;;
-    *) echo "usage: bench/multinode.sh [--quick] [--out DIR]" >&2; exit 1 ;;
+    *) echo "usage: bench/multinode.sh [--quick | --smoke] [--out DIR]" >&2; exit 1 ;;
   esac
   shift
 done
-if [ "$QUICK" = 1 ]; then
+# --smoke (the suite's, in CI): the debug build, tiny sizes, non-zero exit on
+# an incomplete run; its figures mean nothing.
+if [ "$QUICK" = smoke ]; then
+  : "${SUBS:=20}" "${MSGS:=100}" "${RATE:=20}" "${ROOMS:=5}" "${ROOM_SECS:=1}" "${RATE_SECS:=2}"
+  export PROFILE=debug
+elif [ "$QUICK" = 1 ]; then
   : "${SUBS:=100}" "${MSGS:=200}" "${RATE:=50}" "${ROOMS:=30}" "${ROOM_SECS:=3}"
 else
   : "${SUBS:=1000}" "${MSGS:=2000}" "${RATE:=10}" "${ROOMS:=300}" "${ROOM_SECS:=10}"
 fi
 KINDS=${KINDS:-"socketio-redis prscd-p2p prscd-router"}
 . bench/lib.sh
-cargo build --release --locked --bin prscd --bin prscd-bench 2>&1 | tail -1
+PROFILE=${PROFILE:-release}
+if [ "$PROFILE" = release ]; then
+  cargo build --release --locked --bin prscd --bin prscd-bench 2>&1 | tail -1
+else
+  cargo build --locked --bin prscd --bin prscd-bench 2>&1 | tail -1
+fi
+PRSCD="$CARGO_TARGET_DIR/$PROFILE/prscd"
 bench/servers/install.sh
 mesh/install-zenohd.sh >/dev/null
 ZENOHD="${PRSCD_TOOLS:-$HOME/.cache/prscd-tools}/bin/zenohd"
@@ -84,7 +96,7 @@ up() {
       local -A listen=([a]=$za [b]=$zb [c]=$zc)
       local -A connect=([a]="" [b]="tcp/127.0.0.1:$za" [c]="tcp/127.0.0.1:$za,tcp/127.0.0.1:$zb")
       for i in a b c; do
-        start_node "$name-$i" "$CARGO_TARGET_DIR/release/prscd" MESH_ID="$i" \
+        start_node "$name-$i" "$PRSCD" MESH_ID="$i" \
           ZENOH_LISTEN="tcp/127.0.0.1:${listen[$i]}" ZENOH_CONNECT="${connect[$i]}"
         URLS+=("$URL") NODE_PIDS+=("$SPID")
       done
@@ -106,7 +118,7 @@ EOF
       PIDS+=($!)
       for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$zr") 2>/dev/null && break; sleep 0.1; done
       for i in a b c; do
-        start_node "$name-$i" "$CARGO_TARGET_DIR/release/prscd" MESH_ID="$i" ZENOH_CONFIG="$OUT/node-client.json5"
+        start_node "$name-$i" "$PRSCD" MESH_ID="$i" ZENOH_CONFIG="$OUT/node-client.json5"
         URLS+=("$URL") NODE_PIDS+=("$SPID")
       done
       ;;
@@ -135,7 +147,7 @@ down() {
 server_of() { case $1 in socketio-redis) echo socketio ;; *) echo prscd ;; esac; }
 
 # The dev certificate every server uses: prscd writes it on first start.
-start_node cert-maker "$CARGO_TARGET_DIR/release/prscd" DEV_CERT_DIR="$CERT_DIR"
+start_node cert-maker "$PRSCD" DEV_CERT_DIR="$CERT_DIR"
 stop_node
 
 # run KIND SCENARIO: one prscd-bench run of SCENARIO against three fresh
@@ -148,20 +160,25 @@ run() {
     cross-max) args=(cross-node --pub-url "${URLS[0]}" --url "${URLS[1]}" --sub-urls "${URLS[2]}"
                  --subscribers "$SUBS" --messages "$MSGS" --settle 2) ;;
     cross-rate) args=(cross-node --pub-url "${URLS[0]}" --url "${URLS[1]}" --sub-urls "${URLS[2]}"
-                  --subscribers "$SUBS" --messages $((RATE * 10)) --rate "$RATE" --settle 2) ;;
+                  --subscribers "$SUBS" --messages $((RATE * ${RATE_SECS:-10})) --rate "$RATE" --settle 2) ;;
     rooms) args=(rooms --url "${URLS[1]}" --sub-urls "${URLS[2]},${URLS[0]}" --rooms "$ROOMS"
              --room-size 9 --rate 1 --duration "$ROOM_SECS" --connect-concurrency 64) ;;
   esac
   echo "--> $name: prscd-bench ${args[*]}"
   "$BENCH" "${args[@]}" --server "$(server_of "$kind")" --server-pid "${NODE_PIDS[1]}" \
     --duration-limit 240 --quiet --json "$OUT/$name.json" | sed 's/^/    /' \
-    || echo "    (incomplete: see $name.json)"
+    || { echo "    (incomplete: see $name.json)"; INCOMPLETE=$((INCOMPLETE + 1)); }
   down
 }
 
+INCOMPLETE=0
 for what in cross-max cross-rate rooms; do
   for kind in $KINDS; do
     run "$kind" "$what"
   done
 done
 python3 bench/report.py "$OUT" >/dev/null && echo "report: $OUT/report.md"
+if [ "$INCOMPLETE" -gt 0 ]; then
+  echo "$INCOMPLETE run(s) incomplete" >&2
+  [ "$QUICK" = smoke ] && exit 1
+fi

@@ -499,7 +499,7 @@ struct Bridge {
 /// queryable that answers with this node's rosters. Tokens of nodes in apps
 /// without local members are ignored. Per app rather than per channel or per
 /// membership: in zenoh 1.10 a declaration costs time linear in the node's
-/// key space (BENCHMARKS.md fixes 8 and 16), while a publication on a key
+/// key space (BENCHMARKS-HISTORY.md, fixes 8 and 16), while a publication on a key
 /// this node subscribes to costs microseconds.
 struct AppWatch {
     linked_channels: usize,
