@@ -120,11 +120,10 @@ pub fn zenoh_config(settings: &MeshSettings) -> Result<zenoh::Config, MeshError>
             why: e.to_string(),
         })?,
         None => {
-            let mut config = zenoh::Config::default();
-            for (key, value) in EMBEDDED_DEFAULTS {
-                insert(&mut config, key, value)?;
-            }
-            config
+            zenoh::Config::from_json5(EMBEDDED_DEFAULTS).map_err(|e| MeshError::ConfigFile {
+                path: "mesh/p2p/node.json5 (embedded)".into(),
+                why: e.to_string(),
+            })?
         }
     };
     let list = |endpoints: &[String]| serde_json::to_string(endpoints).expect("strings");
@@ -216,30 +215,11 @@ fn endpoint_is_safe(endpoint: &str, mtls: bool) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-/// The embedded default, also in `mesh/p2p/node.json5`.
-const EMBEDDED_DEFAULTS: &[(&str, &str)] = &[
-    ("mode", r#""peer""#),
-    // Listen only where told (ZENOH_LISTEN): zenoh's own default is a random
-    // port on every interface.
-    ("listen/endpoints", "[]"),
-    ("scouting/multicast/enabled", "false"),
-    ("scouting/gossip/enabled", "true"),
-    // Lease 2 s, 4 keep-alives per lease: a silent neighbour is dropped
-    // within 2 s, which bounds how late a dead node's peers go offline.
-    ("transport/link/tx/lease", "2000"),
-    ("transport/link/tx/keep_alive", "4"),
-    // A handshake that hangs (a partition swallowing packets) is given up
-    // after 2 s and retried, so a healed link comes back within seconds.
-    ("transport/unicast/open_timeout", "2000"),
-    // Never block start-up on the mesh; keep retrying in the background
-    // (an infinite global timeout is what makes zenoh retry in the background).
-    ("connect/timeout_ms", "-1"),
-    ("connect/exit_on_failure", "false"),
-    (
-        "connect/retry",
-        "{ period_init_ms: 250, period_max_ms: 1000, period_increase_factor: 2 }",
-    ),
-];
+/// The embedded default: peer mode, listening only where told
+/// (ZENOH_LISTEN), multicast scouting off, a 2 s lease (a dead node's peers go
+/// offline within it), 2 s handshakes and background reconnects. The file
+/// is the one operators read and copy.
+const EMBEDDED_DEFAULTS: &str = include_str!("../../mesh/p2p/node.json5");
 
 fn insert(config: &mut zenoh::Config, key: &'static str, value: &str) -> Result<(), MeshError> {
     config
@@ -1448,5 +1428,17 @@ mod tests {
             ..MeshSettings::default()
         })
         .is_err());
+    }
+
+    #[test]
+    fn the_embedded_default_listens_nowhere_with_a_two_second_lease() {
+        let config = zenoh_config(&MeshSettings::default()).unwrap();
+        let get = |key: &str| config.get_json(key).unwrap();
+        assert_eq!(get("mode"), r#""peer""#);
+        assert_eq!(get("listen/endpoints"), "[]");
+        assert_eq!(get("scouting/multicast/enabled"), "false");
+        assert_eq!(get("transport/link/tx/lease"), "2000");
+        assert_eq!(get("transport/unicast/open_timeout"), "2000");
+        assert_eq!(get("connect/timeout_ms"), "-1");
     }
 }
