@@ -479,8 +479,8 @@ struct Bridge {
 /// queryable that answers with this node's rosters. Tokens of nodes in apps
 /// without local members are ignored. Per app rather than per channel or per
 /// membership: in zenoh 1.10 a declaration costs time linear in the node's
-/// key space (BENCHMARKS-HISTORY.md, fixes 8 and 16), while a publication on a key
-/// this node subscribes to costs microseconds.
+/// key space, while a publication on a key this node subscribes to is cheap
+/// (BENCHMARKS-HISTORY.md, fixes 8 and 16).
 struct AppWatch {
     linked_channels: usize,
     /// The other nodes whose token of the app lives.

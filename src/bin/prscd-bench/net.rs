@@ -273,9 +273,9 @@ fn browser_like(provider: &CryptoProvider) -> CryptoProvider {
 /// BENCHMARKING ONLY, as h2load and wrk do: the dev node's certificate is
 /// self-signed, and the benchmark measures the server, whose half of every
 /// handshake (key share, signature, keys) is unchanged. A browser checks the
-/// signature on its own machine; here the check would take ~75 µs of the two
-/// cores the server shares with the tool per connection (BENCHMARKS.md,
-/// fix 19), a fifth of what the node itself spends on a connect+join.
+/// signature on its own machine; here the check would take, per connection,
+/// a fifth of what the node itself spends on a connect+join, on the cores
+/// the server shares with the tool (BENCHMARKS-HISTORY.md, fix 19).
 #[derive(Debug)]
 pub struct AcceptAnyCert(Arc<CryptoProvider>);
 

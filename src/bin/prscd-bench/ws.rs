@@ -1,9 +1,10 @@
 //! The client side of a WebSocket (RFC 6455) over the bench's TLS stream
-//! (or plain TCP, for `ws://` comparisons), framed by hand. Why not tokio-tungstenite: in a fan-out with the client
-//! on one thread, the client's thread bounds every server's rate, and
-//! tokio-tungstenite's per-frame work (its frame codec, a zeroed read
-//! buffer, a waker registered per poll) was ~30 % of it. Here a frame is a
-//! header parsed in place and a `Bytes` split off one read buffer.
+//! (or plain TCP, for `ws://` comparisons), framed by hand. Why not
+//! tokio-tungstenite: in a fan-out with the client on one thread, the
+//! client's thread bounds every server's rate, and tokio-tungstenite's
+//! per-frame work (its frame codec, a zeroed read buffer, a waker registered
+//! per poll) was a large part of it. Here a frame is a header parsed in
+//! place and a `Bytes` split off one read buffer.
 //!
 //! What a benchmark client needs and no more: the upgrade handshake (with the
 //! accept key checked), binary and text messages, fragmented ones
