@@ -18,7 +18,8 @@
 #
 #   bench/multinode.sh [--quick | --smoke] [--out DIR]
 #
-# Env: KINDS (default "socketio-redis prscd-p2p prscd-router"), SUBS (1000),
+# Env: KINDS (default "socketio-redis prscd-p2p prscd-router"), SCENARIOS
+# (default "cross-max cross-rate rooms"), SUBS (1000),
 # MSGS (2000), RATE (10 msg/s: 10,000 deliveries/s, which socket.io sustains
 # here), ROOMS (300), ROOM_SECS (10).
 set -euo pipefail
@@ -172,7 +173,7 @@ run() {
 }
 
 INCOMPLETE=0
-for what in cross-max cross-rate rooms; do
+for what in ${SCENARIOS:-cross-max cross-rate rooms}; do
   for kind in $KINDS; do
     run "$kind" "$what"
   done
