@@ -24,6 +24,8 @@
 # with the new ones. BENCH_ONLY is the older name for it. PRSCD_MAX=<msg/s>
 # sets the offered loads of `load` and `hop` when `fanout` is not run.
 # HOP_REPS=N repeats the hop's same/cross pairs N times (3; 1 with --quick).
+# SERVERS (default "prscd ceiling uws node-ws socketio") limits the servers of
+# the single-node sections.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -77,6 +79,8 @@ BIN="$CARGO_TARGET_DIR/$PROFILE"
 ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 IDLE=${BENCH_IDLE:-$IDLE}
 STORM=${BENCH_STORM:-$STORM}
+MSGS=${BENCH_MSGS:-$MSGS}
+FANOUT_REPS=${BENCH_FANOUT_REPS:-$FANOUT_REPS}
 mkdir -p "$OUT/logs"
 OUT=$(cd "$OUT" && pwd)
 CERT_DIR="$OUT/dev-cert"
@@ -167,7 +171,7 @@ stop
   echo "loadavg before: $(cat /proc/loadavg)"
 } >"$OUT/machine.txt"
 
-SERVERS="prscd ceiling uws node-ws socketio"
+SERVERS=${SERVERS:-"prscd ceiling uws node-ws socketio"}
 want() { [[ " $SECTIONS " == *" $1 "* ]]; }
 
 if want fanout; then
@@ -182,6 +186,7 @@ for rep in $(seq 1 "$FANOUT_REPS"); do
   for threads in 1 2; do
     name=fanout-max; [ "$threads" = 1 ] || name=fanout-max$threads
     for kind in prscd ceiling ceiling-frames uws uws-frames node-ws socketio; do
+      [[ " $SERVERS " == *" ${kind%-frames} "* ]] || continue
       case $kind in
         ceiling-frames) server=ceiling; frames=(--frames prscd) ;;
         uws-frames) server=uws; frames=(--frames prscd) ;;
