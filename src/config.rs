@@ -73,6 +73,12 @@ pub struct Config {
     pub pid_file: PathBuf,
     /// Plain-HTTP port for `/metrics` and `/health`, besides the TLS port.
     pub metrics_port: Option<u16>,
+    /// Bearer token of the admin-only endpoints of `METRICS_PORT`
+    /// ([`crate::admin`]); `None`: they answer 404.
+    pub admin_token: Option<String>,
+    /// `REUSE_PORT`: bind the ports beside a running node, for restarts
+    /// without a gap ([`crate::transport::bind`]).
+    pub reuse_port: bool,
     pub mesh: MeshSettings,
     /// One line each, printed by `main` once logging is up.
     pub warnings: Vec<String>,
@@ -91,6 +97,9 @@ pub struct QuicLimits {
 
 /// `PRESENCE_GRACE_MS` by default: a page reload reconnects well within it.
 pub const PRESENCE_GRACE_DEFAULT_MS: u64 = 1_500;
+
+/// Shortest `ADMIN_TOKEN` accepted: it guards profiles of the process.
+const ADMIN_TOKEN_MIN_LEN: usize = 16;
 
 /// Upper bound for MAX_MESSAGE_SIZE.
 const MAX_MESSAGE_SIZE_CAP: usize = 16 << 20;
@@ -222,6 +231,17 @@ impl Config {
             ));
         }
 
+        let admin_token = get("ADMIN_TOKEN").map(|t| t.trim().to_owned());
+        if let Some(token) = &admin_token {
+            if token.len() < ADMIN_TOKEN_MIN_LEN {
+                return Err(invalid(
+                    "ADMIN_TOKEN",
+                    "(hidden)",
+                    format!("must be at least {ADMIN_TOKEN_MIN_LEN} characters"),
+                ));
+            }
+        }
+
         Ok(Config {
             host,
             port,
@@ -249,6 +269,8 @@ impl Config {
                 .map(|v| v.trim().parse())
                 .transpose()
                 .map_err(|e: std::num::ParseIntError| invalid("METRICS_PORT", "", e.to_string()))?,
+            admin_token,
+            reuse_port: flag("REUSE_PORT"),
             mesh,
             warnings,
         })
@@ -305,6 +327,7 @@ mod tests {
         assert_eq!(c.max_message_size, 1 << 20);
         assert!(c.tls_files.is_none());
         assert!(c.warnings.iter().any(|w| w.contains("MESH_ID")));
+        assert!(c.admin_token.is_none() && !c.reuse_port);
         let c = config(&[("HOST", "0.0.0.0")]).unwrap();
         assert_eq!(c.host.to_string(), "0.0.0.0");
         let c = config(&[("APPS", "k:a"), ("MESH_ID", "eu")]).unwrap();
@@ -357,6 +380,7 @@ mod tests {
         assert!(config(&[("PORT", "http")]).is_err());
         assert!(config(&[("CERT_FILE", "a.pem")]).is_err());
         assert!(config(&[("MAX_MESSAGE_SIZE", "0")]).is_err());
+        assert!(config(&[("ADMIN_TOKEN", "short")]).is_err());
         assert!(config(&[
             ("KEEPALIVE_INTERVAL_MS", "5000"),
             ("IDLE_TIMEOUT_MS", "100")
