@@ -397,3 +397,130 @@ async fn webtransport_sessions_stay_with_the_old_node_until_it_drains() {
     );
     assert_eq!(webtransport(own_health(&new).await), 1);
 }
+
+/// Takes the steering program off the socket group of 127.0.0.1:`port`
+/// (joining the group for a moment to do so): the kernel's hash alone.
+fn unsteer(port: u16, kind: socket2::Type) {
+    use std::os::fd::AsRawFd as _;
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, kind, None).unwrap();
+    socket.set_reuse_address(true).unwrap();
+    socket.set_reuse_port(true).unwrap();
+    socket
+        .bind(&SocketAddr::from(([127, 0, 0, 1], port)).into())
+        .unwrap();
+    if kind == socket2::Type::STREAM {
+        // A TCP socket joins the group when it listens.
+        socket.listen(1).unwrap();
+    }
+    let unused: libc::c_int = 0;
+    // SAFETY: a valid socket and an int-sized option value for the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_DETACH_REUSEPORT_BPF,
+            std::ptr::from_ref(&unused).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+}
+
+/// Why new connections go to the newest listener: left to the kernel's
+/// hash, the draining node gets its share of them and refuses them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_steering_the_draining_node_refuses_new_connections() {
+    let port = free_port();
+    let dir = scratch_dir("restart-tcp-hash");
+    let pid_file = dir.join("prscd.pid");
+    let mut old = start(&restart_env(port, "old", &pid_file));
+    let addr = old.addr();
+    // One member, so that the drain waits DRAIN_GRACE_MS before closing.
+    let _member = old.ws(KEY1, "member").await;
+    let tally = Arc::new(Tally::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let churners: Vec<_> = (0..CHURNERS)
+        .map(|j| tokio::spawn(churn(addr, j, tally.clone(), stop.clone())))
+        .collect();
+    let _new = start(&restart_env(port, "new", &pid_file));
+    unsteer(port, socket2::Type::STREAM);
+    old.signal(libc::SIGTERM);
+    tokio::task::block_in_place(|| old.wait_exit(Duration::from_secs(60)))
+        .expect("the old node exits after draining");
+    stop.store(true, Relaxed);
+    for churner in churners {
+        churner.await.unwrap();
+    }
+    let refused = tally.http_refused.lock().unwrap().len() as u64;
+    let reset = tally.reset.load(Relaxed);
+    eprintln!(
+        "restart (websocket, kernel hash alone): {CHURNERS} churners; answered 503 by the \
+         draining node {refused}, reset {reset}, ECONNREFUSED {}; connects to old {}, to new {}",
+        tally.refused.load(Relaxed),
+        tally.on_old.load(Relaxed),
+        tally.on_new.load(Relaxed),
+    );
+    assert!(
+        refused + reset > 0,
+        "no connection reached the draining node"
+    );
+}
+
+/// Why the datagrams stay with the oldest socket: left to the kernel's
+/// hash, live sessions reach the new node, which knows none of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_steering_the_hash_cuts_live_webtransport_sessions() {
+    let port = free_port();
+    let dir = scratch_dir("restart-hash");
+    let pid_file = dir.join("prscd.pid");
+    let old = start(&restart_env(port, "old", &pid_file));
+    let mut sessions = Vec::new();
+    for i in 0..16 {
+        let mut client = old.wt(KEY1, &format!("wt-{i}"), true).await;
+        client.join("before").await;
+        sessions.push(client);
+    }
+    let _new = start(&restart_env(port, "new", &pid_file));
+    unsteer(port, socket2::Type::DGRAM);
+    // Each session sends a join; one that the hash now sends to the new
+    // node gets no answer (or a reset).
+    let probes: Vec<_> = sessions
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut client)| {
+            tokio::spawn(async move {
+                let closed =
+                    tokio::time::timeout(Duration::from_millis(10), client.wt_conn().closed());
+                if closed.await.is_ok() {
+                    return false;
+                }
+                client
+                    .send(&join(&format!("after-{i}"), &client.id.clone()))
+                    .await;
+                loop {
+                    match client.next_within(WAIT).await {
+                        Next::Msg(raw) if field(&decode(&raw), "op") == Some("channel_join") => {
+                            return true
+                        }
+                        Next::Msg(_) => {}
+                        Next::Quiet | Next::Closed => return false,
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut cut = 0;
+    for probe in probes {
+        if !probe.await.unwrap() {
+            cut += 1;
+        }
+    }
+    eprintln!(
+        "restart (webtransport, kernel hash alone): {cut} of 16 live sessions cut \
+         when the new node bound the port"
+    );
+    assert!(
+        cut > 0,
+        "all 16 sessions hashed to the old node: odds 1 in 65,536"
+    );
+}
