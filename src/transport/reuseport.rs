@@ -13,13 +13,13 @@
 //!   old one's queue empties while it drains, before it closes.
 //! - UDP: QUIC sessions live in one process, but when the group grows the
 //!   hash sends about half of the live sessions' datagrams to the new
-//!   process, which knows none of them: it answers with stateless resets
-//!   and those WebTransport sessions die at once. So every datagram goes to
-//!   the oldest socket: live sessions stay whole until their node drains
-//!   them (with `peer_offline` and a close), and the new node serves
-//!   WebTransport from when the old one's socket closes. Steering by
-//!   connection id instead would need the processes to agree on who is
-//!   who; this does not try.
+//!   process, which knows none of them: their packets go unanswered (or
+//!   get a stateless reset) and those WebTransport sessions die. So every
+//!   datagram goes to the oldest socket: live sessions stay whole until
+//!   their node drains them (with `peer_offline` and a close), and the new
+//!   node serves WebTransport from when the old one's socket closes.
+//!   Steering by connection id instead would need the processes to agree
+//!   on who is who; this does not try.
 //!
 //! Both are a classic BPF program on the group (`SO_ATTACH_REUSEPORT_CBPF`)
 //! returning a socket's index: sockets are indexed in the order they
