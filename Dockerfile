@@ -38,6 +38,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 
 # 2. The crate itself. The stub's fingerprints are gone and the roots are
 #    touched, so cargo cannot mistake the stub binary for an up-to-date one.
+#    The embedded zenoh default is mesh/p2p/node.json5 (include_str!).
+COPY mesh/p2p/node.json5 ./mesh/p2p/node.json5
 COPY src ./src
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     touch src/main.rs src/lib.rs \

@@ -3,7 +3,8 @@
 # on exit. Expects OUT (the output folder) to be set.
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/prscd-target}"
-BENCH="$CARGO_TARGET_DIR/release/prscd-bench"
+# PROFILE=debug runs the debug build (the suite's --smoke); release otherwise.
+BENCH="$CARGO_TARGET_DIR/${PROFILE:-release}/prscd-bench"
 ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 mkdir -p "$OUT/logs"
 OUT=$(cd "$OUT" && pwd)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Renders a bench/suite.sh results directory: report.md (tables, ratios,
-targets) and two SVG charts (latency percentiles vs offered load, server RSS
-vs connections). Standard library only.
+"""Renders a bench/suite.sh (or bench/multinode.sh) results directory:
+report.md (tables, ratios, targets) and two SVG charts (latency percentiles
+vs offered load, server RSS vs connections). Standard library only.
 
     python3 bench/report.py RESULTS_DIR
 """
@@ -13,9 +13,9 @@ import re
 import statistics
 import sys
 
-SERVERS = ["prscd", "ceiling", "node-ws", "socketio"]
-FANOUT_SERVERS = ["prscd", "ceiling", "ceiling-frames", "node-ws", "socketio"]
-COLORS = {"prscd": "#d62728", "ceiling": "#1f77b4", "node-ws": "#2ca02c", "socketio": "#9467bd"}
+SERVERS = ["prscd", "ceiling", "uws", "node-ws", "socketio"]
+FANOUT_SERVERS = ["prscd", "ceiling", "ceiling-frames", "uws", "uws-frames", "node-ws", "socketio"]
+COLORS = {"prscd": "#d62728", "ceiling": "#1f77b4", "uws": "#ff7f0e", "node-ws": "#2ca02c", "socketio": "#9467bd"}
 
 
 def load(path):
@@ -188,6 +188,49 @@ def fanout_max(out, prefix, in_rounds, label, md):
     return fan, round_ratios
 
 
+MULTI_KINDS = ["prscd-p2p", "prscd-router", "socketio-redis"]
+
+
+def multinode(out, md, rows):
+    """bench/multinode.sh's tables (three nodes of each kind), and its
+    targets into `rows`."""
+    got = {(sc, k): load(os.path.join(out, f"{sc}-{k}.json"))
+           for sc in ["cross-max", "cross-rate", "rooms"] for k in MULTI_KINDS}
+    if not any(got.values()):
+        return
+    titles = {"cross-max": "Cross-node fan-out at max rate: publisher on node A, subscribers on B and C",
+              "cross-rate": "Cross-node fan-out at a fixed rate: publisher on node A, subscribers on B and C",
+              "rooms": "Many rooms across three nodes: rooms of 9, three members on each node, 1 msg/s each"}
+    for sc, title in titles.items():
+        trs = []
+        for k in MULTI_KINDS:
+            r = got[(sc, k)]
+            if not r:
+                continue
+            d, lat = r["delivery"], r.get("latency_us") or {}
+            sp = r.get("server_process") or {}
+            trs.append([k, f"{d['delivered']:,}", fmt(d["msgs_per_s"]), fmt(ms(lat.get("p50")), 2),
+                        fmt(ms(lat.get("p99")), 2), d.get("lost", 0),
+                        fmt(sp.get("traffic_cpu_us_per_delivery", sp.get("cpu_us_per_delivery")), 2)])
+        if trs:
+            md.append(f"### {title}\n")
+            md.append(table(["three nodes of", "delivered", "msg/s", "p50 ms", "p99 ms", "lost",
+                             "node B CPU µs/delivery"], trs))
+    sio_max, sio_rate = got[("cross-max", "socketio-redis")], got[("cross-rate", "socketio-redis")]
+    for k in ["prscd-p2p", "prscd-router"]:
+        pmax, prate = got[("cross-max", k)], got[("cross-rate", k)]
+        if pmax and sio_max and sio_max["delivery"]["msgs_per_s"]:
+            v = pmax["delivery"]["msgs_per_s"] / sio_max["delivery"]["msgs_per_s"]
+            rows.append([f"cross-node fan-out ≥ 5× socket.io-redis ({k})", f"{v:.2f}×",
+                         "met" if v >= 5 else "NOT met"])
+        p99 = lambda r: ((r or {}).get("latency_us") or {}).get("p99")
+        if p99(prate) and p99(sio_rate):
+            v = p99(prate) / p99(sio_rate)
+            rows.append([f"cross-node p99 ≤ 0.5× socket.io-redis's, at {prate['params'].get('rate')} msg/s ({k})",
+                         f"{v:.2f}× ({p99(prate) / 1000:.2f} / {p99(sio_rate) / 1000:.2f} ms)",
+                         "met" if v <= 0.5 else "NOT met"])
+
+
 def main(out):
     md = []
     machine = open(os.path.join(out, "machine.txt")).read() if os.path.exists(os.path.join(out, "machine.txt")) else ""
@@ -349,7 +392,8 @@ def main(out):
         pf = f.get("prscd", {}).get("rate")
         for other, bound, label in [("ceiling", 0.9, "fan-out msg/s ≥ 0.9× ceiling"),
                                     ("ceiling-frames", 0.9, "fan-out msg/s ≥ 0.9× ceiling on prscd's frames (like for like)"),
-                                    ("node-ws", 3, "fan-out msg/s ≥ 3× Node ws")]:
+                                    ("node-ws", 3, "fan-out msg/s ≥ 3× Node ws"),
+                                    ("uws-frames", 1.0, "fan-out msg/s ≥ 1.0× uWebSockets.js on prscd's frames")]:
             if not (pf and f.get(other)):
                 continue
             rr = rrf(other)
@@ -379,14 +423,27 @@ def main(out):
             rows.append([f"idle RSS ≤ 8 KiB per TLS WebSocket ({r['setup']['joined']:,} conns)", f"{v:.2f} kB",
                          "met" if v <= 8 else "NOT met"])
             break
+    p, u = load(os.path.join(out, "idle-prscd.json")), load(os.path.join(out, "idle-uws.json"))
+    pv = ((p or {}).get("server_process") or {}).get("rss_kb_per_conn")
+    uv = ((u or {}).get("server_process") or {}).get("rss_kb_per_conn")
+    if pv and uv:
+        v = pv / uv
+        rows.append(["idle memory ≤ 1.0× uWebSockets.js", f"{v:.2f}× ({pv:.2f} / {uv:.2f} kB)",
+                     "met" if v <= 1.0 else "NOT met"])
     r = load(os.path.join(out, "storm-prscd.json"))
     if r:
         v = r["setup"]["conn_per_s"]
         rows.append(["TLS connect+join ≥ 3,000/s", f"{v:,.0f}/s", "met" if v >= 3000 else "NOT met"])
+        u = load(os.path.join(out, "storm-uws.json"))
+        if u and u["setup"].get("conn_per_s"):
+            x = v / u["setup"]["conn_per_s"]
+            rows.append(["TLS connect+join ≥ 1.0× uWebSockets.js", f"{x:.2f}× ({v:,.0f} / {u['setup']['conn_per_s']:,.0f}/s)",
+                         "met" if x >= 1.0 else "NOT met"])
     r = load(os.path.join(out, "node-death.json"))
     if r and r.get("kill_to_last_peer_offline_ms"):
         v = r["kill_to_last_peer_offline_ms"]["max"]
         rows.append(["node-death convergence ≤ 3 s (max of trials)", f"{v:,.0f} ms", "met" if v <= 3000 else "NOT met"])
+    multinode(out, md, rows)
     if rows:
         md.insert(1, "### Targets (this run)\n\n" + table(["target", "measured", ""], rows))
 

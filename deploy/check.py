@@ -828,8 +828,8 @@ def check_zenoh(root: Path) -> None:
 
 ACL_MESSAGES = {"put", "delete", "declare_subscriber", "query", "reply", "declare_queryable",
                 "liveliness_token", "declare_liveliness_subscriber", "liveliness_query"}
-# The node key space: `**` never matches the verbatim @node/@member/@presence/@disconnect/@live chunks.
-MESH_KEYS = {"prscd/**", "prscd/*/@node/*", "prscd/*/*/@member/*", "prscd/@presence/*/*", "prscd/@disconnect/*/*", "prscd/@live/*"}
+# The node key space: `**` never matches the verbatim @node/@member/@presence/@disconnect/@live/@console chunks.
+MESH_KEYS = {"prscd/**", "prscd/*/@node/*", "prscd/*/*/@member/*", "prscd/@presence/*/*", "prscd/@disconnect/*/*", "prscd/@live/*", "prscd/@console/*"}
 
 
 def check_acls(root: Path) -> None:

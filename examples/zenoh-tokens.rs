@@ -1,6 +1,6 @@
 //! What a membership costs zenoh on one node, by how many channels the node
 //! serves: the measurement behind the mesh's membership design (mesh/README.md,
-//! BENCHMARKS.md fixes 8 and 16).
+//! BENCHMARKS-HISTORY.md, fixes 8 and 16).
 //!
 //! One zenoh session (peer mode, no neighbours), a message subscriber per
 //! channel as the mesh declares them, then the watch of the chosen layout,
@@ -19,7 +19,7 @@
 //! `EVICT_KIB` (default 0): before each channel's link, write that much of a
 //! buffer, untimed, so the link walks zenoh's tables from colder caches, as
 //! in a node whose handshakes run between two links (32768 evicts this VM's
-//! L3; BENCHMARKS.md, fix 19).
+//! L3; BENCHMARKS-HISTORY.md, fix 19).
 
 use std::time::{Duration, Instant};
 

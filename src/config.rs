@@ -63,6 +63,9 @@ pub struct Config {
     pub quic: QuicLimits,
     /// Bearer token for `/metrics` on the client port.
     pub metrics_token: Option<String>,
+    /// Bearer token of the console and the other admin-only endpoints of
+    /// `METRICS_PORT` ([`crate::admin`]); `None`: they answer 404.
+    pub admin_token: Option<String>,
     pub keepalive_interval: Duration,
     pub idle_timeout: Duration,
     pub drain_grace: Duration,
@@ -73,9 +76,6 @@ pub struct Config {
     pub pid_file: PathBuf,
     /// Plain-HTTP port for `/metrics` and `/health`, besides the TLS port.
     pub metrics_port: Option<u16>,
-    /// Bearer token of the admin-only endpoints of `METRICS_PORT`
-    /// ([`crate::admin`]); `None`: they answer 404.
-    pub admin_token: Option<String>,
     /// `REUSE_PORT`: bind the ports beside a running node, for restarts
     /// without a gap ([`crate::transport::bind`]).
     pub reuse_port: bool,
@@ -98,8 +98,8 @@ pub struct QuicLimits {
 /// `PRESENCE_GRACE_MS` by default: a page reload reconnects well within it.
 pub const PRESENCE_GRACE_DEFAULT_MS: u64 = 1_500;
 
-/// Shortest `ADMIN_TOKEN` accepted: it guards profiles of the process.
-const ADMIN_TOKEN_MIN_LEN: usize = 16;
+/// Shortest `ADMIN_TOKEN` accepted.
+pub const MIN_ADMIN_TOKEN: usize = 16;
 
 /// Upper bound for MAX_MESSAGE_SIZE.
 const MAX_MESSAGE_SIZE_CAP: usize = 16 << 20;
@@ -233,12 +233,17 @@ impl Config {
 
         let admin_token = get("ADMIN_TOKEN").map(|t| t.trim().to_owned());
         if let Some(token) = &admin_token {
-            if token.len() < ADMIN_TOKEN_MIN_LEN {
+            if token.len() < MIN_ADMIN_TOKEN {
                 return Err(invalid(
                     "ADMIN_TOKEN",
                     "(hidden)",
-                    format!("must be at least {ADMIN_TOKEN_MIN_LEN} characters"),
+                    format!("must have at least {MIN_ADMIN_TOKEN} characters"),
                 ));
+            }
+            if get("METRICS_PORT").is_none() {
+                warnings.push(
+                    "ADMIN_TOKEN is set without METRICS_PORT: the console is served only on METRICS_PORT".into(),
+                );
             }
         }
 
@@ -259,6 +264,7 @@ impl Config {
             limits,
             quic,
             metrics_token: get("METRICS_TOKEN"),
+            admin_token,
             keepalive_interval,
             idle_timeout,
             drain_grace: ms("DRAIN_GRACE_MS", 2_000)?,
@@ -269,7 +275,6 @@ impl Config {
                 .map(|v| v.trim().parse())
                 .transpose()
                 .map_err(|e: std::num::ParseIntError| invalid("METRICS_PORT", "", e.to_string()))?,
-            admin_token,
             reuse_port: flag("REUSE_PORT"),
             mesh,
             warnings,
@@ -381,6 +386,9 @@ mod tests {
         assert!(config(&[("CERT_FILE", "a.pem")]).is_err());
         assert!(config(&[("MAX_MESSAGE_SIZE", "0")]).is_err());
         assert!(config(&[("ADMIN_TOKEN", "short")]).is_err());
+        let c = config(&[("ADMIN_TOKEN", "a-long-enough-admin-token")]).unwrap();
+        assert_eq!(c.admin_token.as_deref(), Some("a-long-enough-admin-token"));
+        assert!(c.warnings.iter().any(|w| w.contains("METRICS_PORT")));
         assert!(config(&[
             ("KEEPALIVE_INTERVAL_MS", "5000"),
             ("IDLE_TIMEOUT_MS", "100")

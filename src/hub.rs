@@ -36,6 +36,9 @@ use crate::presence::{Arrival, Departure, LocalUser, Place, Presence, Why};
 use crate::protocol::{self, DecodeError, Kind, Op, Outbound};
 use crate::stats::{DropReason, Gauges, Stats, Transport};
 
+#[path = "console/hub_view.rs"]
+pub mod console_view;
+
 /// A connection's id on this node (the original's `sid`); never sent to clients.
 pub type PeerId = u64;
 
@@ -305,8 +308,9 @@ impl Hub {
             id,
             app,
             member,
-            joined: HashSet::new(),
+            joined: HashMap::new(),
             budget: Budget::new(self.limits.msg_rate, self.limits.byte_rate, Instant::now()),
+            traffic: self.stats.console.app(&settings.id),
             settings,
             grant: (grant != Grant::default()).then(|| Box::new(grant)),
         };
@@ -330,13 +334,15 @@ impl Hub {
     }
 
     /// Relays a `peer_state` of the sender `key` ([`state_key`]) to every
-    /// other member if it changed: an unchanged one every member has.
+    /// other member if it changed: an unchanged one every member has. A
+    /// local sender's changed state (`user`: its client id and `pl`) is also
+    /// kept as its user's, for the presence API.
     fn relay_state(
         &self,
         app: &str,
         channel: &str,
         from: Option<PeerId>,
-        key: &str,
+        (key, user): (&str, Option<(&str, &[u8])>),
         msg: &Bytes,
     ) -> Delivery {
         // Most states in a big room are answers to a join, unchanged: they
@@ -349,11 +355,16 @@ impl Hub {
             return Delivery::default();
         }
         drop(state);
-        let mut state = self.write();
+        let mut guard = self.write();
+        let state = &mut *guard;
         let Some(ch) = state.apps.get_mut(app).and_then(|a| a.get_mut(channel)) else {
             return Delivery::default();
         };
         ch.states.insert(key.into(), msg.clone());
+        if let Some((client_id, pl)) = user {
+            let pl = Bytes::copy_from_slice(pl);
+            state.presence.set_state(app, channel, client_id, pl);
+        }
         self.deliver_to(ch, from, msg, Kind::Control(Op::PeerState))
     }
 
@@ -452,7 +463,7 @@ impl Hub {
         id: PeerId,
         member: &Member,
         ack: Bytes,
-    ) -> Result<(), DropReason> {
+    ) -> Result<Arrival, DropReason> {
         let limits = &app.limits;
         let mut state = self.write();
         let channels = state.apps.entry(app.id.clone()).or_default();
@@ -487,7 +498,7 @@ impl Hub {
         }
         drop(state);
         log_arrival(&app.id, channel, user, &self.mesh_id, arrival);
-        Ok(())
+        Ok(arrival)
     }
 
     /// Removes `id` (client `client_id`) from `app/channel`; if that was
@@ -528,10 +539,55 @@ impl Hub {
 
     /// A connection of `client_id` on node `mesh_id` joined `app/channel`
     /// (the mesh reports it for the channels this node has members in).
-    pub fn remote_joined(&self, app: &str, channel: &str, client_id: &str, mesh_id: &str) {
+    /// Only a [`Arrival::First`] one is announced to the local members.
+    pub fn remote_joined(
+        &self,
+        app: &str,
+        channel: &str,
+        client_id: &str,
+        mesh_id: &str,
+    ) -> Arrival {
         let place = Place::Node(mesh_id);
         let arrival = self.write().presence.arrive(app, channel, client_id, place);
         log_arrival(app, channel, client_id, mesh_id, arrival);
+        arrival
+    }
+
+    /// Answers a new connection elsewhere of a user already present here,
+    /// whose `peer_online` the local members therefore don't get: publishes
+    /// each local user's last state in `app/channel` to the mesh, as their
+    /// answers would have, so that connection's node learns them. Unchanged
+    /// states go to no browser on any node that has them.
+    pub fn republish_states(&self, app: &str, channel: &str) {
+        let state = self.read();
+        let Some((app, channels)) = state.apps.get_key_value(app) else {
+            return;
+        };
+        let Some((channel, ch)) = channels.get_key_value(channel) else {
+            return;
+        };
+        let mut publish = Vec::new();
+        let mut seen = HashSet::new();
+        for (sid, member) in &ch.members {
+            if !seen.insert(&member.client_id) {
+                continue;
+            }
+            let key = state_key(&member.client_id, &self.mesh_id);
+            if let Some(msg) = ch.states.get(key.as_str()) {
+                publish.push((*sid, msg.clone()));
+            }
+        }
+        let (app, channel) = (app.clone(), channel.clone());
+        drop(state);
+        for (sid, msg) in publish {
+            self.to_mesh(MeshEvent::Publish {
+                app: app.clone(),
+                channel: channel.clone(),
+                sid,
+                msg,
+                span: tracing::Span::current(),
+            });
+        }
     }
 
     /// A connection of `client_id` on node `mesh_id` left `app/channel`:
@@ -656,8 +712,8 @@ impl Hub {
         }
         let key = state_key(sender.0, sender.1);
         match pin_relayed(&relayed) {
-            Some(pinned) => self.relay_state(app, channel, None, &key, &pinned),
-            None => self.relay_state(app, channel, None, &key, msg),
+            Some(pinned) => self.relay_state(app, channel, None, (&key, None), &pinned),
+            None => self.relay_state(app, channel, None, (&key, None), msg),
         }
     }
 
@@ -858,12 +914,16 @@ pub struct Peer {
     id: PeerId,
     app: Arc<str>,
     member: Member,
-    joined: HashSet<Arc<str>>,
+    /// Joined channels, each with whether the peer's `peer_online` there is
+    /// still to go out: only a user's first connection announces itself.
+    joined: HashMap<Arc<str>, bool>,
     budget: Budget,
     /// The app's settings when the peer connected (its caps).
     settings: Arc<App>,
     /// What the peer's token granted; `None`: no restriction, no overlay.
     grant: Option<Box<Grant>>,
+    /// Its app's counters for the console.
+    traffic: Arc<crate::console::AppTraffic>,
 }
 
 impl Peer {
@@ -900,6 +960,7 @@ impl Peer {
         let ok = self.budget.try_charge(len, Instant::now());
         if !ok {
             self.hub.stats.count_drop(DropReason::RateLimited);
+            self.traffic.count_drop(DropReason::RateLimited);
             self.hub.stats.record_in(self.member.transport, None, len);
         }
         ok
@@ -917,9 +978,11 @@ impl Peer {
             bytes = frame.len(), op = tracing::field::Empty, channel = tracing::field::Empty,
         );
         let _entered = span.enter();
+        self.traffic.count_in(frame.len());
         let result = self.apply(frame, &span);
         if let Err(reason) = result {
             self.hub.stats.count_drop(reason);
+            self.traffic.count_drop(reason);
             tracing::info!(target: "otel", reason = reason.as_str(), "dropped");
         }
         result
@@ -943,7 +1006,7 @@ impl Peer {
         span.record("channel", msg.channel);
 
         if msg.kind == Kind::Control(Op::ChannelJoin) {
-            if !self.joined.contains(msg.channel) {
+            if !self.joined.contains_key(msg.channel) {
                 if self.joined.len() >= self.hub.limits.max_channels {
                     return Err(DropReason::TooManyChannels);
                 }
@@ -956,15 +1019,16 @@ impl Peer {
                 }
                 let channel: Arc<str> = msg.channel.into();
                 let ack = Bytes::from(protocol::encode_join_ack(msg.channel, &self.hub.mesh_id));
-                self.hub
-                    .join(&self.settings, &channel, self.id, &self.member, ack)?;
+                let arrival =
+                    self.hub
+                        .join(&self.settings, &channel, self.id, &self.member, ack)?;
                 self.hub.to_mesh(MeshEvent::Joined {
                     app: self.app.clone(),
                     channel: channel.clone(),
                     sid: self.id,
                     client_id: self.member.client_id.clone(),
                 });
-                self.joined.insert(channel);
+                self.joined.insert(channel, arrival == Arrival::First);
                 return Ok(());
             }
             let ack = Bytes::from(protocol::encode_join_ack(msg.channel, &self.hub.mesh_id));
@@ -975,8 +1039,18 @@ impl Peer {
             return Ok(());
         }
 
-        if !self.joined.contains(msg.channel) {
+        let Some(announce) = self.joined.get_mut(msg.channel) else {
             return Err(DropReason::NotJoined);
+        };
+        if msg.kind == Kind::Control(Op::PeerOnline) && !std::mem::take(announce) {
+            // The user is known in the channel already (another tab, or a
+            // reload within the grace), and this connection got every state
+            // with its ack: the members have nothing to learn or answer.
+            tracing::debug!(
+                channel = msg.channel,
+                "peer_online of a present user not relayed"
+            );
+            return Ok(());
         }
         let pinned = match (msg.kind, msg.payload) {
             (Kind::Control(Op::PeerState), Some(pl)) => {
@@ -994,7 +1068,7 @@ impl Peer {
         }));
         if msg.kind == Kind::Control(Op::PeerOffline) {
             // Other nodes learn it from the peer_offline the mesh publishes on Left.
-            if let Some(channel) = self.joined.take(msg.channel) {
+            if let Some((channel, _)) = self.joined.remove_entry(msg.channel) {
                 let client_id = &self.member.client_id;
                 self.hub
                     .leave(&self.app, &channel, self.id, client_id, &relayed);
@@ -1010,13 +1084,11 @@ impl Peer {
                 let (app, from) = (&self.app, Some(self.id));
                 let client_id = &self.member.client_id;
                 if msg.kind == Kind::Control(Op::PeerState) {
-                    if let Some(pl) = pinned.as_deref().or(msg.payload) {
-                        let pl = Bytes::copy_from_slice(pl);
-                        let mut state = self.hub.write();
-                        state.presence.set_state(app, msg.channel, client_id, pl);
-                    }
+                    let pl = pinned.as_deref().or(msg.payload);
                     let key = state_key(client_id, &self.hub.mesh_id);
-                    self.hub.relay_state(app, msg.channel, from, &key, &relayed)
+                    let sender = (key.as_str(), pl.map(|pl| (&**client_id, pl)));
+                    self.hub
+                        .relay_state(app, msg.channel, from, sender, &relayed)
                 } else {
                     if msg.kind == Kind::Control(Op::PeerOnline) {
                         let mesh_id = Some(&*self.hub.mesh_id);
@@ -1027,7 +1099,17 @@ impl Peer {
             });
             deliver.record("delivered", delivery.sent);
             deliver.record("dropped_slow", delivery.dropped);
-            if let Some(channel) = self.joined.get(msg.channel) {
+            self.traffic.count_out(delivery.sent);
+            let from = (&*self.member.client_id, &*self.hub.mesh_id);
+            crate::console::tap(
+                &self.hub.stats,
+                &self.app,
+                msg.channel,
+                from,
+                msg.kind,
+                &relayed,
+            );
+            if let Some((channel, _)) = self.joined.get_key_value(msg.channel) {
                 self.hub.to_mesh(MeshEvent::Publish {
                     app: self.app.clone(),
                     channel: channel.clone(),
@@ -1044,11 +1126,19 @@ impl Peer {
 impl Drop for Peer {
     /// The connection ended: leave every channel with a `peer_offline`.
     fn drop(&mut self) {
+        if self.member.ctl.reason() == Some(CloseReason::SlowReader) {
+            self.traffic.count_drop(DropReason::SlowReader);
+            let why = format!("{} disconnected: queue full", self.member.client_id);
+            self.hub
+                .stats
+                .console
+                .error("slow_reader", Some(&*self.app), why);
+        }
         let mut state = self.hub.write();
         state.peers.remove(&self.id);
         let (now, client_id) = (Instant::now(), &self.member.client_id);
         let mut left = Vec::new();
-        for channel in self.joined.drain() {
+        for (channel, _) in self.joined.drain() {
             if remove_member(&mut state, &self.app, &channel, self.id) {
                 let (place, why) = (Place::Here, Why::Left);
                 let departure = state
@@ -1543,28 +1633,38 @@ mod tests {
     }
 
     #[test]
-    fn a_second_tabs_online_makes_the_users_next_state_reach_everyone() {
+    fn a_users_second_tab_is_not_announced_but_a_changed_state_reaches_everyone() {
         let hub = hub(Limits::default());
         let ws = Transport::WebSocket;
-        let st = || state_frame("r", &json!({"id": "alice", "v": 1}));
+        let st = |v: u64| state_frame("r", &json!({"id": "alice", "v": v}));
         let online = frame(json!({"t":"control","op":"peer_online","c":"r"}));
         let (mut tab1, _r1) = hub.connect(&app("app"), "alice", ws, Grant::default());
         let (mut b, mut rb) = hub.connect(&app("app"), "bob", ws, Grant::default());
-        tab1.handle(&join("r")).unwrap();
         b.handle(&join("r")).unwrap();
         recv(&mut rb);
-        tab1.handle(&st()).unwrap();
-        assert_eq!(recv_state(&mut rb)["v"].as_u64(), Some(1));
-        // bob's client resets alice to {id} on this online: the same state must follow.
-        let (mut tab2, _r2) = hub.connect(&app("app"), "alice", ws, Grant::default());
-        tab2.handle(&join("r")).unwrap();
-        tab2.handle(&online).unwrap();
+        tab1.handle(&join("r")).unwrap();
+        tab1.handle(&online).unwrap();
         assert_eq!(recv(&mut rb).unwrap()["op"], "peer_online");
-        tab2.handle(&st()).unwrap();
+        tab1.handle(&st(1)).unwrap();
         assert_eq!(recv_state(&mut rb)["v"].as_u64(), Some(1));
+
+        let (mut tab2, mut r2) = hub.connect(&app("app"), "alice", ws, Grant::default());
+        tab2.handle(&join("r")).unwrap();
+        assert_eq!(recv(&mut r2).unwrap()["op"], "channel_join");
+        assert_eq!(
+            recv_state(&mut r2)["v"].as_u64(),
+            Some(1),
+            "the joiner gets the states"
+        );
+        tab2.handle(&online).unwrap();
+        tab2.handle(&st(1)).unwrap();
+        assert_eq!(recv(&mut rb), None, "bob knows alice and her state already");
+        tab2.handle(&st(2)).unwrap();
+        assert_eq!(recv_state(&mut rb)["v"].as_u64(), Some(2));
         let hosted = hub.hosted("app");
-        assert_eq!(hosted[0].1[0].connections, 2);
-        assert!(hosted[0].1[0].state.is_some());
+        let alice = hosted[0].1.iter().find(|u| &*u.id == "alice").unwrap();
+        assert_eq!(alice.connections, 2);
+        assert!(alice.state.is_some());
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! - [`mesh`]: the zenoh bridge that makes several nodes one service.
 //! - [`api`], [`occupancy`]: the presence API for backends, and the mesh-wide view it answers from.
 //! - [`webhooks`], [`webhook_events`]: join/leave webhooks, posted once by the mesh's leader.
+//! - [`console`]: the operator's live page on the admin port.
 //! - [`apps`], [`auth`], [`quota`], [`budget`]: who may connect, as whom, and how much.
 //! - [`config`], [`tls`], [`stats`], [`telemetry`]: the node's set-up.
 //! - [`server`]: start, signals, drain.
@@ -20,6 +21,7 @@ pub mod apps;
 pub mod auth;
 pub mod budget;
 pub mod config;
+pub mod console;
 pub mod hub;
 pub mod mesh;
 pub mod occupancy;

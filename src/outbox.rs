@@ -6,12 +6,11 @@
 //! thousand outboxes per publish. Here a push is a short uncontended lock and
 //! a `Vec::push`, the writer is woken only when its queue goes from empty to
 //! non-empty (not once per message), and it takes the whole queue by swapping
-//! two `Vec`s. An idle outbox holds no more than a few slots: tokio's
-//! channel allocates a 32-slot block up front, ~1.5 kB per idle connection.
+//! two `Vec`s. An idle outbox holds no more than a few slots, where tokio's
+//! channel allocates a block of 32 up front for every idle connection.
 //! A busy one keeps the capacity its bursts grew to, so a fan-out does not
-//! regrow both `Vec`s push by push on every batch (that path was ~6 % of
-//! the node's profile samples in a 1,000-subscriber fan-out); the writer
-//! gives it back with [`OutboxReceiver::release_idle`] on a timer.
+//! regrow both `Vec`s push by push on every batch; the writer gives it back
+//! with [`OutboxReceiver::release_idle`] on a timer.
 //!
 //! The bound counts queued messages and their bytes; the batch the writer is
 //! writing is not counted, so a peer holds at most `bound` queued messages

@@ -102,6 +102,18 @@ pub struct LocalUser {
     pub state: Option<bytes::Bytes>,
 }
 
+/// Where one user of a channel is connected ([`Presence::users_of`]).
+#[derive(Debug, Clone)]
+pub struct UserPlaces {
+    pub id: Arc<str>,
+    pub here: usize,
+    pub elsewhere: Vec<(Arc<str>, usize)>,
+    /// All its connections went; within the grace period.
+    pub leaving: bool,
+    /// Its last state sent here, if any.
+    pub state: Option<bytes::Bytes>,
+}
+
 #[derive(Debug)]
 pub struct Presence {
     grace: Duration,
@@ -217,6 +229,29 @@ impl Presence {
         self.channels
             .get(&(app.into(), channel.into()) as &ChannelKey)
             .is_some_and(|users| users.contains_key(user))
+    }
+
+    /// Every user of `app/channel` this node knows, for the console: (id,
+    /// connections here, connections per other node, leaving), by id.
+    pub fn users_of(&self, app: &str, channel: &str) -> Vec<UserPlaces> {
+        let Some(users) = self
+            .channels
+            .get(&(app.into(), channel.into()) as &ChannelKey)
+        else {
+            return Vec::new();
+        };
+        let mut out: Vec<UserPlaces> = users
+            .iter()
+            .map(|(id, u)| UserPlaces {
+                id: id.clone(),
+                here: u.here,
+                elsewhere: u.elsewhere.iter().map(|(m, n)| (m.clone(), *n)).collect(),
+                leaving: u.leaving.is_some(),
+                state: u.state.clone(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
     }
 
     /// Users whose grace period is over at `now`: they are gone.

@@ -59,10 +59,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             apps: config.apps.clone(),
             max_id_len: config.max_id_len,
             metrics_token: config.metrics_token.clone(),
-            admin_token: config.admin_token.clone(),
             max_message_size: config.max_message_size,
             keepalive_interval: config.keepalive_interval,
             idle_timeout: config.idle_timeout,
+            admin_token: config.admin_token.clone(),
         },
     ));
     // The mesh holds other nodes' members within the caps the transports
@@ -71,6 +71,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let limits: AppLimitsOf = Arc::new(move |app| caps.apps().get(app).map(|a| a.limits.clone()));
     let mesh = Mesh::start(hub.clone(), &config.mesh, limits).await?;
     ctx.api.attach_mesh(mesh.admin());
+    ctx.console.attach_mesh(mesh.admin());
     let apps = ctx.clone();
     let m = &config.mesh;
     let alone = m.config_file.is_none() && m.listen.is_empty() && m.connect.is_empty();

@@ -81,6 +81,8 @@ pub struct Stats {
     traffic_in: [[Counter2; KINDS]; 2],
     traffic_out: [[Counter2; KINDS]; 2],
     pub mesh: MeshStats,
+    /// Per-app traffic, recent errors and samples for the console.
+    pub console: crate::console::Recorder,
 }
 
 /// Message kinds for the traffic counters: the four control ops, data, and

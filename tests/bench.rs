@@ -1,7 +1,8 @@
 //! Smoke runs of every `prscd-bench` scenario, seconds each, so the load
 //! tool cannot rot: against prscd (WebSocket and WebTransport datagrams,
-//! one node and two meshed nodes), the Node `ws` and socket.io comparison
-//! servers of `bench/servers/`, and the tokio-tungstenite ceiling. They
+//! one node and two meshed nodes), the uWebSockets.js, Node `ws` and
+//! socket.io comparison servers of `bench/servers/` (socket.io also as three
+//! servers sharing rooms through Redis), and the tokio-tungstenite ceiling. They
 //! check that each run completes without loss and reports its numbers; the
 //! numbers themselves are for BENCHMARKS.md, never asserted here.
 
@@ -167,10 +168,9 @@ fn comparison_servers() {
         c
     })];
     let node_servers = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/servers");
-    if node_servers.join("node_modules/ws").exists()
-        && node_servers.join("node_modules/socket.io").exists()
-    {
+    if node_servers_installed(&node_servers) {
         for (kind, script) in [
+            ("uws", "uws-rooms.js"),
             ("node-ws", "ws-broadcast.js"),
             ("socketio", "socketio-rooms.js"),
         ] {
@@ -181,12 +181,6 @@ fn comparison_servers() {
                 .env("PORT", "0");
             servers.push((kind, c));
         }
-    } else {
-        assert!(
-            std::env::var_os("PRSCD_REQUIRE_BENCH_SERVERS").is_none(),
-            "bench/servers/node_modules missing: run bench/servers/install.sh"
-        );
-        eprintln!("SKIPPED: Node comparison servers (run bench/servers/install.sh)");
     }
     for (kind, cmd) in servers {
         let server = ReadyProcess::start(cmd);
@@ -211,4 +205,112 @@ fn comparison_servers() {
         let r = bench_with("idle --connections 50 --settle 0.5", &common);
         assert_eq!(r["setup"]["joined"], 50, "{r}");
     }
+}
+
+fn node_servers_installed(dir: &Path) -> bool {
+    let installed = [
+        "ws",
+        "socket.io",
+        "uwebsockets",
+        "@socket.io/redis-adapter",
+        "redis",
+    ]
+    .iter()
+    .all(|m| dir.join("node_modules").join(m).exists());
+    if !installed {
+        assert!(
+            std::env::var_os("PRSCD_REQUIRE_BENCH_SERVERS").is_none(),
+            "bench/servers/node_modules missing: run bench/servers/install.sh"
+        );
+        eprintln!("SKIPPED: Node comparison servers (run bench/servers/install.sh)");
+    }
+    installed
+}
+
+/// uWebSockets.js without TLS, through the load tool's `ws://`: the
+/// comparison BENCHMARKS.md makes to explain uWS's fan-out.
+#[test]
+fn uws_without_tls() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/servers");
+    if !node_servers_installed(&dir) {
+        return;
+    }
+    let mut c = Command::new("node");
+    c.arg(dir.join("uws-rooms.js"))
+        .env("TLS", "0")
+        .env("PORT", "0");
+    let server = ReadyProcess::start(c);
+    let u = format!("ws://127.0.0.1:{}/", server.port);
+    let r = bench_with(
+        "fanout --subscribers 20 --messages 100",
+        &["--server", "uws", "--url", &u],
+    );
+    assert_delivered(&r);
+}
+
+/// Three socket.io servers sharing rooms through the Redis adapter and a
+/// redis-server, as bench/multinode.sh runs them: the publisher on one,
+/// subscribers on the other two.
+#[test]
+fn socketio_across_three_servers_through_redis() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/servers");
+    if !node_servers_installed(&dir) {
+        return;
+    }
+    let port = common::free_port();
+    let mut redis = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server (bench/servers/install.sh installs it)");
+    let deadline = std::time::Instant::now() + common::WAIT;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "redis-server did not listen"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let pki = pki();
+    let servers: Vec<ReadyProcess> = (0..3)
+        .map(|_| {
+            let mut c = Command::new("node");
+            c.arg(dir.join("socketio-rooms.js"))
+                .env("CERT_FILE", &pki.chain_pem)
+                .env("KEY_FILE", &pki.key_pem)
+                .env("PORT", "0")
+                .env("REDIS_URL", format!("redis://127.0.0.1:{port}"));
+            ReadyProcess::start(c)
+        })
+        .collect();
+    let [a, b, c] = [0, 1, 2].map(|i| url(servers[i].port, "/"));
+    let r = bench(&[
+        "cross-node",
+        "--server",
+        "socketio",
+        "--pub-url",
+        &a,
+        "--url",
+        &b,
+        "--sub-urls",
+        &c,
+        "--subscribers",
+        "20",
+        "--messages",
+        "100",
+        "--settle",
+        "1",
+    ]);
+    assert_delivered(&r);
+    let _ = redis.kill();
+    let _ = redis.wait();
 }

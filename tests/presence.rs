@@ -77,6 +77,97 @@ fn offlines_of<'a>(msgs: &'a [Value], user: &str) -> Vec<&'a Value> {
         .collect()
 }
 
+fn onlines_of<'a>(msgs: &'a [Value], user: &str) -> Vec<&'a Value> {
+    msgs.iter()
+        .filter(|v| field(v, "op") == Some("peer_online") && field(v, "p") == Some(user))
+        .collect()
+}
+
+/// Joins `channel` as the published client does: the join, then after its
+/// ack `peer_online` and the client's state.
+async fn join_like_the_client(c: &mut Client, id: &str, channel: &str) {
+    c.join(channel).await;
+    c.send(&control("peer_online", channel, None)).await;
+    c.send(&control("peer_state", channel, Some(state(id))))
+        .await;
+}
+
+/// Waits for a `peer_online` from `from` and answers it with `id`'s state,
+/// as the published client does.
+async fn answer_online(c: &mut Client, id: &str, from: &str) {
+    loop {
+        let v = c.recv_op("peer_online").await;
+        if field(&v, "p") == Some(from) {
+            break;
+        }
+    }
+    c.send(&control("peer_state", "room", Some(state(id))))
+        .await;
+}
+
+/// Receives until `c` has a `peer_state` from each of `senders`; panics
+/// after [`WAIT`] or if the connection ends.
+async fn wait_states_from(c: &mut Client, senders: &[&str]) {
+    let mut missing: Vec<&str> = senders.to_vec();
+    let deadline = Instant::now() + WAIT;
+    while !missing.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match c.next_within(left).await {
+            Next::Msg(raw) => {
+                let v = decode(&raw);
+                if field(&v, "op") == Some("peer_state") {
+                    missing.retain(|s| field(&v, "p") != Some(*s));
+                }
+            }
+            Next::Quiet => panic!("no state from {missing:?} within {WAIT:?}"),
+            Next::Closed => panic!("connection ended waiting for states of {missing:?}"),
+        }
+    }
+}
+
+/// A user's second, third and fourth connection (on the same node, on
+/// another node following the channel, and on a node where the channel is
+/// new) are not announced again: the members got one `peer_online` for the
+/// user, and every new connection still learns every member's state.
+#[tokio::test]
+async fn a_user_is_announced_once_whatever_its_connections() {
+    let nodes = mesh_of(&["eu", "us", "ap"], &[]);
+    wait_meshed(&nodes).await;
+    let mut bob = nodes[0].ws(KEY1, "bob").await;
+    let mut carol = nodes[1].ws(KEY1, "carol").await;
+    join_like_the_client(&mut bob, "bob", "room").await;
+    join_like_the_client(&mut carol, "carol", "room").await;
+    answer_online(&mut bob, "bob", "carol").await;
+    wait_states_from(&mut bob, &["carol"]).await;
+    wait_states_from(&mut carol, &["bob"]).await;
+
+    let mut tab1 = nodes[0].ws(KEY1, "alice").await;
+    join_like_the_client(&mut tab1, "alice", "room").await;
+    wait_states_from(&mut tab1, &["bob", "carol"]).await;
+    let mut tab2 = nodes[0].wt(KEY1, "alice", false).await;
+    join_like_the_client(&mut tab2, "alice", "room").await;
+    wait_states_from(&mut tab2, &["bob", "carol"]).await;
+    nodes[1].wait_remote_members(3).await;
+    let mut tab3 = nodes[1].ws(KEY1, "alice").await;
+    join_like_the_client(&mut tab3, "alice", "room").await;
+    wait_states_from(&mut tab3, &["bob", "carol"]).await;
+    // ap has no member in the room: it learns the states from the nodes
+    // that answer for their members.
+    let mut tab4 = nodes[2].ws(KEY1, "alice").await;
+    join_like_the_client(&mut tab4, "alice", "room").await;
+    wait_states_from(&mut tab4, &["bob", "carol"]).await;
+
+    nodes[0].wait_remote_members(3).await;
+    nodes[1].wait_remote_members(4).await;
+    for got in both_ways(&mut bob, &mut carol, "four-tabs").await {
+        assert_eq!(
+            onlines_of(&got, "alice").len(),
+            1,
+            "one peer_online: {got:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn two_tabs_on_one_node_go_offline_with_the_last() {
     let nodes = mesh_of(&["eu", "us"], &[]);

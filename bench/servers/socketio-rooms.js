@@ -7,7 +7,10 @@
 //                                other members as emit('msg', payload).
 //
 // Env: CERT_FILE, KEY_FILE (PEM), HOST (default 127.0.0.1), PORT (default 0:
-// any free port). Prints `ready: port=N` on stderr once listening.
+// any free port), REDIS_URL (e.g. redis://127.0.0.1:6379: several of these
+// servers share their rooms through @socket.io/redis-adapter, the way
+// socket.io users run more than one node). Prints `ready: port=N` on stderr
+// once listening.
 'use strict';
 
 const fs = require('node:fs');
@@ -35,6 +38,22 @@ io.on('connection', (socket) => {
   });
 });
 
-server.listen(Number(process.env.PORT || 0), process.env.HOST || '127.0.0.1', () => {
-  console.error(`ready: port=${server.address().port}`);
+async function main() {
+  if (process.env.REDIS_URL) {
+    const { createClient } = require('redis');
+    const { createAdapter } = require('@socket.io/redis-adapter');
+    const pubClient = createClient({ url: process.env.REDIS_URL });
+    const subClient = pubClient.duplicate();
+    for (const c of [pubClient, subClient]) c.on('error', (e) => console.error(`redis: ${e.message}`));
+    await Promise.all([pubClient.connect(), subClient.connect()]);
+    io.adapter(createAdapter(pubClient, subClient));
+  }
+  server.listen(Number(process.env.PORT || 0), process.env.HOST || '127.0.0.1', () => {
+    console.error(`ready: port=${server.address().port}`);
+  });
+}
+
+main().catch((e) => {
+  console.error(`socketio-rooms: ${e.stack || e}`);
+  process.exit(1);
 });

@@ -19,6 +19,7 @@ use zenoh::sample::{Locality, SampleKind};
 use zenoh::Session;
 
 use super::keys;
+use crate::console::NodeSummary;
 use crate::hub::Hub;
 use crate::occupancy::NodePresence;
 
@@ -110,6 +111,52 @@ impl MeshAdmin {
             .map_err(zenoh_error)
     }
 
+    /// Every other node's console summary, with the time its answer took,
+    /// as they answer within `within` (a node cut off is missing).
+    pub async fn summaries(
+        &self,
+        within: Duration,
+    ) -> Result<Vec<(NodeSummary, Duration)>, AdminError> {
+        let asked = std::time::Instant::now();
+        let replies = self
+            .session
+            .get(keys::console_nodes())
+            .target(QueryTarget::All)
+            .consolidation(ConsolidationMode::None)
+            .allowed_destination(Locality::Remote)
+            .timeout(within)
+            .await
+            .map_err(zenoh_error)?;
+        let mut nodes = Vec::new();
+        while let Ok(reply) = replies.recv_async().await {
+            let took = asked.elapsed();
+            let Ok(sample) = reply.result() else { continue };
+            let key = sample.key_expr().as_str();
+            let bytes = sample.payload().to_bytes();
+            match (
+                keys::parse_console_key(key),
+                serde_json::from_slice::<NodeSummary>(&bytes),
+            ) {
+                (Some(mesh_id), Ok(node)) if node.mesh_id == mesh_id => nodes.push((node, took)),
+                _ => debug!(%key, "mesh: invalid console summary dropped"),
+            }
+        }
+        Ok(nodes)
+    }
+
+    /// This node's zenoh id.
+    pub fn zid(&self) -> String {
+        self.session.zid().to_string()
+    }
+
+    /// The zenoh ids of the peers and of the routers this node is linked to.
+    pub async fn neighbours(&self) -> (Vec<String>, Vec<String>) {
+        let info = self.session.info();
+        let peers = info.peers_zid().await.map(|z| z.to_string()).collect();
+        let routers = info.routers_zid().await.map(|z| z.to_string()).collect();
+        (peers, routers)
+    }
+
     /// Asks the other nodes to close user `id`'s connections in `app`.
     pub async fn disconnect(&self, app: &str, id: &str) -> Result<(), AdminError> {
         self.session
@@ -127,6 +174,7 @@ pub struct Served {
     _presence: Queryable<()>,
     _disconnects: Subscriber<()>,
     _live_nodes: Subscriber<()>,
+    _console: Queryable<()>,
     pub admin: MeshAdmin,
 }
 
@@ -135,6 +183,21 @@ pub async fn serve(session: &Session, hub: Arc<Hub>) -> zenoh::Result<Served> {
     let mesh_id_of_hub = mesh_id.clone();
     let runtime = tokio::runtime::Handle::current();
     let answering = hub.clone();
+    let (summarizing, zid) = (hub.clone(), session.zid().to_string());
+    let console_runtime = runtime.clone();
+    let console = session
+        .declare_queryable(keys::console_key(&mesh_id))
+        .callback(move |query| {
+            let summary = NodeSummary::of(&summarizing, &zid);
+            let key = keys::console_key(summarizing.mesh_id());
+            let body = serde_json::to_vec(&summary).expect("plain data");
+            console_runtime.spawn(async move {
+                if let Err(e) = query.reply(key, body).await {
+                    debug!(error = %e, "mesh: console summary answer failed");
+                }
+            });
+        })
+        .await?;
     let presence = session
         .declare_queryable(keys::presence_of_node(&mesh_id))
         .callback(move |query| {
@@ -188,6 +251,7 @@ pub async fn serve(session: &Session, hub: Arc<Hub>) -> zenoh::Result<Served> {
         _presence: presence,
         _disconnects: disconnects,
         _live_nodes: live_nodes,
+        _console: console,
         admin: MeshAdmin {
             session: session.clone(),
             live,

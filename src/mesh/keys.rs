@@ -11,6 +11,8 @@
 //!   user's connections.
 //! - `prscd/@live/<mesh_id>`: a liveliness token every node holds while it
 //!   runs; the live node with the smallest MESH_ID posts the webhooks.
+//! - `prscd/@console/<mesh_id>`: that node's summary for the console,
+//!   answered to queries (`console::NodeSummary`, JSON).
 //!
 //! App and channel are chunks of their own, so a node subscribes to exactly
 //! the channels its peers joined and apps never share a key. Each chunk is
@@ -138,6 +140,25 @@ pub fn live_nodes() -> String {
 /// Parses a [`live_key`] into its MESH_ID.
 pub fn parse_live_key(key: &str) -> Option<String> {
     let [mesh_id] = captures(key, &[Some(ROOT), Some(LIVE), None])?;
+    Some(mesh_id)
+}
+
+/// Chunk of the nodes' console summaries, after the root.
+pub const CONSOLE: &str = "@console";
+
+/// Node `mesh_id`'s console summary: `prscd/@console/<mesh_id>`.
+pub fn console_key(mesh_id: &str) -> String {
+    format!("{ROOT}/{CONSOLE}/{}", encode_chunk(mesh_id))
+}
+
+/// The query for every node's console summary.
+pub fn console_nodes() -> String {
+    format!("{ROOT}/{CONSOLE}/*")
+}
+
+/// Parses a [`console_key`] into its MESH_ID.
+pub fn parse_console_key(key: &str) -> Option<String> {
+    let [mesh_id] = captures(key, &[Some(ROOT), Some(CONSOLE), None])?;
     Some(mesh_id)
 }
 
@@ -306,6 +327,14 @@ mod tests {
         assert_eq!(parse_live_key(&live).as_deref(), Some("eu west"));
         assert!(ke(&live_nodes()).intersects(&ke(&live)));
         assert!(!ke("prscd/**").intersects(&ke(&live)));
+        let console = console_key("eu west");
+        assert_eq!(parse_console_key(&console).as_deref(), Some("eu west"));
+        assert!(ke(&console_nodes()).intersects(&ke(&console)));
+        assert!(!ke("prscd/**").intersects(&ke(&console)));
+        assert!(
+            !ke("prscd/*/*").intersects(&ke(&console)),
+            "no app's channel"
+        );
         // A backend's `prscd/<app>/**` gets the traffic, never these keys.
         let traffic = ke("prscd/acme/**");
         assert!(traffic.intersects(&ke(&channel_key("acme", "room/1"))));

@@ -53,7 +53,7 @@ use zenoh::Session;
 
 use crate::apps::AppLimits;
 use crate::hub::{Hub, MeshEvent, PeerId};
-use crate::presence::Why;
+use crate::presence::{Arrival, Why};
 use crate::protocol::{self, Kind, Op};
 use crate::stats::{DropReason, Stats};
 use crate::telemetry;
@@ -120,11 +120,10 @@ pub fn zenoh_config(settings: &MeshSettings) -> Result<zenoh::Config, MeshError>
             why: e.to_string(),
         })?,
         None => {
-            let mut config = zenoh::Config::default();
-            for (key, value) in EMBEDDED_DEFAULTS {
-                insert(&mut config, key, value)?;
-            }
-            config
+            zenoh::Config::from_json5(EMBEDDED_DEFAULTS).map_err(|e| MeshError::ConfigFile {
+                path: "mesh/p2p/node.json5 (embedded)".into(),
+                why: e.to_string(),
+            })?
         }
     };
     let list = |endpoints: &[String]| serde_json::to_string(endpoints).expect("strings");
@@ -216,30 +215,11 @@ fn endpoint_is_safe(endpoint: &str, mtls: bool) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-/// The embedded default, also in `mesh/p2p/node.json5`.
-const EMBEDDED_DEFAULTS: &[(&str, &str)] = &[
-    ("mode", r#""peer""#),
-    // Listen only where told (ZENOH_LISTEN): zenoh's own default is a random
-    // port on every interface.
-    ("listen/endpoints", "[]"),
-    ("scouting/multicast/enabled", "false"),
-    ("scouting/gossip/enabled", "true"),
-    // Lease 2 s, 4 keep-alives per lease: a silent neighbour is dropped
-    // within 2 s, which bounds how late a dead node's peers go offline.
-    ("transport/link/tx/lease", "2000"),
-    ("transport/link/tx/keep_alive", "4"),
-    // A handshake that hangs (a partition swallowing packets) is given up
-    // after 2 s and retried, so a healed link comes back within seconds.
-    ("transport/unicast/open_timeout", "2000"),
-    // Never block start-up on the mesh; keep retrying in the background
-    // (an infinite global timeout is what makes zenoh retry in the background).
-    ("connect/timeout_ms", "-1"),
-    ("connect/exit_on_failure", "false"),
-    (
-        "connect/retry",
-        "{ period_init_ms: 250, period_max_ms: 1000, period_increase_factor: 2 }",
-    ),
-];
+/// The embedded default: peer mode, listening only where told
+/// (ZENOH_LISTEN), multicast scouting off, a 2 s lease (a dead node's peers go
+/// offline within it), 2 s handshakes and background reconnects. The file
+/// is the one operators read and copy.
+const EMBEDDED_DEFAULTS: &str = include_str!("../../mesh/p2p/node.json5");
 
 fn insert(config: &mut zenoh::Config, key: &'static str, value: &str) -> Result<(), MeshError> {
     config
@@ -440,6 +420,10 @@ struct Remote {
     last_state: Option<Bytes>,
     /// Whether any message of it reached this node.
     heard: bool,
+    /// Whether it was its user's first connection here ([`Arrival::First`]):
+    /// only then do the local members hear its `peer_online`; otherwise
+    /// they know the user, and the node answers for them.
+    announce: bool,
 }
 
 /// A channel with local members: its subscription, and what is known of the
@@ -495,8 +479,8 @@ struct Bridge {
 /// queryable that answers with this node's rosters. Tokens of nodes in apps
 /// without local members are ignored. Per app rather than per channel or per
 /// membership: in zenoh 1.10 a declaration costs time linear in the node's
-/// key space (BENCHMARKS.md fixes 8 and 16), while a publication on a key
-/// this node subscribes to costs microseconds.
+/// key space, while a publication on a key this node subscribes to is cheap
+/// (BENCHMARKS-HISTORY.md, fixes 8 and 16).
 struct AppWatch {
     linked_channels: usize,
     /// The other nodes whose token of the app lives.
@@ -848,6 +832,8 @@ impl Bridge {
             other => {
                 debug!(app = %id.0, channel = %id.1, result = ?other.err(), "mesh: invalid sample dropped");
                 self.stats.count_drop(DropReason::MeshInvalid);
+                let why = format!("mesh_invalid: undecodable sample in {}", id.1);
+                self.stats.console.error("mesh_refused", Some(&*id.0), why);
                 tracing::info!(target: "otel", reason = DropReason::MeshInvalid.as_str(), "dropped");
                 return;
             }
@@ -860,6 +846,9 @@ impl Bridge {
         if origin.sent_us > 0 {
             span.record("hop_us", hop_us);
             self.stats.mesh.observe_hop(hop_us);
+            if let Some(mesh) = relayed.mesh {
+                self.stats.console.observe_hop(mesh, hop_us);
+            }
         }
         if relayed.kind == Kind::Control(Op::ChannelJoin) && origin.sid.is_none() {
             debug!(app = %id.0, channel = %id.1, "mesh: channel_join without a node's sid dropped");
@@ -871,6 +860,14 @@ impl Bridge {
             Ok(member) => member,
             Err(reason) => {
                 debug!(app = %id.0, channel = %id.1, peer = relayed.peer, mesh = ?relayed.mesh, sid = ?origin.sid, reason = reason.as_str(), "mesh: sample refused");
+                let why = format!(
+                    "{}: {} in {} from node {:?}",
+                    reason.as_str(),
+                    relayed.peer,
+                    id.1,
+                    relayed.mesh.unwrap_or("-")
+                );
+                self.stats.console.error("mesh_refused", Some(&*id.0), why);
                 self.stats.count_drop(reason);
                 tracing::info!(target: "otel", reason = reason.as_str(), "dropped");
                 return;
@@ -894,6 +891,7 @@ impl Bridge {
         // Re-encoded: whatever a backend sent, browsers get a clean map.
         let bytes = Bytes::from(protocol::encode(&relayed));
         let mut missed_announcement = None;
+        let mut repeated_online = false;
         if let Some((mesh, sid)) = member {
             let who = (mesh.to_owned(), sid);
             if relayed.kind == Kind::Control(Op::PeerOffline) {
@@ -929,17 +927,29 @@ impl Bridge {
                     && relayed.kind != Kind::Control(Op::PeerOnline)
                     && self.presence_check.is_some()
                 {
-                    missed_announcement = Some(mesh);
+                    missed_announcement = Some((mesh, sid));
                 }
                 remote.heard = true;
                 if relayed.kind == Kind::Control(Op::PeerState) {
                     remote.last_state = Some(bytes.clone());
                 }
+                if relayed.kind == Kind::Control(Op::PeerOnline) {
+                    repeated_online = !std::mem::take(&mut remote.announce);
+                }
+            } else if relayed.kind == Kind::Control(Op::PeerOnline) {
+                // Its join is not known here yet (data can overtake it).
+                repeated_online = self.hub.is_present(&id.0, &id.1, relayed.peer);
             }
         }
-        if let Some(mesh) = missed_announcement {
+        if let Some((mesh, sid)) = missed_announcement {
             debug!(app = %id.0, channel = %id.1, peer = relayed.peer, %mesh, "mesh: new remote member's announcement missed; asking local members to announce");
-            deliver_presence(&self.hub, &id, Op::PeerOnline, relayed.peer, mesh);
+            self.announce(&id, relayed.peer, (mesh, sid));
+        }
+        if repeated_online {
+            debug!(app = %id.0, channel = %id.1, peer = relayed.peer, "mesh: peer_online of a present user; answering for the local members");
+            self.stats.mesh.received.fetch_add(1, Relaxed);
+            self.hub.republish_states(&id.0, &id.1);
+            return;
         }
         self.stats.mesh.received.fetch_add(1, Relaxed);
         let deliver = tracing::info_span!(target: "otel", "deliver", delivered = tracing::field::Empty, dropped_slow = tracing::field::Empty);
@@ -947,6 +957,9 @@ impl Bridge {
             deliver.in_scope(|| self.hub.deliver_remote(&id.0, &id.1, &bytes, relayed.kind));
         deliver.record("delivered", delivery.sent);
         deliver.record("dropped_slow", delivery.dropped);
+        self.stats.console.app(&id.0).count_out(delivery.sent);
+        let from = (relayed.peer, relayed.mesh.unwrap_or(""));
+        crate::console::tap(&self.stats, &id.0, &id.1, from, relayed.kind, &bytes);
     }
 
     /// Who a sample says it comes from, if that can be so: `Some((mesh_id,
@@ -1012,13 +1025,24 @@ impl Bridge {
         }
         remote.heard = true;
         debug!(app = %id.0, channel = %id.1, peer = %member.client_id, mesh = %member.mesh_id, "mesh: nothing heard from new remote member; asking local members to announce");
-        deliver_presence(
-            &self.hub,
-            &id,
-            Op::PeerOnline,
-            &member.client_id,
-            &member.mesh_id,
-        );
+        self.announce(&id, &member.client_id, (&member.mesh_id, member.sid));
+    }
+
+    /// Makes the local members' states reach a new remote member: a user's
+    /// first connection is announced to them (`peer_online` on its behalf;
+    /// they answer with their state), another one of a present user is
+    /// answered by the node for them ([`Hub::republish_states`]).
+    fn announce(&mut self, id: &ChannelId, client_id: &str, (mesh_id, sid): (&str, u64)) {
+        let first = self
+            .channels
+            .get_mut(id)
+            .and_then(|link| link.remote.get_mut(&(mesh_id.to_owned(), sid)))
+            .is_some_and(|remote| std::mem::take(&mut remote.announce));
+        if first {
+            deliver_presence(&self.hub, id, Op::PeerOnline, client_id, mesh_id);
+        } else {
+            self.hub.republish_states(&id.0, &id.1);
+        }
     }
 
     /// The linked channel and the other node a membership key names; `None`
@@ -1182,26 +1206,32 @@ impl Bridge {
         debug!(app = %id.0, channel = %id.1, peer = %member.client_id, mesh = %member.mesh_id, healed = healed.is_some(), "mesh: remote member");
         let last_state = healed.as_ref().and_then(|(r, _)| r.last_state.clone());
         self.stats.mesh.remote_members.fetch_add(1, Relaxed);
-        self.hub
+        let arrival = self
+            .hub
             .remote_joined(&id.0, &id.1, &member.client_id, &member.mesh_id);
+        let first = arrival == Arrival::First;
         link.insert_remote(
             who,
             Remote {
                 client_id: member.client_id.clone(),
                 last_state: last_state.clone(),
                 heard: healed.is_some(),
+                announce: first && healed.is_none(),
             },
         );
         if healed.is_some() {
-            // Back after a partition: tell the local members again.
+            // Back after a partition: tell the local members again, unless
+            // they never heard the user go (connected elsewhere too).
             info!(app = %id.0, channel = %id.1, peer = %member.client_id, mesh = %member.mesh_id, "mesh: peer back after a partition");
-            deliver_presence(
-                &self.hub,
-                id,
-                Op::PeerOnline,
-                &member.client_id,
-                &member.mesh_id,
-            );
+            if first {
+                deliver_presence(
+                    &self.hub,
+                    id,
+                    Op::PeerOnline,
+                    &member.client_id,
+                    &member.mesh_id,
+                );
+            }
             if let Some(state) = last_state {
                 self.hub
                     .deliver_remote(&id.0, &id.1, &state, Kind::Control(Op::PeerState));
@@ -1398,5 +1428,17 @@ mod tests {
             ..MeshSettings::default()
         })
         .is_err());
+    }
+
+    #[test]
+    fn the_embedded_default_listens_nowhere_with_a_two_second_lease() {
+        let config = zenoh_config(&MeshSettings::default()).unwrap();
+        let get = |key: &str| config.get_json(key).unwrap();
+        assert_eq!(get("mode"), r#""peer""#);
+        assert_eq!(get("listen/endpoints"), "[]");
+        assert_eq!(get("scouting/multicast/enabled"), "false");
+        assert_eq!(get("transport/link/tx/lease"), "2000");
+        assert_eq!(get("transport/unicast/open_timeout"), "2000");
+        assert_eq!(get("connect/timeout_ms"), "-1");
     }
 }

@@ -273,9 +273,10 @@ pub fn observability(
     }
 }
 
-/// Serves `/health`, `/metrics` and the presence API in plain HTTP (for
-/// Prometheus, load balancer probes and backends on `METRICS_PORT`), and
-/// the admin-only profiles ([`crate::profile`]), until the process exits.
+/// Serves `/health`, `/metrics`, the presence API, the console and the
+/// admin-only profiles ([`crate::profile`]) in plain HTTP (for Prometheus,
+/// load balancer probes, backends and operators on `METRICS_PORT`), until
+/// the process exits.
 pub async fn serve_plain(listener: tokio::net::TcpListener, ctx: std::sync::Arc<super::Context>) {
     loop {
         let Ok((mut tcp, _)) = listener.accept().await else {
@@ -288,6 +289,11 @@ pub async fn serve_plain(listener: tokio::net::TcpListener, ctx: std::sync::Arc<
             let Ok(Ok((request, leftover))) = read else {
                 return;
             };
+            if crate::console::http::is_console(&request) {
+                let apps = ctx.apps();
+                crate::console::http::serve(&mut tcp, &request, &ctx.console, &apps).await;
+                return;
+            }
             let (status, content_type, body) = if is_api(&request) {
                 let apps = ctx.apps();
                 let answer = api(&mut tcp, &request, leftover, &ctx.api, &apps);

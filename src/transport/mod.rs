@@ -50,6 +50,8 @@ pub struct Context {
     pub tasks: TaskTracker,
     /// The presence API (`/v1/apps/...`), on the TCP port and `METRICS_PORT`.
     pub api: crate::api::Api,
+    /// The operator's console (`/console`), on `METRICS_PORT`.
+    pub console: crate::console::Console,
 }
 
 /// The settings of a [`Context`] other than its state.
@@ -57,10 +59,11 @@ pub struct Settings {
     pub apps: Apps,
     pub max_id_len: usize,
     pub metrics_token: Option<String>,
-    pub admin_token: Option<String>,
     pub max_message_size: usize,
     pub keepalive_interval: Duration,
     pub idle_timeout: Duration,
+    /// `ADMIN_TOKEN`: opens the console and the profiles; `None`: neither.
+    pub admin_token: Option<String>,
 }
 
 impl Context {
@@ -71,12 +74,13 @@ impl Context {
             quotas: Arc::default(),
             max_id_len: settings.max_id_len,
             metrics_token: settings.metrics_token,
-            admin_token: settings.admin_token,
+            admin_token: settings.admin_token.clone(),
             max_message_size: settings.max_message_size,
             keepalive_interval: settings.keepalive_interval,
             idle_timeout: settings.idle_timeout,
             tasks: TaskTracker::new(),
             api: crate::api::Api::new(hub.clone(), settings.max_message_size),
+            console: crate::console::Console::new(hub.clone(), settings.admin_token),
         }
     }
 

@@ -78,8 +78,12 @@ pub async fn serve(endpoint: Arc<Endpoint<Server>>, ctx: Arc<Context>) {
         let ctx2 = ctx.clone();
         ctx.tasks.spawn(async move {
             let addr = incoming.remote_address();
+            let stats = ctx2.hub.stats().clone();
             if let Err(e) = handle(incoming, ctx2).await {
                 debug!(%addr, error = %e, "webtransport session ended during handshake");
+                stats
+                    .console
+                    .error("handshake", None, format!("{addr}: {e:#}"));
             }
         });
     }
@@ -93,6 +97,11 @@ async fn handle(incoming: IncomingSession, ctx: Arc<Context>) -> anyhow::Result<
         Err(rejection) => {
             ctx.hub.stats().reject(rejection.status);
             debug!(%addr, status = rejection.status, why = rejection.why, path = request.path(), "webtransport CONNECT refused");
+            let detail = format!(
+                "webtransport {} {} from {addr}",
+                rejection.status, rejection.why
+            );
+            ctx.hub.stats().console.error("rejected", None, detail);
             match rejection.status {
                 404 => request.not_found().await,
                 429 => request.too_many_requests().await,

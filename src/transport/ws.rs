@@ -64,8 +64,13 @@ async fn handle(
 ) -> anyhow::Result<()> {
     // Boxed: the handshake's state (TLS accept, request parsing) is freed
     // once it is done instead of sizing the connection's task for good.
-    let Some(((sink, stream), admission, _slot)) = Box::pin(upgrade(tcp, addr, tls, &ctx)).await?
-    else {
+    let upgraded = Box::pin(upgrade(tcp, addr, tls, &ctx))
+        .await
+        .inspect_err(|e| {
+            let detail = format!("{addr}: {e:#}");
+            ctx.hub.stats().console.error("handshake", None, detail);
+        })?;
+    let Some(((sink, stream), admission, _slot)) = upgraded else {
         return Ok(());
     };
     let _live = ctx.hub.stats().connection(Transport::WebSocket);
@@ -144,6 +149,8 @@ async fn upgrade(
     let refuse = |status: u16, why: &str| {
         ctx.hub.stats().reject(status);
         debug!(%addr, status, why, target = %request.target, "websocket handshake refused");
+        let detail = format!("websocket {status} {why} from {addr}");
+        ctx.hub.stats().console.error("rejected", None, detail);
     };
     if ctx.hub.is_draining() {
         refuse(503, "draining");

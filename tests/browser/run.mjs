@@ -628,8 +628,9 @@ async function runRoomCase(pageUrl, target) {
 }
 
 // One user in two tabs (the same id, one on native WebTransport, one on the
-// polyfill) and another user: closing one tab leaves the user online for the
-// other; closing the last one sends its peer_offline once.
+// polyfill) and another user: the second tab is not announced again, closing
+// one tab leaves the user online for the other, and closing the last one
+// sends its peer_offline once.
 async function runTabsCase(pageUrl, target) {
   const suffix = rand();
   const aId = `alice-${suffix}`;
@@ -651,14 +652,22 @@ async function runTabsCase(pageUrl, target) {
     }
   };
   const offlinesOf = (p, id) => rxOf(p, (m) => m.t === 'control' && m.op === 'peer_offline' && m.p === id).length;
+  const onlinesOf = (p, id) => rxOf(p, (m) => m.t === 'control' && m.op === 'peer_online' && m.p === id).length;
   try {
     await runChecks('tabs', pages, [
       ['tab 1 of alice loads, native WebTransport', () => pageLoads(A1, pageUrl)],
       ['tab 2 of alice loads, WebSocket polyfill', () => pageLoads(A2, pageUrl)],
       ['bob loads, native WebTransport', () => pageLoads(B, pageUrl)],
-      ['tab 1 connects and joins', async () => `${await connectAndCheck(A1, target, aId)}; ${await joinAndCheck(A1, aId, chan, aState)}`],
       ['bob connects and joins', async () => `${await connectAndCheck(B, target, bId)}; ${await joinAndCheck(B, bId, chan, bState)}`],
+      ['tab 1 connects and joins', async () => `${await connectAndCheck(A1, target, aId)}; ${await joinAndCheck(A1, aId, chan, aState)}`],
       ['tab 2 connects and joins as the same user', async () => `${await connectAndCheck(A2, target, aId)}; ${await joinAndCheck(A2, aId, chan, aState)}`],
+      ['bob got one peer_online for alice (tab 2 is not announced again)', async () => {
+        // Sent by tab 2 after its peer_online: anything relayed of that came first.
+        const seen = await broadcastReaches(A2, aId, B, { text: 'tab 2 here' });
+        const n = onlinesOf(B, aId);
+        if (n !== 1) throw new Fail(`bob got ${n} peer_online for ${aId}`);
+        return seen;
+      }],
       ['bob sees alice once, with her state', async () => {
         const seen = await seesPeer(B, aId, aState);
         const s = await B.state();

@@ -175,14 +175,21 @@ impl Shipped {
 
     /// Region `r`'s node (apps: `pk1` → dev, `pk2` → app2), behind its router.
     pub fn node(&self, r: usize) -> Node {
+        self.node_with(r, &[])
+    }
+
+    /// As [`Shipped::node`], with `extra` added or overriding.
+    pub fn node_with(&self, r: usize, extra: &[(&str, &str)]) -> Node {
         let config = self.config(&format!("node-{}.json5", REGIONS[r]));
-        Node::start_with(&[
+        let mut env = vec![
             SILENT_CLIENTS,
             ("MESH_ID", REGIONS[r]),
             ("APPS", "pk1:dev,pk2:app2"),
             ("APP_TOKEN_SECRETS", ""),
             ("ZENOH_CONFIG", config.to_str().unwrap()),
-        ])
+        ];
+        env.extend_from_slice(extra);
+        Node::start_with(&env)
     }
 
     /// A zenoh client config for the probe: `endpoint`, and over TLS the

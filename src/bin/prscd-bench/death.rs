@@ -315,6 +315,7 @@ fn endpoint(port: u16) -> Endpoint {
         host: "127.0.0.1".into(),
         port,
         path: "/v1".into(),
+        tls: true,
     }
 }
 

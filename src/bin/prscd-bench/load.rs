@@ -45,6 +45,9 @@ pub struct LoadSpec {
     pub url: Endpoint,
     /// Publishers connect here instead (cross-node: another mesh node).
     pub pub_url: Option<Endpoint>,
+    /// Members are spread round robin over `url` and these (cross-node:
+    /// subscribers on several nodes); `/health` is asked of `url` only.
+    pub more_urls: Vec<Endpoint>,
     pub room_prefix: String,
     pub rooms: usize,
     pub members: usize,
@@ -227,7 +230,10 @@ async fn member(sh: Arc<Shared>, index: usize, permits: Arc<Semaphore>) -> Outco
             out.failure = Some("setup aborted".into());
             return out;
         };
-        match sh.connect_and_join(&id, &room, &spec.url).await {
+        match sh
+            .connect_and_join(&id, &room, spec.member_url(index))
+            .await
+        {
             Ok(c) => c,
             Err(e) => {
                 sh.counters.failed.fetch_add(1, Ordering::Relaxed);
@@ -841,6 +847,7 @@ pub async fn run(spec: LoadSpec) -> anyhow::Result<(serde_json::Value, bool)> {
         "params": {
             "url": format!("wss://{}:{}{}", spec.url.host, spec.url.port, spec.url.path),
             "pub_url": spec.pub_url.as_ref().map(|e| format!("wss://{}:{}{}", e.host, e.port, e.path)),
+            "more_urls": spec.more_urls.iter().map(|e| format!("wss://{}:{}{}", e.host, e.port, e.path)).collect::<Vec<_>>(),
             "rooms": spec.rooms,
             "members": spec.members,
             "clients": n,
@@ -894,6 +901,16 @@ pub async fn run(spec: LoadSpec) -> anyhow::Result<(serde_json::Value, bool)> {
         "failures": failure_kinds.iter().take(20).map(|(f, c)| json!({"count": c, "what": f})).collect::<Vec<_>>(),
     });
     Ok((result, complete))
+}
+
+impl LoadSpec {
+    /// Where member `index` connects.
+    fn member_url(&self, index: usize) -> &Endpoint {
+        match index % (1 + self.more_urls.len()) {
+            0 => &self.url,
+            i => &self.more_urls[i - 1],
+        }
+    }
 }
 
 /// Deliveries owed for `sent` messages, assuming every client joined.

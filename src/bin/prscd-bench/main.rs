@@ -52,7 +52,8 @@ scenarios (defaults in brackets):
   storm       N connect+join as fast as possible (C at a time)
               --connections N [5000] --room-size S [10] --connect-concurrency C [256]
   cross-node  fanout with the publisher on another (meshed) node
-              --pub-url URL (required) --settle S [1] and fanout's options
+              --pub-url URL (required) --settle S [1] and fanout's options;
+              --sub-urls URL,URL: subscribers spread over --url and these
   room-join   prscd: one room of N members that behave like the published client
               (answer peer_online with their state); filled at R joins/s, then J
               more joins measured: deliveries per join, time until the joiner
@@ -65,8 +66,9 @@ scenarios (defaults in brackets):
               server (TLS) --host H [127.0.0.1] --port P [0] --cert PEM --key PEM
 
 common options:
-  --url URL               wss://127.0.0.1:PORT/v1 (required for client scenarios)
-  --server KIND           prscd | node-ws | socketio | ceiling [prscd]
+  --url URL               wss://127.0.0.1:PORT/v1 (required for client scenarios;
+                          ws:// for a comparison server without TLS)
+  --server KIND           prscd | node-ws | uws | socketio | ceiling [prscd]
   --publickey KEY         prscd app key [dev]
   --token-secret S        prscd: connect with an HS256 token per client (app
                           --token-app, default the --publickey value) instead
@@ -74,7 +76,7 @@ common options:
   --transport T           ws | datagram (WebTransport, prscd only) [ws]
   --channel NAME          room name (prefix) [bench]
   --payload BYTES         payload size, >= 20 [100]
-  --frames F              node-ws and ceiling: payload (the bare payload) | prscd
+  --frames F              node-ws, uws and ceiling: payload (the bare payload) | prscd
                           (the bytes a prscd node delivers: {t,c,p,pl,mesh}) [payload]
   --mesh-id M             the mesh value of --frames prscd [bench: the suite's nodes]
   --connect-concurrency C connections set up at once [32; idle 128; storm 256]
@@ -222,16 +224,16 @@ fn prepare(scenario: &str, o: &Opts) -> anyhow::Result<Job> {
             publickey,
             token,
         }),
-        kind @ ("node-ws" | "ceiling") => {
+        kind @ ("node-ws" | "uws" | "ceiling") => {
             let signalling = match o.string("frames", "payload").as_str() {
                 "payload" => None,
                 "prscd" => Some(o.string("mesh-id", "bench")),
                 other => bail!("--frames: {other:?} is not payload or prscd"),
             };
-            let label = if kind == "node-ws" {
-                "node-ws"
-            } else {
-                "ceiling"
+            let label = match kind {
+                "node-ws" => "node-ws",
+                "uws" => "uws",
+                _ => "ceiling",
             };
             Arc::new(wire::Raw { label, signalling })
         }
@@ -276,6 +278,11 @@ fn prepare(scenario: &str, o: &Opts) -> anyhow::Result<Job> {
         transport,
         url,
         pub_url: None,
+        more_urls: o
+            .opt("sub-urls")
+            .map(|list| list.split(',').map(Endpoint::parse).collect())
+            .transpose()?
+            .unwrap_or_default(),
         room_prefix: o.string("channel", "bench"),
         rooms: 1,
         members: 1,

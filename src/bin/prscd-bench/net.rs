@@ -24,21 +24,30 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::wire::Wire;
 use crate::ws::WsClient;
+use tokio_util::either::Either;
 
-/// `wss://host:port/path`, split.
+/// `wss://host:port/path` (or plain `ws://`), split.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
     pub host: String,
     pub port: u16,
     pub path: String,
+    /// `false` for `ws://`: WebSocket without TLS (comparison servers only).
+    pub tls: bool,
 }
 
 impl Endpoint {
     pub fn parse(url: &str) -> anyhow::Result<Endpoint> {
-        let rest = url
+        let (tls, rest) = if let Some(rest) = url
             .strip_prefix("wss://")
             .or_else(|| url.strip_prefix("https://"))
-            .context("the URL must start with wss:// (or https://)")?;
+        {
+            (true, rest)
+        } else if let Some(rest) = url.strip_prefix("ws://") {
+            (false, rest)
+        } else {
+            bail!("the URL must start with wss:// (or https://, or ws:// without TLS)");
+        };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/v1"),
@@ -48,12 +57,13 @@ impl Endpoint {
         }
         let (host, port) = match authority.rsplit_once(':') {
             Some((h, p)) => (h.to_owned(), p.parse().context("bad port in the URL")?),
-            None => (authority.to_owned(), 443),
+            None => (authority.to_owned(), if tls { 443 } else { 80 }),
         };
         Ok(Endpoint {
             host,
             port,
             path: path.to_owned(),
+            tls,
         })
     }
 }
@@ -132,6 +142,17 @@ impl Dialer {
         &self,
         ep: &Endpoint,
     ) -> anyhow::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let tcp = self.tcp(ep).await?;
+        let name = ServerName::try_from(ep.host.clone()).context("bad host")?;
+        let stream = self.tls.connect(name, tcp).await.context("tls handshake")?;
+        if stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+            self.resumed.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(stream)
+    }
+
+    /// TCP to the endpoint, from the next source address.
+    async fn tcp(&self, ep: &Endpoint) -> anyhow::Result<TcpStream> {
         let addr: SocketAddr = tokio::net::lookup_host((ep.host.as_str(), ep.port))
             .await?
             .next()
@@ -146,12 +167,7 @@ impl Dialer {
         }
         let tcp = socket.connect(addr).await.context("tcp connect")?;
         tcp.set_nodelay(true)?;
-        let name = ServerName::try_from(ep.host.clone()).context("bad host")?;
-        let stream = self.tls.connect(name, tcp).await.context("tls handshake")?;
-        if stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
-            self.resumed.fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(stream)
+        Ok(tcp)
     }
 
     /// A WebSocket for client `id` in `room`, handshake done (not joined).
@@ -162,9 +178,13 @@ impl Dialer {
         id: &str,
         room: &str,
     ) -> anyhow::Result<Conn> {
-        let tls = self.tls(ep).await?;
+        let io = if ep.tls {
+            Either::Left(self.tls(ep).await?)
+        } else {
+            Either::Right(self.tcp(ep).await?)
+        };
         let host = format!("{}:{}", ep.host, ep.port);
-        let ws = WsClient::connect(tls, &host, &wire.ws_path(id, room))
+        let ws = WsClient::connect(io, &host, &wire.ws_path(id, room))
             .await
             .context("websocket handshake")?;
         Ok(Conn::Ws(Box::new(ws)))
@@ -253,9 +273,9 @@ fn browser_like(provider: &CryptoProvider) -> CryptoProvider {
 /// BENCHMARKING ONLY, as h2load and wrk do: the dev node's certificate is
 /// self-signed, and the benchmark measures the server, whose half of every
 /// handshake (key share, signature, keys) is unchanged. A browser checks the
-/// signature on its own machine; here the check would take ~75 µs of the two
-/// cores the server shares with the tool per connection (BENCHMARKS.md,
-/// fix 19), a fifth of what the node itself spends on a connect+join.
+/// signature on its own machine; here the check would take, per connection,
+/// a fifth of what the node itself spends on a connect+join, on the cores
+/// the server shares with the tool (BENCHMARKS-HISTORY.md, fix 19).
 #[derive(Debug)]
 pub struct AcceptAnyCert(Arc<CryptoProvider>);
 

@@ -44,6 +44,10 @@ struct Shared {
     received: AtomicU64,
     /// Members that ended on an error (connection lost, refused).
     failed: AtomicUsize,
+    /// Members in the room now: acked and not ended. A measured joiner waits
+    /// for this many states, so a member that failed to connect under load
+    /// doesn't make every later join incomplete.
+    in_room: AtomicUsize,
 }
 
 /// A member's view: the ids whose state it has, and when it had them all.
@@ -61,6 +65,7 @@ pub async fn run(spec: RoomSpec) -> anyhow::Result<(serde_json::Value, bool)> {
         stop: CancellationToken::new(),
         received: AtomicU64::new(0),
         failed: AtomicUsize::new(0),
+        in_room: AtomicUsize::new(0),
     });
     let spec = &sh.spec;
     let pid = spec.server_pid;
@@ -96,10 +101,12 @@ pub async fn run(spec: RoomSpec) -> anyhow::Result<(serde_json::Value, bool)> {
     let mut costs = Vec::new();
     let mut know_all = measure::new_hist();
     let mut incomplete = 0;
+    let mut in_room_at_join = Vec::new();
     for j in 0..spec.joiners {
         let before = quiet_deliveries(&sh, deadline).await?;
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-        let expect = spec.members + j;
+        let expect = sh.in_room.load(Ordering::Relaxed);
+        in_room_at_join.push(expect);
         let joined_at = Instant::now();
         tasks.push(tokio::spawn(member(
             sh.clone(),
@@ -148,6 +155,7 @@ pub async fn run(spec: RoomSpec) -> anyhow::Result<(serde_json::Value, bool)> {
             "deliveries_per_member": measure::round(median_cost as f64 / n, 2),
             "know_all_us": measure::quantiles(&know_all),
             "incomplete": incomplete,
+            "in_room_at_join": in_room_at_join,
         },
         "slow_reader": dropped(&health_after, "slow_reader") - dropped(&health_before, "slow_reader"),
         "client_failures": sh.failed.load(Ordering::Relaxed),
@@ -192,7 +200,12 @@ async fn member(
     id: String,
     watch: Option<(usize, tokio::sync::oneshot::Sender<Instant>)>,
 ) {
-    if let Err(e) = member_inner(&sh, &id, watch).await {
+    let mut in_room = false;
+    let result = member_inner(&sh, &id, watch, &mut in_room).await;
+    if in_room {
+        sh.in_room.fetch_sub(1, Ordering::Relaxed);
+    }
+    if let Err(e) = result {
         if !sh.stop.is_cancelled() {
             sh.failed.fetch_add(1, Ordering::Relaxed);
             if !sh.spec.quiet {
@@ -206,6 +219,7 @@ async fn member_inner(
     sh: &Shared,
     id: &str,
     mut watch: Option<(usize, tokio::sync::oneshot::Sender<Instant>)>,
+    in_room: &mut bool,
 ) -> anyhow::Result<()> {
     let spec = &sh.spec;
     let room = spec.room.as_str();
@@ -238,6 +252,9 @@ async fn member_inner(
         match op.as_str() {
             "channel_join" if !acked => {
                 acked = true;
+                // A joiner counts itself only after its measurement began.
+                *in_room = true;
+                sh.in_room.fetch_add(1, Ordering::Relaxed);
                 conn.send(vec![
                     Message::Binary(wire::control_frame("peer_online", room, None).into()),
                     Message::Binary(state.clone().into()),

@@ -1,9 +1,10 @@
-//! The client side of a WebSocket (RFC 6455) over the bench's TLS stream,
-//! framed by hand. Why not tokio-tungstenite: in a fan-out with the client
-//! on one thread, the client's thread bounds every server's rate, and
-//! tokio-tungstenite's per-frame work (its frame codec, a zeroed read
-//! buffer, a waker registered per poll) was ~30 % of it. Here a frame is a
-//! header parsed in place and a `Bytes` split off one read buffer.
+//! The client side of a WebSocket (RFC 6455) over the bench's TLS stream
+//! (or plain TCP, for `ws://` comparisons), framed by hand. Why not
+//! tokio-tungstenite: in a fan-out with the client on one thread, the
+//! client's thread bounds every server's rate, and tokio-tungstenite's
+//! per-frame work (its frame codec, a zeroed read buffer, a waker registered
+//! per poll) was a large part of it. Here a frame is a header parsed in
+//! place and a `Bytes` split off one read buffer.
 //!
 //! What a benchmark client needs and no more: the upgrade handshake (with the
 //! accept key checked), binary and text messages, fragmented ones
@@ -17,6 +18,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::Utf8Bytes;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_util::either::Either;
 
 /// Largest message accepted from a server.
 const MAX_MESSAGE: usize = 16 << 20;
@@ -34,8 +36,11 @@ const OP_PONG: u8 = 0xA;
 /// A close frame's payload: status 1000, normal closure.
 const CLOSE_NORMAL: [u8; 2] = 1000u16.to_be_bytes();
 
+/// A client's socket: TLS, or plain TCP for `ws://`.
+pub type Io = Either<TlsStream<TcpStream>, TcpStream>;
+
 pub struct WsClient {
-    io: TlsStream<TcpStream>,
+    io: Io,
     /// Read from the socket, not yet parsed into frames.
     rx: BytesMut,
     /// A fragmented message being reassembled: its opcode and data so far.
@@ -47,11 +52,7 @@ pub struct WsClient {
 
 impl WsClient {
     /// Upgrades `io` to a WebSocket at `path` (with its query) on `host`.
-    pub async fn connect(
-        mut io: TlsStream<TcpStream>,
-        host: &str,
-        path: &str,
-    ) -> anyhow::Result<WsClient> {
+    pub async fn connect(mut io: Io, host: &str, path: &str) -> anyhow::Result<WsClient> {
         let key = tokio_tungstenite::tungstenite::handshake::client::generate_key();
         let request = format!(
             "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
