@@ -63,7 +63,8 @@ pub struct Config {
     pub quic: QuicLimits,
     /// Bearer token for `/metrics` on the client port.
     pub metrics_token: Option<String>,
-    /// Bearer token of the console on `METRICS_PORT`; `None`: no console.
+    /// Bearer token of the console and the other admin-only endpoints of
+    /// `METRICS_PORT` ([`crate::admin`]); `None`: they answer 404.
     pub admin_token: Option<String>,
     pub keepalive_interval: Duration,
     pub idle_timeout: Duration,
@@ -75,6 +76,9 @@ pub struct Config {
     pub pid_file: PathBuf,
     /// Plain-HTTP port for `/metrics` and `/health`, besides the TLS port.
     pub metrics_port: Option<u16>,
+    /// `REUSE_PORT`: bind the ports beside a running node, for restarts
+    /// without a gap ([`crate::transport::bind`]).
+    pub reuse_port: bool,
     pub mesh: MeshSettings,
     /// One line each, printed by `main` once logging is up.
     pub warnings: Vec<String>,
@@ -271,6 +275,7 @@ impl Config {
                 .map(|v| v.trim().parse())
                 .transpose()
                 .map_err(|e: std::num::ParseIntError| invalid("METRICS_PORT", "", e.to_string()))?,
+            reuse_port: flag("REUSE_PORT"),
             mesh,
             warnings,
         })
@@ -327,6 +332,7 @@ mod tests {
         assert_eq!(c.max_message_size, 1 << 20);
         assert!(c.tls_files.is_none());
         assert!(c.warnings.iter().any(|w| w.contains("MESH_ID")));
+        assert!(c.admin_token.is_none() && !c.reuse_port);
         let c = config(&[("HOST", "0.0.0.0")]).unwrap();
         assert_eq!(c.host.to_string(), "0.0.0.0");
         let c = config(&[("APPS", "k:a"), ("MESH_ID", "eu")]).unwrap();

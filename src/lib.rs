@@ -13,7 +13,9 @@
 //! - [`apps`], [`auth`], [`quota`], [`budget`]: who may connect, as whom, and how much.
 //! - [`config`], [`tls`], [`stats`], [`telemetry`]: the node's set-up.
 //! - [`server`]: start, signals, drain.
+//! - [`admin`], [`profile`]: the admin token, and live CPU profiles on the admin port.
 
+pub mod admin;
 pub mod api;
 pub mod apps;
 pub mod auth;
@@ -26,6 +28,7 @@ pub mod occupancy;
 pub mod outbox;
 pub mod percent;
 pub mod presence;
+pub mod profile;
 pub mod protocol;
 pub mod quota;
 pub mod server;

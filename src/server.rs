@@ -9,6 +9,11 @@
 //! Reload (`SIGHUP`): the apps and the certificate are read again from
 //! where they came from. New handshakes use them; open connections keep
 //! theirs. A reload that fails keeps everything as it was and logs why.
+//!
+//! Restart beside a running node (`REUSE_PORT`): the ports are shared
+//! ([`crate::transport::reuseport`]), the client port listens only once
+//! nothing else can fail, and the PID file is removed on exit only while it
+//! still names this process.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -31,9 +36,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     let cert = load_certificate(&config)?;
     let store = CertStore::new(&cert)?;
-    let (tcp, udp) = transport::bind(config.host, config.port)
+    let (tcp, udp) = transport::bind(config.host, config.port, config.reuse_port)
         .with_context(|| format!("cannot bind {}:{} on TCP and UDP", config.host, config.port))?;
-    let port = tcp.local_addr()?.port();
+    let port = tcp
+        .local_addr()?
+        .as_socket()
+        .map_or(config.port, |a| a.port());
 
     let hub = Hub::new(
         &config.mesh_id,
@@ -84,20 +92,26 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let endpoint = Arc::new(
         wtransport::Endpoint::server(wt_config).context("cannot start the QUIC endpoint")?,
     );
-    let listener = tokio::net::TcpListener::from_std(tcp)?;
     let tls = store.serve_from(&*cert.server_config()?);
-    tokio::spawn(ws::serve(listener, tls, ctx.clone()));
-    let wt_accept = tokio::spawn(webtransport::serve(endpoint.clone(), ctx.clone()));
-
     if let Some(port) = config.metrics_port {
-        let listener = tokio::net::TcpListener::bind((config.host, port))
-            .await
+        let addr = std::net::SocketAddr::new(config.host, port);
+        let listener = transport::listen_on(addr, config.reuse_port)
+            .and_then(tokio::net::TcpListener::from_std)
             .with_context(|| format!("cannot bind METRICS_PORT {port}"))?;
         info!("metrics: http://{}/metrics", listener.local_addr()?);
         tokio::spawn(transport::http::serve_plain(listener, ctx.clone()));
     }
+    // With REUSE_PORT the node it replaces is still running: this file
+    // names the newest node from now on.
     std::fs::write(&config.pid_file, format!("{}\n", std::process::id()))
         .with_context(|| format!("cannot write {}", config.pid_file.display()))?;
+    // Listening last, when nothing can fail any more: with REUSE_PORT, new
+    // connections come here from the moment this node listens
+    // (transport::reuseport), and would be reset if it then gave up.
+    let listener = tokio::net::TcpListener::from_std(transport::listen(tcp, config.reuse_port)?)?;
+    tokio::spawn(ws::serve(listener, tls, ctx.clone()));
+    let wt_accept = tokio::spawn(webtransport::serve(endpoint.clone(), ctx.clone()));
+
     announce(&config, &cert, port);
     warn_if_expiring(&cert);
     let reload = Reload {
@@ -119,8 +133,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let _ = wt_accept.await;
     webtransport::shut_down(&endpoint, Duration::from_secs(1)).await;
     mesh.close(Duration::from_secs(1)).await;
-    let _ = std::fs::remove_file(&config.pid_file);
+    remove_pid_file(&config.pid_file);
     Ok(())
+}
+
+/// Removes the PID file if it still names this process: a node started
+/// beside this one (`REUSE_PORT`) has written its own.
+fn remove_pid_file(path: &std::path::Path) {
+    let ours =
+        std::fs::read_to_string(path).is_ok_and(|pid| pid.trim() == std::process::id().to_string());
+    if ours {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 fn announce(config: &Config, cert: &Certificate, port: u16) {
@@ -147,6 +171,9 @@ fn announce(config: &Config, cert: &Certificate, port: u16) {
             "  Chromium: --ignore-certificate-errors-spki-list={} --origin-to-force-quic-on=127.0.0.1:{port}",
             fp.spki_sha256_base64
         );
+    }
+    if config.reuse_port {
+        info!("REUSE_PORT: sharing port {port} with any node already on it; new connections come here, WebTransport once the older node is gone");
     }
     info!(
         "ready: port={port} host={} mesh_id={} apps={} (WebSocket wss://HOST:{port}/v1, WebTransport https://HOST:{port}/v1, GET /health)",

@@ -114,7 +114,9 @@ pub fn reason_phrase(status: u16) -> &'static str {
         411 => "Length Required",
         413 => "Content Too Large",
         426 => "Upgrade Required",
+        409 => "Conflict",
         429 => "Too Many Requests",
+        500 => "Internal Server Error",
         503 => "Service Unavailable",
         _ => "Unknown",
     }
@@ -128,6 +130,17 @@ pub async fn respond<S: AsyncWrite + Unpin>(
     content_type: &str,
     body: &str,
 ) -> std::io::Result<()> {
+    respond_bytes(stream, status, headers, content_type, body.as_bytes()).await
+}
+
+/// As [`respond`], with a body of any bytes (a profile).
+pub async fn respond_bytes<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    status: u16,
+    headers: &[(&str, String)],
+    content_type: &str,
+    body: &[u8],
+) -> std::io::Result<()> {
     let mut head = format!("HTTP/1.1 {status} {}\r\n", reason_phrase(status));
     for (name, value) in headers {
         head.push_str(&format!("{name}: {value}\r\n"));
@@ -137,7 +150,7 @@ pub async fn respond<S: AsyncWrite + Unpin>(
         body.len()
     ));
     stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
+    stream.write_all(body).await?;
     stream.flush().await
 }
 
@@ -244,7 +257,7 @@ pub fn observability(
                 Metrics::Bearer(Some(token)) => request
                     .header("authorization")
                     .and_then(|v| v.strip_prefix("Bearer "))
-                    .is_some_and(|given| constant_time_eq(given.trim(), token)),
+                    .is_some_and(|given| crate::admin::constant_time_eq(given.trim(), token)),
             };
             Some(if allowed {
                 (
@@ -260,15 +273,9 @@ pub fn observability(
     }
 }
 
-/// Compares secrets without an early exit that would time their prefix.
-fn constant_time_eq(a: &str, b: &str) -> bool {
-    use subtle::ConstantTimeEq as _;
-    bool::from(a.as_bytes().ct_eq(b.as_bytes()))
-}
-
-/// Serves `/health`, `/metrics`, the presence API and the console in plain
-/// HTTP (for Prometheus, load balancer probes, backends and operators on
-/// `METRICS_PORT`), until
+/// Serves `/health`, `/metrics`, the presence API, the console and the
+/// admin-only profiles ([`crate::profile`]) in plain HTTP (for Prometheus,
+/// load balancer probes, backends and operators on `METRICS_PORT`), until
 /// the process exits.
 pub async fn serve_plain(listener: tokio::net::TcpListener, ctx: std::sync::Arc<super::Context>) {
     loop {
@@ -291,17 +298,17 @@ pub async fn serve_plain(listener: tokio::net::TcpListener, ctx: std::sync::Arc<
                 let apps = ctx.apps();
                 let answer = api(&mut tcp, &request, leftover, &ctx.api, &apps);
                 match tokio::time::timeout(super::HANDSHAKE_TIMEOUT, answer).await {
-                    Ok((status, body)) => (status, "application/json", body),
+                    Ok((status, body)) => (status, "application/json", body.into_bytes()),
                     Err(_) => return,
                 }
+            } else if request.path() == crate::profile::PATH {
+                crate::profile::serve(&request, ctx.admin_token.as_deref()).await
             } else {
-                observability(&request, &ctx.hub, Metrics::Open).unwrap_or((
-                    404,
-                    "text/plain",
-                    "not found\n".to_owned(),
-                ))
+                let (status, content_type, body) = observability(&request, &ctx.hub, Metrics::Open)
+                    .unwrap_or((404, "text/plain", "not found\n".to_owned()));
+                (status, content_type, body.into_bytes())
             };
-            let _ = respond(&mut tcp, status, &[], content_type, &body).await;
+            let _ = respond_bytes(&mut tcp, status, &[], content_type, &body).await;
         });
     }
 }

@@ -8,6 +8,7 @@
 //! each message in the peer's outbox is written out as one frame/datagram.
 
 pub mod http;
+pub mod reuseport;
 pub mod tls_stream;
 pub mod webtransport;
 pub mod ws;
@@ -40,6 +41,8 @@ pub struct Context {
     pub max_id_len: usize,
     /// Bearer token for `/metrics` on the client port; `None`: not served there.
     pub metrics_token: Option<String>,
+    /// `ADMIN_TOKEN`, for the admin-only endpoints of `METRICS_PORT`.
+    pub admin_token: Option<String>,
     pub max_message_size: usize,
     pub keepalive_interval: Duration,
     pub idle_timeout: Duration,
@@ -59,7 +62,7 @@ pub struct Settings {
     pub max_message_size: usize,
     pub keepalive_interval: Duration,
     pub idle_timeout: Duration,
-    /// `ADMIN_TOKEN`: opens the console; `None`: no console.
+    /// `ADMIN_TOKEN`: opens the console and the profiles; `None`: neither.
     pub admin_token: Option<String>,
 }
 
@@ -71,6 +74,7 @@ impl Context {
             quotas: Arc::default(),
             max_id_len: settings.max_id_len,
             metrics_token: settings.metrics_token,
+            admin_token: settings.admin_token.clone(),
             max_message_size: settings.max_message_size,
             keepalive_interval: settings.keepalive_interval,
             idle_timeout: settings.idle_timeout,
@@ -203,31 +207,78 @@ pub fn admit(
 /// after a second. The kernel caps it at `net.core.somaxconn`.
 const LISTEN_BACKLOG: i32 = 4096;
 
-/// A TCP listener on `addr` with [`LISTEN_BACKLOG`], `SO_REUSEADDR` as std's.
-fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// A TCP socket bound to `addr`, not listening yet: `SO_REUSEADDR` as
+/// std's, and `SO_REUSEPORT` to share the port with a running node.
+fn tcp_socket(addr: SocketAddr, reuse_port: bool) -> std::io::Result<socket2::Socket> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
         Some(socket2::Protocol::TCP),
     )?;
     socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     socket.bind(&addr.into())?;
-    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket)
+}
+
+/// A UDP socket on `addr`; with `reuse_port`, shared with a running node,
+/// whose QUIC sessions keep their datagrams ([`reuseport`]).
+fn udp_socket(addr: SocketAddr, reuse_port: bool) -> std::io::Result<UdpSocket> {
+    if !reuse_port {
+        return UdpSocket::bind(addr);
+    }
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    reuseport::steer(&socket, reuseport::Steer::Oldest)?;
     Ok(socket.into())
 }
 
+/// Listens on a socket from [`bind`] with [`LISTEN_BACKLOG`] (again, when
+/// it listens already). With `reuse_port`, new connections come to this
+/// listener from now on rather than to an older node's ([`reuseport`]):
+/// call it when ready to accept.
+pub fn listen(socket: socket2::Socket, reuse_port: bool) -> std::io::Result<TcpListener> {
+    socket.listen(LISTEN_BACKLOG)?;
+    if reuse_port {
+        reuseport::steer(&socket, reuseport::Steer::Newest)?;
+    }
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// A plain TCP listener on `addr` (`METRICS_PORT`), shared as [`listen`] says.
+pub fn listen_on(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
+    listen(tcp_socket(addr, reuse_port)?, reuse_port)
+}
+
 /// Binds TCP and UDP on the same port. Port 0 picks a number free on both.
-pub fn bind(host: IpAddr, port: u16) -> std::io::Result<(TcpListener, UdpSocket)> {
+/// Without `reuse_port` the TCP socket listens at once, so that no other
+/// process takes the port meanwhile; with it, only at [`listen`].
+pub fn bind(
+    host: IpAddr,
+    port: u16,
+    reuse_port: bool,
+) -> std::io::Result<(socket2::Socket, UdpSocket)> {
     let attempts = if port == 0 { 50 } else { 1 };
     let mut last_err = None;
     for _ in 0..attempts {
-        let tcp = listen(SocketAddr::new(host, port))?;
-        let bound = tcp.local_addr()?;
-        match UdpSocket::bind(bound) {
-            Ok(udp) => {
-                tcp.set_nonblocking(true)?;
-                return Ok((tcp, udp));
-            }
+        let tcp = tcp_socket(SocketAddr::new(host, port), reuse_port)?;
+        let bound = tcp
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| std::io::Error::other("TCP socket bound to a non-IP address"))?;
+        if !reuse_port {
+            tcp.listen(LISTEN_BACKLOG)?;
+        }
+        match udp_socket(bound, reuse_port) {
+            Ok(udp) => return Ok((tcp, udp)),
             Err(e) => last_err = Some(e),
         }
     }

@@ -652,6 +652,23 @@ pub async fn http_request<S>(
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
+    let (status, headers, body) = http_request_bytes(tls, method, path, headers, body, WAIT).await;
+    (status, headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// As [`http_request`], with the body as bytes and the response awaited
+/// for up to `within` (a profile takes its seconds).
+pub async fn http_request_bytes<S>(
+    tls: &mut S,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+    within: Duration,
+) -> (u16, Vec<(String, String)>, Vec<u8>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let mut extra: String = headers
         .iter()
         .map(|(k, v)| format!("{k}: {v}\r\n"))
@@ -666,9 +683,12 @@ where
         tls.write_all(body).await.unwrap();
     }
     let mut raw = Vec::new();
-    let _ = tokio::time::timeout(WAIT, tls.read_to_end(&mut raw)).await;
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let (head, body) = text.split_once("\r\n\r\n").expect("http response");
+    let _ = tokio::time::timeout(within, tls.read_to_end(&mut raw)).await;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("http response");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
     let mut lines = head.lines();
     let status = lines
         .next()
@@ -682,7 +702,7 @@ where
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
-    (status, headers, body.to_owned())
+    (status, headers, raw[split + 4..].to_vec())
 }
 
 pub async fn tls_connect(addr: SocketAddr) -> tokio_rustls::client::TlsStream<TcpStream> {
@@ -699,13 +719,20 @@ pub fn test_roots() -> rustls::RootCertStore {
 }
 
 pub async fn tls_wrap(tcp: TcpStream) -> tokio_rustls::client::TlsStream<TcpStream> {
+    try_tls_wrap(tcp).await.expect("tls handshake")
+}
+
+/// As [`tls_wrap`], returning the handshake's error (for tests that count
+/// resets).
+pub async fn try_tls_wrap(
+    tcp: TcpStream,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
     let config = rustls::ClientConfig::builder()
         .with_root_certificates(test_roots())
         .with_no_client_auth();
     TlsConnector::from(Arc::new(config))
         .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
         .await
-        .expect("tls handshake")
 }
 
 pub type Ws = WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>;
