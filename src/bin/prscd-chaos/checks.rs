@@ -1,0 +1,86 @@
+//! The invariants checked after every heal, on what the clients saw and
+//! what the processes did. Each returns what is wrong (empty: holds); the
+//! driver polls the convergent ones until they hold or a deadline passes.
+
+use std::collections::BTreeSet;
+
+use crate::clients::World;
+
+/// Member views against the truth: every client connected and joined to
+/// each of its channels, and each view of a channel exactly the other
+/// clients connected and joined to it (no phantom, no one missing).
+pub fn views(w: &World) -> Vec<String> {
+    let mut wrong = Vec::new();
+    for c in &w.clients {
+        if !c.connected {
+            wrong.push(format!("{} is not connected", c.id));
+            continue;
+        }
+        for ch in &c.channels {
+            if !c.joined.contains(ch) {
+                wrong.push(format!("{} has no join ack for {ch}", c.id));
+                continue;
+            }
+            let mut truth = w.truth(ch);
+            truth.remove(&c.id);
+            let empty = BTreeSet::new();
+            let view = c.views.get(ch).unwrap_or(&empty);
+            let missing: Vec<&String> = truth.difference(view).collect();
+            let phantom: Vec<&String> = view.difference(&truth).collect();
+            if !missing.is_empty() || !phantom.is_empty() {
+                wrong.push(format!(
+                    "{}@{} in {ch}: missing {missing:?}, phantom {phantom:?}",
+                    c.id,
+                    crate::cluster::REGIONS[c.region]
+                ));
+            }
+        }
+    }
+    wrong
+}
+
+/// What a loss round found.
+#[derive(Default, Debug)]
+pub struct Loss {
+    /// Deliveries that must have happened and did not (yet).
+    pub missing: Vec<String>,
+    /// Deliveries that count: sender and receiver on the connection they
+    /// had at the send.
+    pub checked: usize,
+    /// Deliveries excluded because the sender or receiver reconnected meanwhile.
+    pub excluded: usize,
+}
+
+/// "No loss where no fault touched the path": a probe is sent only after
+/// the previous heal settled (every node and link up, every view true) and
+/// before the next fault, so every member the truth held at the send must
+/// receive it, unless its or the sender's connection changed meanwhile
+/// (then the path was touched and it is only counted as excluded).
+pub fn loss(w: &World) -> Loss {
+    let mut out = Loss::default();
+    for e in &w.expects {
+        let sender = &w.clients[e.sender];
+        let sender_same = sender.connected && sender.conn == e.sender_conn;
+        for &(r, conn) in &e.receivers {
+            let rc = &w.clients[r];
+            if !sender_same || !rc.connected || rc.conn != conn {
+                out.excluded += 1;
+                continue;
+            }
+            out.checked += 1;
+            let got = rc.seen.get(&sender.id).is_some_and(|s| s.contains(&e.seq));
+            if !got {
+                out.missing.push(format!(
+                    "{}@{} never got message {} of {}@{} in {}",
+                    rc.id,
+                    crate::cluster::REGIONS[rc.region],
+                    e.seq,
+                    sender.id,
+                    crate::cluster::REGIONS[sender.region],
+                    e.channel
+                ));
+            }
+        }
+    }
+    out
+}
