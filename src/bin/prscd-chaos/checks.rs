@@ -84,3 +84,73 @@ pub fn loss(w: &World) -> Loss {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::clients::Expect;
+
+    /// Every client connected, joined, and seeing every other member.
+    fn converged() -> World {
+        let mut w = World::new(30, 1, Instant::now());
+        for c in &mut w.clients {
+            c.connected = true;
+            c.joined = c.channels.iter().cloned().collect();
+        }
+        let members: Vec<(String, Vec<String>)> = w
+            .clients
+            .iter()
+            .map(|c| (c.id.clone(), c.channels.clone()))
+            .collect();
+        for c in &mut w.clients {
+            for ch in c.channels.clone() {
+                let others: BTreeSet<String> = members
+                    .iter()
+                    .filter(|(id, chs)| *id != c.id && chs.contains(&ch))
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                c.views.insert(ch, others);
+            }
+        }
+        w
+    }
+
+    #[test]
+    fn views_find_phantoms_missing_members_and_clients_not_back() {
+        let mut w = converged();
+        assert!(views(&w).is_empty());
+        // c03 left room-0: everyone still listing it holds a phantom.
+        w.clients[3].connected = false;
+        let wrong = views(&w);
+        assert!(wrong.iter().any(|l| l == "c03 is not connected"));
+        assert!(wrong.iter().any(|l| l.contains("phantom [\"c03\"]")));
+        let mut w = converged();
+        w.clients[0].views.get_mut("room-0").unwrap().remove("c06");
+        assert_eq!(
+            views(&w),
+            vec!["c00@eu in room-0: missing [\"c06\"], phantom []".to_owned()]
+        );
+    }
+
+    #[test]
+    fn loss_counts_only_deliveries_whose_connections_stayed() {
+        let mut w = converged();
+        w.expects.push(Expect {
+            sender: 0,
+            sender_conn: 0,
+            channel: "room-0".into(),
+            seq: 1,
+            receivers: vec![(3, 0), (6, 0), (9, 0)],
+        });
+        w.clients[3].seen.entry("c00".into()).or_default().insert(1);
+        w.clients[9].conn = 1; // reconnected meanwhile: excluded
+        let loss = loss(&w);
+        assert_eq!((loss.checked, loss.excluded), (2, 1));
+        assert_eq!(
+            loss.missing,
+            vec!["c06@eu never got message 1 of c00@eu in room-0".to_owned()]
+        );
+    }
+}

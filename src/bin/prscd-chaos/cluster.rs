@@ -145,11 +145,11 @@ impl Cluster {
             c.relays.push(p);
         }
         if let Some(zenohd) = &bins.zenohd {
-            for r in 0..3 {
-                let rdir = subdir(dir, &format!("router-{}", REGIONS[r]))?;
+            for (r, region) in REGIONS.iter().enumerate() {
+                let rdir = subdir(dir, &format!("router-{region}"))?;
                 let config = c.router_config(&bins.repo, r, &rdir)?;
                 let mut p = Proc::new(
-                    &format!("router-{}", REGIONS[r]),
+                    &format!("router-{region}"),
                     c.prefix_region(r),
                     zenohd,
                     vec!["-c".into(), config.display().to_string()],
@@ -160,11 +160,11 @@ impl Cluster {
                 c.routers.push(p);
             }
         }
-        for r in 0..3 {
-            let ndir = subdir(dir, &format!("node-{}", REGIONS[r]))?;
+        for (r, region) in REGIONS.iter().enumerate() {
+            let ndir = subdir(dir, &format!("node-{region}"))?;
             let env = c.node_env(bins, r, &ndir)?;
             let mut p = Proc::new(
-                &format!("node-{}", REGIONS[r]),
+                &format!("node-{region}"),
                 c.prefix_region(r),
                 &bins.prscd,
                 vec![],
