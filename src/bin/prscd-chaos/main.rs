@@ -83,6 +83,26 @@ struct Settings {
     p2p: bool,
 }
 
+impl Settings {
+    /// The command that replays this run.
+    fn replay(&self) -> String {
+        let mut cmd = format!(
+            "scripts/chaos --seed {} --seconds {}",
+            self.seed,
+            self.seconds.as_secs_f64()
+        );
+        if self.clients != 45 {
+            cmd += &format!(" --clients {}", self.clients);
+        }
+        for (on, flag) in [(self.p2p, " --p2p"), (self.loopback, " --loopback")] {
+            if on {
+                cmd += flag;
+            }
+        }
+        cmd
+    }
+}
+
 fn settings() -> anyhow::Result<Settings> {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let o = opts::Opts::parse(&argv, &["loopback", "p2p", "help"])?;
@@ -131,8 +151,7 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let seed = s.seed;
-    let secs = s.seconds.as_secs_f64();
+    let replay = s.replay();
     // The run's future owns every process and namespace: dropping it on a
     // signal kills and removes them.
     let result = rt.block_on(async {
@@ -148,9 +167,7 @@ fn main() -> ExitCode {
     match result {
         Ok(0) => ExitCode::SUCCESS,
         Ok(n) => {
-            eprintln!(
-                "prscd-chaos: {n} violation(s); replay with: scripts/chaos --seed {seed} --seconds {secs}"
-            );
+            eprintln!("prscd-chaos: {n} violation(s); replay with: {replay}");
             ExitCode::from(1)
         }
         Err(e) => {
@@ -543,9 +560,5 @@ fn summary(s: &Settings, mode: Mode, cluster: &Cluster, stats: &Stats, w: &World
     for v in w.violations.iter().take(20) {
         println!("    {v}");
     }
-    println!(
-        "  replay: scripts/chaos --seed {} --seconds {}",
-        s.seed,
-        s.seconds.as_secs_f64()
-    );
+    println!("  replay: {}", s.replay());
 }
