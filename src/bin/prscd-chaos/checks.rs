@@ -49,6 +49,8 @@ pub struct Loss {
     pub checked: usize,
     /// Deliveries excluded because the sender or receiver reconnected meanwhile.
     pub excluded: usize,
+    /// Why, for the first few.
+    pub excluded_why: Vec<String>,
 }
 
 /// "No loss where no fault touched the path": a probe is sent only after
@@ -65,6 +67,19 @@ pub fn loss(w: &World) -> Loss {
             let rc = &w.clients[r];
             if !sender_same || !rc.connected || rc.conn != conn {
                 out.excluded += 1;
+                if out.excluded_why.len() < 3 {
+                    out.excluded_why.push(format!(
+                        "message {} of {} (connection {} then, {} {} now) to {} (connection {conn} then, {} {} now)",
+                        e.seq,
+                        sender.id,
+                        e.sender_conn,
+                        if sender.connected { "connected" } else { "disconnected" },
+                        sender.conn,
+                        rc.id,
+                        if rc.connected { "connected" } else { "disconnected" },
+                        rc.conn
+                    ));
+                }
                 continue;
             }
             out.checked += 1;

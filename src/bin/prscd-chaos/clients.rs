@@ -67,6 +67,8 @@ pub struct Counters {
     pub data_received: u64,
     pub presence_received: u64,
     pub states_sent: u64,
+    /// Connections the node or the network ended (not the client).
+    pub lost_connections: u64,
 }
 
 pub struct ClientState {
@@ -94,6 +96,8 @@ pub struct World {
     pub clients: Vec<ClientState>,
     pub counters: Counters,
     pub violations: Vec<String>,
+    /// Connections lost outside a fault.
+    pub notes: Vec<String>,
     pub expects: Vec<Expect>,
     /// What is going on, for violation messages.
     pub context: String,
@@ -133,9 +137,26 @@ impl World {
             clients,
             counters: Counters::default(),
             violations: Vec::new(),
+            notes: Vec::new(),
             expects: Vec::new(),
             context: "start".into(),
             t0,
+        }
+    }
+
+    /// A connection the node or the network ended. Outside a fault that is
+    /// worth a note (not a violation: the process may have been frozen).
+    pub fn lost_connection(&mut self, i: usize, why: &str) {
+        self.counters.lost_connections += 1;
+        if !self.context.starts_with("fault") {
+            let line = format!(
+                "note t={:.1}s during {}: {}'s connection ended ({why})",
+                self.t0.elapsed().as_secs_f64(),
+                self.context,
+                self.clients[i].id
+            );
+            eprintln!("{line}");
+            self.notes.push(line);
         }
     }
 
@@ -329,6 +350,8 @@ pub async fn run(
             .map(|ch| Message::Binary(wire::join_frame(ch, &id).into()))
             .collect();
         let mut alive = ws.send(joins).await.is_ok();
+        // Why the connection ended, when the client did not end it.
+        let mut lost = (!alive).then(|| "send failed".to_owned());
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         let mut turn = 0usize;
         let mut stop = false;
@@ -338,7 +361,14 @@ pub async fn run(
                 m = ws.recv() => match m {
                     Ok(Some(Message::Binary(b))) => out = handle(i, &world, &b),
                     Ok(Some(_)) => {}
-                    _ => alive = false,
+                    Ok(None) => {
+                        alive = false;
+                        lost = Some("closed".into());
+                    }
+                    Err(e) => {
+                        alive = false;
+                        lost = Some(format!("{e:#}"));
+                    }
                 },
                 _ = tick.tick() => {
                     turn += 1;
@@ -367,6 +397,9 @@ pub async fn run(
                         out = probe(i, &world);
                         let sent = ws.send(out).await;
                         alive = sent.is_ok();
+                        if !alive {
+                            lost = Some("send failed".into());
+                        }
                         let _ = done.send(());
                         continue;
                     }
@@ -380,9 +413,15 @@ pub async fn run(
             }
             if alive && !out.is_empty() {
                 alive = ws.send(out).await.is_ok();
+                if !alive {
+                    lost = Some("send failed".into());
+                }
             }
         }
         mark_gone(i, &world);
+        if let Some(why) = lost {
+            world.lock().unwrap().lost_connection(i, &why);
+        }
         if stop || !pause(&mut cmds, rng.ms(500, 1500)).await {
             return;
         }

@@ -361,6 +361,18 @@ async fn loss_round(world: &Shared, cmds: &[mpsc::Sender<Cmd>], stats: &mut Stat
         if done || t.elapsed() > DELIVERY {
             stats.deliveries_checked += loss.checked;
             stats.deliveries_excluded += loss.excluded;
+            if !loss.excluded_why.is_empty() {
+                let mut w = world.lock().unwrap();
+                let line = format!(
+                    "note t={:.1}s during {}: {} deliveries excluded, e.g. {}",
+                    w.t0.elapsed().as_secs_f64(),
+                    w.context,
+                    loss.excluded,
+                    loss.excluded_why.join("; ")
+                );
+                eprintln!("{line}");
+                w.notes.push(line);
+            }
             if !done {
                 let shown: Vec<String> = loss.missing.iter().take(12).cloned().collect();
                 world.lock().unwrap().violation(format!(
@@ -556,6 +568,14 @@ fn summary(s: &Settings, mode: Mode, cluster: &Cluster, stats: &Stats, w: &World
         .map(|(name, (rss, fds))| format!("{name} {} MiB/{fds} fds", rss >> 10))
         .collect();
     println!("  peaks: {}", peaks.join(", "));
+    println!(
+        "  connections ended by the node or network: {}; notes (connections lost outside a fault, excluded deliveries): {}",
+        c.lost_connections,
+        w.notes.len()
+    );
+    for n in w.notes.iter().take(10) {
+        println!("    {n}");
+    }
     println!("  violations: {}", w.violations.len());
     for v in w.violations.iter().take(20) {
         println!("    {v}");
