@@ -305,7 +305,12 @@ async fn connect(target: &Target, id: &str) -> anyhow::Result<WsClient> {
         .await
         .context("tls handshake")?;
     let host = target.addr.to_string();
-    WsClient::connect(tls, &host, &format!("/v1?publickey=dev&id={id}")).await
+    WsClient::connect(
+        tokio_util::either::Either::Left(tls),
+        &host,
+        &format!("/v1?publickey=dev&id={id}"),
+    )
+    .await
 }
 
 /// Runs client `i` until `cmds` closes.
