@@ -20,6 +20,7 @@ pub mod api;
 pub mod apps;
 pub mod auth;
 pub mod budget;
+pub mod clock;
 pub mod config;
 pub mod console;
 pub mod hub;

@@ -26,6 +26,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::apps::Apps;
+use crate::clock::unix_ms;
 use crate::hub::Hub;
 use crate::mesh::admin::MeshAdmin;
 use crate::occupancy::NodePresence;
@@ -349,12 +350,6 @@ fn client_config() -> Result<Arc<rustls::ClientConfig>, WebhookError> {
         })
         .clone()
         .map_err(WebhookError::Io)
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

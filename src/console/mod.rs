@@ -228,7 +228,7 @@ fn fill_traffic(a: &mut AppSummary, t: &AppTraffic) {
 /// were asked for. One atomic load when nobody watches.
 pub fn tap(stats: &Stats, app: &str, channel: &str, from: (&str, &str), kind: Kind, msg: &Bytes) {
     stats.console.taps.observe(app, channel, |payloads| Sample {
-        time_ms: recorder::unix_ms(),
+        time_ms: crate::clock::unix_ms(),
         from: from.0.to_owned(),
         mesh: (!from.1.is_empty()).then(|| from.1.to_owned()),
         op: kind.label(),
@@ -352,7 +352,7 @@ impl Console {
             .get()
             .map(MeshAdmin::live_nodes)
             .unwrap_or_default();
-        let now = (Instant::now(), recorder::unix_ms());
+        let now = (Instant::now(), crate::clock::unix_ms());
         let rows = self.merge_known(own, answers, (peers.as_slice(), &live), now);
         let node_zids: BTreeSet<&str> = rows.iter().map(|r| r.summary.zid.as_str()).collect();
         let other_peers = peers
@@ -429,7 +429,7 @@ impl Console {
     /// node's counters (admin) and the recent errors it may see.
     pub async fn snapshot(&self, viewer: &Viewer) -> Value {
         let view = self.mesh_view().await;
-        snapshot_for(&view, viewer, &self.hub, recorder::unix_ms())
+        snapshot_for(&view, viewer, &self.hub, crate::clock::unix_ms())
     }
 }
 

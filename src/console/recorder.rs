@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde::Serialize;
 
+use crate::clock::unix_ms;
 use crate::stats::DropReason;
 
 /// Recent errors kept for the console.
@@ -312,12 +313,6 @@ fn truncate(s: &mut String, max: usize) {
         s.truncate(end);
         s.push('…');
     }
-}
-
-pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

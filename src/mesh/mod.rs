@@ -52,6 +52,7 @@ use zenoh::session::SessionPutBuilder;
 use zenoh::Session;
 
 use crate::apps::AppLimits;
+use crate::clock::unix_micros;
 use crate::hub::{Hub, MeshEvent, PeerId};
 use crate::presence::{Arrival, Why};
 use crate::protocol::{self, Kind, Op};
@@ -1310,12 +1311,6 @@ impl Origin {
         }
         origin
     }
-}
-
-fn unix_micros() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
 }
 
 #[cfg(test)]

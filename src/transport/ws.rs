@@ -9,7 +9,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
@@ -29,6 +29,7 @@ use tracing::{debug, info_span, Instrument};
 use super::http::{self, Request};
 use super::tls_stream::{self, TlsStream};
 use super::{Admission, Context, HANDSHAKE_TIMEOUT};
+use crate::clock::unix_ms;
 use crate::hub::{CloseReason, Peer};
 use crate::outbox::OutboxReceiver;
 use crate::quota::Slot;
@@ -417,12 +418,6 @@ where
         }
     }
     sink.flush().await.is_ok()
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// An HTTP answer that ends the connection: the response, then close_notify,
