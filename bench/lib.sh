@@ -1,6 +1,7 @@
-# Sourced by the side-by-side scripts (ab.sh, rooms.sh, tokens.sh): the
-# output folder, the machine line, and fresh prscd nodes that are killed
-# on exit. Expects OUT (the output folder) to be set.
+# Sourced by the benchmark scripts (suite.sh, multinode.sh, ab.sh, rooms.sh,
+# tokens.sh, uws-evidence.sh): the output folder, the machine line, waiting
+# for a server's port, and fresh prscd nodes; every process in PIDS is
+# killed on exit. Expects OUT (the output folder) to be set.
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/prscd-target}"
 # PROFILE=debug runs the debug build (the suite's --smoke); release otherwise.
@@ -23,6 +24,20 @@ machine() {
   } >"$OUT/machine.txt"
 }
 
+# wait_ready LOG: the port of the `ready: port=N` line a server writes to
+# LOG once it listens (every server of bench/ does); fails after 20 s.
+wait_ready() {
+  for _ in $(seq 1 200); do
+    if grep -q "ready: port=" "$1" 2>/dev/null; then
+      grep -o "ready: port=[0-9]*" "$1" | head -1 | cut -d= -f2
+      return 0
+    fi
+    sleep 0.1
+  done
+  echo "server not ready, see $1" >&2
+  return 1
+}
+
 # start_node NAME BIN [VAR=VALUE...]: a fresh dev node on loopback with the
 # load tool's limits off (one source address, no budget); sets SPID, URL.
 start_node() {
@@ -33,11 +48,7 @@ start_node() {
     RUST_LOG=warn,prscd::server=info "$@" "$bin" 2>"$log" &
   SPID=$!
   PIDS+=("$SPID")
-  for _ in $(seq 1 200); do
-    grep -q "ready: port=" "$log" 2>/dev/null && break
-    sleep 0.1
-  done
-  URL="wss://127.0.0.1:$(grep -o 'ready: port=[0-9]*' "$log" | head -1 | cut -d= -f2)/v1"
+  URL="wss://127.0.0.1:$(wait_ready "$log")/v1"
 }
 
 stop_node() { kill "$SPID" 2>/dev/null || true; wait "$SPID" 2>/dev/null || true; }

@@ -63,15 +63,6 @@ if [ -f "$OUT/machine.txt" ]; then echo "$line" >>"$OUT/machine.txt"; else machi
 CERT_DIR="$OUT/dev-cert"
 free_port() { python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])"; }
 
-# wait_port LOG: the port of its `ready: port=N` line.
-wait_port() {
-  for _ in $(seq 1 200); do
-    grep -q "ready: port=" "$1" 2>/dev/null && break
-    sleep 0.1
-  done
-  grep -o 'ready: port=[0-9]*' "$1" | head -1 | cut -d= -f2
-}
-
 # up KIND NAME: three nodes of KIND; sets URLS (A B C) and NODE_PIDS.
 up() {
   local kind=$1 name=$2 i
@@ -88,7 +79,7 @@ up() {
         env REDIS_URL="redis://127.0.0.1:$rport" CERT_FILE="$CERT_DIR/cert.pem" KEY_FILE="$CERT_DIR/key.pem" \
           PORT=0 node bench/servers/socketio-rooms.js 2>"$OUT/logs/$name-$i.log" &
         PIDS+=($!) NODE_PIDS+=($!)
-        URLS+=("wss://127.0.0.1:$(wait_port "$OUT/logs/$name-$i.log")/")
+        URLS+=("wss://127.0.0.1:$(wait_ready "$OUT/logs/$name-$i.log")/")
       done
       ;;
     prscd-p2p)

@@ -73,34 +73,16 @@ else
 fi
 bench/servers/install.sh
 BIN="$CARGO_TARGET_DIR/$PROFILE"
-# Idle capacity needs descriptors on both sides: as many as allowed (root
-# with CAP_SYS_RESOURCE may raise the hard limit; this sandbox caps it at
-# 20,000 per process, hence IDLE=19000 — set IDLE=100000 where it is not).
-ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+# Idle capacity needs descriptors on both sides: lib.sh raises the limit as
+# far as allowed (root with CAP_SYS_RESOURCE may raise the hard limit; this
+# sandbox caps it at 20,000 per process, hence IDLE=19000 — set IDLE=100000
+# where it is not). It also makes OUT absolute and kills PIDS on exit.
+. bench/lib.sh
 IDLE=${BENCH_IDLE:-$IDLE}
 STORM=${BENCH_STORM:-$STORM}
 MSGS=${BENCH_MSGS:-$MSGS}
 FANOUT_REPS=${BENCH_FANOUT_REPS:-$FANOUT_REPS}
-mkdir -p "$OUT/logs"
-OUT=$(cd "$OUT" && pwd)
 CERT_DIR="$OUT/dev-cert"
-
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
-
-# wait_ready LOG: the port of the `ready: port=N` line (20 s at most).
-wait_ready() {
-  for _ in $(seq 1 200); do
-    if grep -q "ready: port=" "$1" 2>/dev/null; then
-      grep -o "ready: port=[0-9]*" "$1" | head -1 | cut -d= -f2
-      return 0
-    fi
-    sleep 0.1
-  done
-  echo "server not ready, see $1" >&2
-  return 1
-}
 
 # start KIND [NAME [ENV...]]: starts a server; sets SPORT, SPID, URL.
 start() {

@@ -35,9 +35,8 @@ server() {
   esac
   SPID=$!
   PIDS+=("$SPID")
-  for _ in $(seq 1 100); do grep -q "ready: port=" "$log" 2>/dev/null && break; sleep 0.1; done
   local port
-  port=$(grep -o 'ready: port=[0-9]*' "$log" | cut -d= -f2)
+  port=$(wait_ready "$log")
   if [ "$kind" = uws-plain ]; then URL="ws://127.0.0.1:$port/"; else URL="wss://127.0.0.1:$port/"; fi
 }
 
