@@ -4,9 +4,18 @@
 //! Nothing is dropped silently: each drop site calls [`Stats::drop`] with a
 //! [`DropReason`], and `/health` and `SIGUSR2` print the totals. Counters are
 //! plain relaxed atomics: they are read for reporting, never for control.
+//! `/metrics` encodes them with prometheus-client at scrape time.
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    prometheus_text, DescriptorEncoder, EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet,
+};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 
 use crate::protocol::{Kind, Op};
 
@@ -291,6 +300,7 @@ impl Stats {
 }
 
 /// Gauges only the hub knows, for [`Stats::prometheus`].
+#[derive(Clone)]
 pub struct Gauges {
     /// (app, transport, open connections)
     pub connections: Vec<(String, Transport, usize)>,
@@ -298,158 +308,184 @@ pub struct Gauges {
     pub draining: bool,
 }
 
-/// Writes Prometheus families: header lines, then that family's samples.
-struct Exposition(String);
+/// `/metrics` through prometheus-client: one [`Collector`] reads the atomics
+/// above (and the hub's gauges) at scrape time, so that the hot path stays a
+/// relaxed `fetch_add` and `/health` reads the same counters. The hub's
+/// gauges are taken under its lock per scrape, so the registry is built per
+/// scrape around them.
+struct Scrape {
+    stats: std::sync::Arc<Stats>,
+    gauges: Gauges,
+}
 
-impl Exposition {
-    fn family(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    }
-
-    fn sample(&mut self, name: &str, labels: &str, value: impl std::fmt::Display) {
-        if labels.is_empty() {
-            let _ = writeln!(self.0, "{name} {value}");
-        } else {
-            let _ = writeln!(self.0, "{name}{{{labels}}} {value}");
-        }
+impl std::fmt::Debug for Scrape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scrape").finish_non_exhaustive()
     }
 }
 
-impl Stats {
-    /// `/metrics`: the Prometheus text exposition format.
-    pub fn prometheus(&self, gauges: &Gauges) -> String {
-        let mut x = Exposition(String::with_capacity(8 * 1024));
+/// A counter family's name as registered: the encoder appends `_total`.
+fn counter(
+    x: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: impl FnOnce(MetricEncoder) -> std::fmt::Result,
+) -> std::fmt::Result {
+    let name = name.strip_suffix("_total").expect("counters end in _total");
+    samples(x.encode_descriptor(name, help, None, MetricType::Counter)?)
+}
+
+fn gauge(
+    x: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: impl FnOnce(MetricEncoder) -> std::fmt::Result,
+) -> std::fmt::Result {
+    samples(x.encode_descriptor(name, help, None, MetricType::Gauge)?)
+}
+
+fn labelled<M: EncodeMetric>(
+    m: &mut MetricEncoder,
+    labels: &impl EncodeLabelSet,
+    metric: M,
+) -> std::fmt::Result {
+    metric.encode(m.encode_family(labels)?)
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut x: DescriptorEncoder) -> std::fmt::Result {
+        let (stats, gauges) = (&*self.stats, &self.gauges);
         let transports = [Transport::WebSocket, Transport::WebTransport];
 
-        x.family(
+        gauge(
+            &mut x,
             "prscd_connections",
-            "gauge",
             "Open client connections by app and transport.",
-        );
-        for (app, transport, count) in &gauges.connections {
-            let labels = format!(
-                "app=\"{}\",transport=\"{}\"",
-                escape(app),
-                transport.as_str()
-            );
-            x.sample("prscd_connections", &labels, count);
-        }
-        x.family(
-            "prscd_connections_accepted_total",
-            "counter",
-            "Client connections accepted, by transport.",
-        );
-        for t in transports {
-            let labels = format!("transport=\"{}\"", t.as_str());
-            x.sample(
-                "prscd_connections_accepted_total",
-                &labels,
-                self.connections_total[t as usize].load(Relaxed),
-            );
-        }
-        x.family(
-            "prscd_channels",
-            "gauge",
-            "Channels with at least one member on this node.",
-        );
-        x.sample("prscd_channels", "", gauges.channels);
-        if let Some(left) = self.certificate_seconds_left() {
-            x.family(
-                "prscd_certificate_expiry_seconds",
-                "gauge",
-                "Seconds until the served TLS certificate expires (negative: expired).",
-            );
-            x.sample("prscd_certificate_expiry_seconds", "", left);
-        }
-        x.family("prscd_draining", "gauge", "1 while the node drains.");
-        x.sample("prscd_draining", "", u8::from(gauges.draining));
-
-        for (dir, traffic) in [("in", &self.traffic_in), ("out", &self.traffic_out)] {
-            for (unit, pick) in [("messages", 0), ("bytes", 1)] {
-                let name = format!("prscd_{unit}_{dir}_total");
-                x.family(
-                    &name,
-                    "counter",
-                    &format!("{unit} {dir} (client side), by op and transport"),
-                );
-                for t in transports {
-                    for (k, op) in KIND_NAMES.iter().enumerate() {
-                        let c = &traffic[t as usize][k];
-                        let v = if pick == 0 { &c.messages } else { &c.bytes };
-                        let labels = format!("op=\"{op}\",transport=\"{}\"", t.as_str());
-                        x.sample(&name, &labels, v.load(Relaxed));
-                    }
+            |mut m| {
+                for (app, transport, count) in &gauges.connections {
+                    let labels = [("app", app.as_str()), ("transport", transport.as_str())];
+                    labelled(&mut m, &labels, ConstGauge::new(*count as i64))?;
                 }
+                Ok(())
+            },
+        )?;
+        counter(
+            &mut x,
+            "prscd_connections_accepted_total",
+            "Client connections accepted, by transport.",
+            |mut m| {
+                for t in transports {
+                    let value = stats.connections_total[t as usize].load(Relaxed);
+                    labelled(
+                        &mut m,
+                        &[("transport", t.as_str())],
+                        ConstCounter::new(value),
+                    )?;
+                }
+                Ok(())
+            },
+        )?;
+        gauge(
+            &mut x,
+            "prscd_channels",
+            "Channels with at least one member on this node.",
+            |m| ConstGauge::new(gauges.channels as i64).encode(m),
+        )?;
+        if let Some(left) = stats.certificate_seconds_left() {
+            gauge(
+                &mut x,
+                "prscd_certificate_expiry_seconds",
+                "Seconds until the served TLS certificate expires (negative: expired).",
+                |m| ConstGauge::new(left).encode(m),
+            )?;
+        }
+        gauge(&mut x, "prscd_draining", "1 while the node drains.", |m| {
+            ConstGauge::new(i64::from(gauges.draining)).encode(m)
+        })?;
+
+        for (dir, traffic) in [("in", &stats.traffic_in), ("out", &stats.traffic_out)] {
+            for unit in ["messages", "bytes"] {
+                let name = format!("prscd_{unit}_{dir}_total");
+                let help = format!("{unit} {dir} (client side), by op and transport");
+                counter(&mut x, &name, &help, |mut m| {
+                    for t in transports {
+                        for (k, op) in KIND_NAMES.iter().enumerate() {
+                            let c = &traffic[t as usize][k];
+                            let v = if unit == "messages" {
+                                &c.messages
+                            } else {
+                                &c.bytes
+                            };
+                            let labels = [("op", *op), ("transport", t.as_str())];
+                            labelled(&mut m, &labels, ConstCounter::new(v.load(Relaxed)))?;
+                        }
+                    }
+                    Ok(())
+                })?;
             }
         }
-        x.family(
+        counter(
+            &mut x,
             "prscd_dropped_total",
-            "counter",
             "Messages dropped (or connections closed), by reason.",
-        );
-        for r in DropReason::ALL {
-            x.sample(
-                "prscd_dropped_total",
-                &format!("reason=\"{}\"", r.as_str()),
-                self.drops(*r),
-            );
-        }
-        x.family(
+            |mut m| {
+                for r in DropReason::ALL {
+                    let labels = [("reason", r.as_str())];
+                    labelled(&mut m, &labels, ConstCounter::new(stats.drops(*r)))?;
+                }
+                Ok(())
+            },
+        )?;
+        counter(
+            &mut x,
             "prscd_slow_reader_disconnects_total",
-            "counter",
             "Connections closed because their queue was full.",
-        );
-        x.sample(
-            "prscd_slow_reader_disconnects_total",
-            "",
-            self.drops(DropReason::SlowReader),
-        );
-        x.family(
+            |m| ConstCounter::new(stats.drops(DropReason::SlowReader)).encode(m),
+        )?;
+        counter(
+            &mut x,
             "prscd_throttled_total",
-            "counter",
             "Times a connection's reading was paused for being over its message or byte budget (nothing dropped).",
-        );
-        x.sample("prscd_throttled_total", "", self.throttled.load(Relaxed));
-        x.family(
+            |m| ConstCounter::new(stats.throttled.load(Relaxed)).encode(m),
+        )?;
+        counter(
+            &mut x,
             "prscd_handshake_failures_total",
-            "counter",
             "Refused handshakes by HTTP status.",
-        );
-        for (status, c) in REJECT_STATUSES.iter().zip(&self.rejected) {
-            x.sample(
-                "prscd_handshake_failures_total",
-                &format!("status=\"{status}\""),
-                c.load(Relaxed),
-            );
-        }
+            |mut m| {
+                for (status, c) in REJECT_STATUSES.iter().zip(&stats.rejected) {
+                    let labels = [("status", *status)];
+                    labelled(&mut m, &labels, ConstCounter::new(c.load(Relaxed)))?;
+                }
+                Ok(())
+            },
+        )?;
 
-        let mesh = &self.mesh;
-        x.family(
+        let mesh = &stats.mesh;
+        gauge(
+            &mut x,
             "prscd_mesh_state",
-            "gauge",
             "Zenoh session: 0 disabled, 1 alone, 2 connected.",
-        );
-        let state = match mesh.state() {
-            "disabled" => 0,
-            "alone" => 1,
-            _ => 2,
-        };
-        x.sample("prscd_mesh_state", "", state);
-        x.family(
+            |m| {
+                let state = match mesh.state() {
+                    "disabled" => 0,
+                    "alone" => 1,
+                    _ => 2,
+                };
+                ConstGauge::new(state as i64).encode(m)
+            },
+        )?;
+        gauge(
+            &mut x,
             "prscd_mesh_neighbours",
-            "gauge",
             "Zenoh peers and routers this node is linked to.",
-        );
-        x.sample(
-            "prscd_mesh_neighbours",
-            "kind=\"peer\"",
-            mesh.peers.load(Relaxed),
-        );
-        x.sample(
-            "prscd_mesh_neighbours",
-            "kind=\"router\"",
-            mesh.routers.load(Relaxed),
-        );
+            |mut m| {
+                for (kind, v) in [("peer", &mesh.peers), ("router", &mesh.routers)] {
+                    labelled(&mut m, &[("kind", kind)], ConstGauge::new(v.load(Relaxed)))?;
+                }
+                Ok(())
+            },
+        )?;
         for (name, help, v) in [
             (
                 "prscd_mesh_published_total",
@@ -467,53 +503,54 @@ impl Stats {
                 &mesh.remote_offline,
             ),
         ] {
-            x.family(name, "counter", help);
-            x.sample(name, "", v.load(Relaxed));
+            counter(&mut x, name, help, |m| {
+                ConstCounter::new(v.load(Relaxed)).encode(m)
+            })?;
         }
-        x.family(
+        gauge(
+            &mut x,
             "prscd_mesh_remote_members",
-            "gauge",
             "Other nodes' memberships in channels with local members.",
-        );
-        x.sample(
-            "prscd_mesh_remote_members",
-            "",
-            mesh.remote_members.load(Relaxed),
-        );
+            |m| ConstGauge::new(mesh.remote_members.load(Relaxed)).encode(m),
+        )?;
 
-        let h = "prscd_mesh_hop_seconds";
-        x.family(
-            h,
-            "histogram",
+        let buckets: Vec<(f64, u64)> = HOP_BUCKETS_US
+            .iter()
+            .zip(&mesh.hop_buckets)
+            .map(|(bound, c)| (*bound as f64 / 1e6, c.load(Relaxed)))
+            .collect();
+        x.encode_descriptor(
+            "prscd_mesh_hop_seconds",
             "Publish (sender's clock) to arrival (ours) of mesh messages.",
-        );
-        let mut cumulative = 0;
-        for (bound, c) in HOP_BUCKETS_US.iter().zip(&mesh.hop_buckets) {
-            cumulative += c.load(Relaxed);
-            x.sample(
-                &format!("{h}_bucket"),
-                &format!("le=\"{}\"", *bound as f64 / 1e6),
-                cumulative,
-            );
-        }
-        let count = mesh.hop_count.load(Relaxed);
-        x.sample(&format!("{h}_bucket"), "le=\"+Inf\"", count);
-        x.sample(
-            &format!("{h}_sum"),
-            "",
+            None,
+            MetricType::Histogram,
+        )?
+        .encode_histogram::<NoLabelSet>(
             mesh.hop_sum_us.load(Relaxed) as f64 / 1e6,
-        );
-        x.sample(&format!("{h}_count"), "", count);
-        x.0
+            mesh.hop_count.load(Relaxed),
+            &buckets,
+            None,
+        )
     }
 }
 
-fn escape(label: &str) -> String {
-    label
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+impl Stats {
+    /// `/metrics`: the Prometheus text exposition format (0.0.4), served
+    /// with [`METRICS_CONTENT_TYPE`].
+    pub fn prometheus(self: &std::sync::Arc<Self>, gauges: &Gauges) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Scrape {
+            stats: self.clone(),
+            gauges: gauges.clone(),
+        }));
+        let mut text = String::with_capacity(8 * 1024);
+        prometheus_text::encode(&mut text, &registry).expect("writing to a String");
+        text
+    }
 }
+
+/// The content type of [`Stats::prometheus`].
+pub const METRICS_CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 
 pub struct ConnectionGuard {
     stats: std::sync::Arc<Stats>,
@@ -541,5 +578,63 @@ mod tests {
             assert_eq!(json["dropped"][r.as_str()], 1);
         }
         assert_eq!(DropReason::ALL.len(), stats.drops.len());
+    }
+
+    /// The exposition is byte for byte what dashboards and scrapers have
+    /// read so far: `tests/data/metrics-exposition.prom` was written by the
+    /// hand-made renderer this encoder replaced, from these same counters.
+    #[test]
+    fn the_exposition_keeps_every_name_label_and_help() {
+        let stats = std::sync::Arc::new(Stats::default());
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            for _ in 0..i {
+                stats.count_drop(*r);
+            }
+        }
+        stats.count_throttle();
+        stats.set_certificate_expiry(4_102_444_800);
+        stats.reject(403);
+        stats.reject(429);
+        stats.reject(429);
+        let _ws = stats.connection(Transport::WebSocket);
+        stats.record_in(Transport::WebSocket, Some(Kind::Data), 17);
+        stats.record_in(Transport::WebTransport, None, 3);
+        stats.record_out(
+            Transport::WebTransport,
+            Kind::Control(Op::PeerOnline),
+            4,
+            20,
+        );
+        stats.mesh.published.store(7, Relaxed);
+        stats.mesh.open.store(true, Relaxed);
+        stats.mesh.peers.store(2, Relaxed);
+        for us in [50, 300, 300, 2_000, 2_000_000, 123_456] {
+            stats.mesh.observe_hop(us);
+        }
+        let gauges = Gauges {
+            connections: vec![
+                ("a\"b\\c\nd".into(), Transport::WebSocket, 2),
+                ("zz".into(), Transport::WebTransport, 1),
+            ],
+            channels: 3,
+            draining: true,
+        };
+        // The certificate's seconds left depend on the clock.
+        let clockless = |text: &str| -> String {
+            text.lines()
+                .map(
+                    |l| match l.strip_prefix("prscd_certificate_expiry_seconds ") {
+                        Some(left) => {
+                            assert!(left.parse::<i64>().unwrap() > 0, "{l}");
+                            "prscd_certificate_expiry_seconds (left)\n".to_owned()
+                        }
+                        None => format!("{l}\n"),
+                    },
+                )
+                .collect()
+        };
+        let served = clockless(&stats.prometheus(&gauges));
+        let expected = clockless(include_str!("../tests/data/metrics-exposition.prom"));
+        assert_eq!(served, expected);
     }
 }

@@ -967,7 +967,7 @@ mod tests {
     #[test]
     fn the_grafana_dashboard_uses_existing_metrics() {
         let dashboard = include_str!("../../deploy/observability/grafana-prscd.json");
-        let stats = Stats::default();
+        let stats = Arc::new(Stats::default());
         stats.set_certificate_expiry(1);
         let gauges = crate::stats::Gauges {
             connections: vec![("a".into(), Transport::WebSocket, 1)],

@@ -262,7 +262,7 @@ pub fn observability(
             Some(if allowed {
                 (
                     200,
-                    "text/plain; version=0.0.4",
+                    crate::stats::METRICS_CONTENT_TYPE,
                     hub.stats().prometheus(&hub.gauges()),
                 )
             } else {
