@@ -1,22 +1,38 @@
-//! The `prscd` binary: read the configuration, start logging, run the node.
+//! The `prscd` binary: read the settings, start logging, run the node.
 
 use std::process::ExitCode;
 
-use prscd::{config::Config, server, telemetry};
+use clap::Parser as _;
+use prscd::config::{self, Config, Settings};
+use prscd::{server, telemetry};
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     // One crypto provider for TLS and QUIC alike, before anything uses rustls.
     let _ = rustls::crypto::ring::default_provider().install_default();
 
+    // The environment is changed here, before the runtime starts threads.
     let dotenv = dotenvy::dotenv();
-    let config = match Config::from_env() {
+    config::unset_blank_variables();
+    // `--help`, `--version` and a bad value end here (a bad value: exit 2).
+    let settings = Settings::parse();
+    let config = match Config::from_settings(settings) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("prscd: configuration: {e}");
             return ExitCode::from(2);
         }
     };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("prscd: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(config, dotenv))
+}
+
+async fn run(config: Config, dotenv: dotenvy::Result<std::path::PathBuf>) -> ExitCode {
     let telemetry = telemetry::init(telemetry::Identity {
         mesh_id: &config.mesh_id,
         debug: config.debug,
