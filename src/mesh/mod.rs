@@ -21,25 +21,27 @@
 //! becomes `peer_online` plus its last state, so the browsers on this side
 //! see it again without it having to rejoin. A `channel_join` is the bridge's, never the browsers'.
 //! What no node would send is refused and counted, ACLs or not
-//! (`Bridge::sender`): a member of a node needs that node's live token, a
+//! (`Links::sender`): a member of a node needs that node's live token, a
 //! roster too, and one node's members of a channel stay within the app's
 //! cap. What zenoh hands over waits in a bounded queue (`Inbound`).
 //!
-//! The hub never waits for zenoh: events cross an unbounded, ordered queue
+//! What to do about each of these is decided in [`links`], without zenoh;
+//! this module owns the session and its declarations and runs what the
+//! links decide. The hub never waits for zenoh: events cross an unbounded, ordered queue
 //! whose publish backlog is capped by the hub. The mesh knows nothing of
 //! sockets; transports know nothing of zenoh. Key expressions: [`keys`].
 
 pub mod admin;
 pub mod keys;
+mod links;
 pub mod membership;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 use zenoh::bytes::ZBytes;
@@ -54,11 +56,9 @@ use zenoh::Session;
 use crate::apps::AppLimits;
 use crate::clock::unix_micros;
 use crate::hub::{Hub, MeshEvent, PeerId};
-use crate::presence::{Arrival, Why};
-use crate::protocol::{self, Kind, Op};
 use crate::stats::{DropReason, Stats};
 use crate::telemetry;
-use membership::Membership;
+use links::{Action, ChannelId, Event, Links, RosterAsk};
 use std::future::IntoFuture;
 use tracing::Instrument;
 
@@ -99,17 +99,6 @@ pub enum MeshError {
     #[error("zenoh would accept links on {endpoint} from beyond loopback without authentication: configure TLS with client certificates (transport.link.tls.enable_mtls and a tls/ or quic/ endpoint) or user/password (transport.auth.usrpwd), or set MESH_ALLOW_UNAUTHENTICATED=true to accept anyone")]
     Unauthenticated { endpoint: String },
 }
-
-/// When a channel's roster query is asked again; a node's first wait
-/// (doubling each time) and how many times it is asked again at most (see
-/// `Bridge::on_roster_query_over`).
-const ROSTER_RECHECK: Duration = Duration::from_secs(1);
-const ROSTER_RETRY: Duration = Duration::from_millis(250);
-const ROSTER_ATTEMPTS: u32 = 5;
-
-/// How long a forgotten membership is remembered, to recognise it if it
-/// comes back after a partition heals.
-const GONE_MEMORY: Duration = Duration::from_secs(600);
 
 /// Builds the zenoh config: the file if given, else the embedded default
 /// (peer mode, multicast scouting off, a 2 s lease, background reconnects),
@@ -264,7 +253,7 @@ impl Mesh {
         let bridge = Bridge {
             session: session.clone(),
             mesh_id: hub.mesh_id().to_owned(),
-            hub,
+            links: Links::new(hub, limits, settings.presence_check),
             stats: stats.clone(),
             backlog,
             inbound: Inbound {
@@ -272,10 +261,8 @@ impl Mesh {
                 stats: stats.clone(),
             },
             control_tx,
-            limits,
-            presence_check: settings.presence_check,
-            channels: HashMap::new(),
-            apps: HashMap::new(),
+            subscribers: HashMap::new(),
+            watches: HashMap::new(),
         };
         let task = tokio::spawn(bridge.run(events, control, inbound));
         tokio::spawn(watch_neighbours(session.clone(), stats));
@@ -329,44 +316,19 @@ async fn watch_neighbours(session: Session, stats: Arc<Stats>) {
     }
 }
 
-type ChannelId = (Arc<str>, Arc<str>);
-
-/// What arrives from zenoh's callbacks, for the bridge task. Samples,
-/// rosters and roster queries, which anyone on the mesh can send at any
-/// rate, cross a bounded queue ([`Inbound`]); node tokens and the bridge's
-/// own timers cross an unbounded one, taken first: dropping a token's
-/// coming or going would leave ghosts or miss a node.
+/// What zenoh's callbacks hand the bridge through the bounded queue
+/// ([`Inbound`]): samples and rosters, which anyone on the mesh can send at
+/// any rate, for [`Links`]; and other sessions' roster queries, which the
+/// bridge answers. Node tokens, the ends of roster queries and the timers
+/// cross an unbounded queue, taken first: dropping a token's coming or going
+/// would leave ghosts or miss a node.
 enum FromZenoh {
-    Message {
-        channel: ChannelId,
-        payload: Vec<u8>,
-        origin: Origin,
-    },
-    /// A node token of the app appeared (`alive`) or went away.
-    NodeToken { key: String, alive: bool },
-    /// One node's roster of one channel, in reply to this node's query.
-    Roster { key: String, payload: Vec<u8> },
+    Event(Event),
     /// Another session asks for this node's members in the app's channels.
-    RosterQuery { app: Arc<str>, query: Query },
-    /// A roster query of this node is over (zenoh dropped its callback).
-    RosterQueryOver { ask: RosterAsk, replies: usize },
-    /// A roster query's next attempt is due.
-    AskAgain(RosterAsk),
-    /// A new remote member's grace period is over.
-    Check {
-        channel: ChannelId,
-        member: RemoteMember,
+    RosterQuery {
+        app: Arc<str>,
+        query: Query,
     },
-}
-
-/// One roster query: for one channel of every node (`node: None`), or for
-/// every channel of one node.
-#[derive(Debug, Clone)]
-struct RosterAsk {
-    app: Arc<str>,
-    selector: String,
-    node: Option<String>,
-    attempt: u32,
 }
 
 /// The bounded queue from zenoh's callbacks to the bridge: when the bridge
@@ -390,7 +352,7 @@ impl Inbound {
 /// query is over, and this tells the bridge how many replies came.
 struct QueryOver {
     inbound: Inbound,
-    control: mpsc::UnboundedSender<FromZenoh>,
+    control: mpsc::UnboundedSender<Event>,
     ask: Option<RosterAsk>,
     replies: AtomicUsize,
 }
@@ -399,93 +361,35 @@ impl Drop for QueryOver {
     fn drop(&mut self) {
         if let Some(ask) = self.ask.take() {
             let replies = self.replies.load(Relaxed);
-            let _ = self
-                .control
-                .send(FromZenoh::RosterQueryOver { ask, replies });
+            let _ = self.control.send(Event::RosterQueryOver { ask, replies });
         }
     }
 }
 
-/// A peer of another node, as named in its node's `channel_join` or roster.
-#[derive(Debug, Clone)]
-struct RemoteMember {
-    mesh_id: String,
-    sid: u64,
-    client_id: String,
-}
-
-/// A peer of another node in a channel this node has members in.
-struct Remote {
-    client_id: String,
-    /// Its last `peer_state`, replayed if it comes back after a partition.
-    last_state: Option<Bytes>,
-    /// Whether any message of it reached this node.
-    heard: bool,
-    /// Whether it was its user's first connection here ([`Arrival::First`]):
-    /// only then do the local members hear its `peer_online`; otherwise
-    /// they know the user, and the node answers for them.
-    announce: bool,
-}
-
-/// A channel with local members: its subscription, and what is known of the
-/// members on every node.
-struct ChannelLink {
-    /// sid → client id of this node's members: the roster it answers with.
-    local: HashMap<PeerId, Arc<str>>,
-    _messages: Subscriber<()>,
-    /// (mesh_id, sid) → peer, while it is a member and its node's token lives.
-    remote: HashMap<(String, u64), Remote>,
-    /// Members whose node's token went away, to recognise a heal.
-    gone: HashMap<(String, u64), (Remote, Instant)>,
-    /// mesh_id → how many of `remote` are its: a node never has more members
-    /// in a channel than the app's cap, so more is refused.
-    per_node: HashMap<String, usize>,
-}
-
-impl ChannelLink {
-    fn remove_remote(&mut self, who: &(String, u64)) -> Option<Remote> {
-        let remote = self.remote.remove(who)?;
-        if let Some(n) = self.per_node.get_mut(&who.0) {
-            *n -= 1;
-            if *n == 0 {
-                self.per_node.remove(&who.0);
-            }
-        }
-        Some(remote)
-    }
-
-    fn insert_remote(&mut self, who: (String, u64), remote: Remote) {
-        *self.per_node.entry(who.0.clone()).or_default() += 1;
-        self.remote.insert(who, remote);
-    }
-}
-
+/// The task between the hub, zenoh and [`Links`]: it publishes the local
+/// messages, turns zenoh's callbacks into events, and runs what the links
+/// decide with the zenoh declarations it owns.
 struct Bridge {
     session: Session,
     mesh_id: String,
-    hub: Arc<Hub>,
+    links: Links,
     stats: Arc<Stats>,
     backlog: Arc<AtomicUsize>,
     inbound: Inbound,
-    control_tx: mpsc::UnboundedSender<FromZenoh>,
-    limits: AppLimitsOf,
-    presence_check: Option<Duration>,
-    channels: HashMap<ChannelId, ChannelLink>,
+    control_tx: mpsc::UnboundedSender<Event>,
+    /// One subscriber per linked channel.
+    subscribers: HashMap<ChannelId, Subscriber<()>>,
     /// One membership watch per app with linked channels (see [`AppWatch`]).
-    apps: HashMap<Arc<str>, AppWatch>,
+    watches: HashMap<Arc<str>, AppWatch>,
 }
 
 /// While at least one of an app's channels is linked: this node's token for
 /// the app, one liveliness subscriber for the other nodes' tokens, and the
-/// queryable that answers with this node's rosters. Tokens of nodes in apps
-/// without local members are ignored. Per app rather than per channel or per
-/// membership: in zenoh 1.10 a declaration costs time linear in the node's
-/// key space, while a publication on a key this node subscribes to is cheap
-/// (BENCHMARKS-HISTORY.md, fixes 8 and 16).
+/// queryable that answers with this node's rosters. Per app rather than per
+/// channel or per membership: in zenoh 1.10 a declaration costs time linear
+/// in the node's key space, while a publication on a key this node
+/// subscribes to is cheap (BENCHMARKS-HISTORY.md, fixes 8 and 16).
 struct AppWatch {
-    linked_channels: usize,
-    /// The other nodes whose token of the app lives.
-    nodes: HashSet<String>,
     _token: LivelinessToken,
     _node_tokens: Subscriber<()>,
     _roster: Queryable<()>,
@@ -495,7 +399,7 @@ impl Bridge {
     async fn run(
         mut self,
         mut events: mpsc::UnboundedReceiver<MeshEvent>,
-        mut control: mpsc::UnboundedReceiver<FromZenoh>,
+        mut control: mpsc::UnboundedReceiver<Event>,
         mut inbound: mpsc::Receiver<FromZenoh>,
     ) {
         loop {
@@ -507,8 +411,11 @@ impl Bridge {
                 },
                 // Before samples: a node's token, announced before its
                 // first sample, is known when the sample is checked.
-                Some(msg) = control.recv() => self.on_remote(msg).await,
-                Some(msg) = inbound.recv() => self.on_remote(msg).await,
+                Some(event) = control.recv() => self.apply(event).await,
+                Some(msg) = inbound.recv() => match msg {
+                    FromZenoh::Event(event) => self.apply(event).await,
+                    FromZenoh::RosterQuery { app, query } => self.on_roster_query(&app, &query).await,
+                },
             }
         }
     }
@@ -521,49 +428,17 @@ impl Bridge {
                 sid,
                 client_id,
             } => {
-                let id = (app.clone(), channel.clone());
-                if !self.channels.contains_key(&id) {
-                    match self.link(&id).await {
-                        Ok(link) => {
-                            self.channels.insert(id.clone(), link);
-                        }
-                        Err(e) => {
-                            warn!(%app, %channel, error = %e, "mesh: cannot subscribe to channel");
-                            return;
-                        }
-                    }
-                }
-                let Some(link) = self.channels.get_mut(&id) else {
-                    return;
-                };
-                link.local.insert(sid, client_id.clone());
-                let join =
-                    protocol::encode_control(Op::ChannelJoin, &id.1, &client_id, &self.mesh_id);
-                self.publish_membership(&id, sid, join).await;
+                let channel = (app, channel);
+                self.apply(Event::Joined {
+                    channel,
+                    sid,
+                    client_id,
+                })
+                .await
             }
             MeshEvent::Left { app, channel, sid } => {
-                let id = (app, channel);
-                let Some(link) = self.channels.get_mut(&id) else {
-                    return; // never linked
-                };
-                let Some(client_id) = link.local.remove(&sid) else {
-                    return;
-                };
-                let last = link.local.is_empty();
-                let leave =
-                    protocol::encode_control(Op::PeerOffline, &id.1, &client_id, &self.mesh_id);
-                self.publish_membership(&id, sid, leave).await;
-                if !last {
-                    return;
-                }
-                if let Some(link) = self.channels.remove(&id) {
-                    let remote = link.remote.len() as u64;
-                    self.stats.mesh.remote_members.fetch_sub(remote, Relaxed);
-                    drop(link); // undeclares its subscriber, before the app's watch
-                    self.hub.forget_remote(&id.0, &id.1);
-                    self.unwatch(&id.0);
-                    debug!(app = %id.0, channel = %id.1, "mesh: last local member left, unsubscribed");
-                }
+                let channel = (app, channel);
+                self.apply(Event::Left { channel, sid }).await
             }
             MeshEvent::Publish {
                 app,
@@ -589,50 +464,118 @@ impl Bridge {
         }
     }
 
-    /// Subscribes to a channel's messages, watches its app (see
-    /// [`AppWatch`]), and asks the other nodes known to serve the app for
-    /// their rosters of the channel: the replies come in as memberships,
-    /// after the link exists. A node whose token is not known yet is asked
-    /// when it arrives ([`Bridge::on_node_token`]), so none is missed and a
-    /// node alone in the mesh sends no query.
-    async fn link(&mut self, id: &ChannelId) -> zenoh::Result<ChannelLink> {
-        let (app, channel) = id;
+    /// Hands an event to the links and runs their actions in order. A
+    /// channel that cannot be linked is handed back ([`Event::LinkFailed`])
+    /// and the rest of its actions are not run.
+    async fn apply(&mut self, event: Event) {
+        let mut actions = self.links.handle(event, Instant::now()).into_iter();
+        while let Some(action) = actions.next() {
+            if let Err((channel, e)) = self.run_action(action).await {
+                warn!(app = %channel.0, channel = %channel.1, error = %e, "mesh: cannot subscribe to channel");
+                let undo = self
+                    .links
+                    .handle(Event::LinkFailed(channel), Instant::now());
+                actions = undo.into_iter();
+            }
+        }
+    }
+
+    async fn run_action(&mut self, action: Action) -> Result<(), (ChannelId, zenoh::Error)> {
+        match action {
+            Action::Subscribe(channel) => match self.subscribe(&channel).await {
+                Ok(subscriber) => {
+                    self.subscribers.insert(channel, subscriber);
+                }
+                Err(e) => return Err((channel, e)),
+            },
+            Action::Unsubscribe(channel) => {
+                self.subscribers.remove(&channel);
+            }
+            Action::WatchApp(channel) => match self.watch(&channel.0).await {
+                Ok(watch) => {
+                    self.watches.insert(channel.0.clone(), watch);
+                }
+                Err(e) => return Err((channel, e)),
+            },
+            Action::UnwatchApp(app) => {
+                self.watches.remove(&app);
+            }
+            Action::Publish { channel, sid, msg } => {
+                self.publish_membership(&channel, sid, msg).await
+            }
+            Action::AskRosters(ask) => self.ask_rosters(ask).await,
+            Action::After(delay, timer) => {
+                let tx = self.control_tx.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let _ = tx.send(Event::Timer(timer));
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Subscribes to a channel's messages (from other sessions only).
+    async fn subscribe(&self, id: &ChannelId) -> zenoh::Result<Subscriber<()>> {
         let inbound = self.inbound.clone();
-        let cid = id.clone();
-        let messages = self
+        let channel = id.clone();
+        let subscriber = self
             .session
-            .declare_subscriber(keys::channel_key(app, channel))
+            .declare_subscriber(keys::channel_key(&id.0, &id.1))
             .allowed_origin(Locality::Remote)
             .callback(move |sample| {
                 let origin = sample
                     .attachment()
                     .map(|a| Origin::decode(&a.to_bytes()))
                     .unwrap_or_default();
-                inbound.offer(FromZenoh::Message {
-                    channel: cid.clone(),
+                inbound.offer(FromZenoh::Event(Event::Sample {
+                    channel: channel.clone(),
                     payload: sample.payload().to_bytes().into_owned(),
                     origin,
+                }));
+            })
+            .await?;
+        debug!(app = %id.0, channel = %id.1, "mesh: subscribed to channel");
+        Ok(subscriber)
+    }
+
+    /// Watches an app's memberships (see [`AppWatch`]).
+    async fn watch(&self, app: &Arc<str>) -> zenoh::Result<AppWatch> {
+        let (inbound, for_app) = (self.inbound.clone(), app.clone());
+        let roster = self
+            .session
+            .declare_queryable(keys::node_members_of_app(app, &self.mesh_id))
+            .callback(move |query| {
+                inbound.offer(FromZenoh::RosterQuery {
+                    app: for_app.clone(),
+                    query,
                 });
             })
             .await?;
-        self.watch(app).await?;
-        // Nodes not known yet are asked when their token arrives.
-        let ask = RosterAsk {
-            app: app.clone(),
-            selector: keys::members_of(app, channel),
-            node: None,
-            attempt: 0,
-        };
-        if self.has_someone_to_ask(&ask) {
-            self.ask_rosters(ask).await;
-        }
-        debug!(%app, %channel, "mesh: subscribed to channel");
-        Ok(ChannelLink {
-            local: HashMap::new(),
-            _messages: messages,
-            remote: HashMap::new(),
-            gone: HashMap::new(),
-            per_node: HashMap::new(),
+        let tx = self.control_tx.clone();
+        let node_tokens = self
+            .session
+            .liveliness()
+            .declare_subscriber(keys::node_tokens_of_app(app))
+            .history(true)
+            .callback(move |sample| {
+                let _ = tx.send(Event::NodeToken {
+                    key: sample.key_expr().as_str().to_owned(),
+                    alive: sample.kind() == SampleKind::Put,
+                });
+            })
+            .await?;
+        // Declared last: a node that sees it can already query this one.
+        let token = self
+            .session
+            .liveliness()
+            .declare_token(keys::node_token_key(app, &self.mesh_id))
+            .await?;
+        debug!(%app, "mesh: watching the app's memberships");
+        Ok(AppWatch {
+            _token: token,
+            _node_tokens: node_tokens,
+            _roster: roster,
         })
     }
 
@@ -671,7 +614,7 @@ impl Bridge {
     }
 
     /// Asks for rosters, and again if the answer may have been missed
-    /// (see [`Bridge::on_roster_query_over`]).
+    /// (see [`Links`]).
     async fn ask_rosters(&self, ask: RosterAsk) {
         let over = QueryOver {
             inbound: self.inbound.clone(),
@@ -688,455 +631,14 @@ impl Bridge {
             .callback(move |reply| {
                 if let Ok(sample) = reply.result() {
                     over.replies.fetch_add(1, Relaxed);
-                    over.inbound.offer(FromZenoh::Roster {
+                    over.inbound.offer(FromZenoh::Event(Event::Roster {
                         key: sample.key_expr().as_str().to_owned(),
                         payload: sample.payload().to_bytes().into_owned(),
-                    });
+                    }));
                 }
             });
         if let Err(e) = query.await {
             warn!(app = %ask.app, selector = %ask.selector, error = %e, "mesh: cannot ask for rosters");
-        }
-    }
-
-    /// A roster query is over. Through routers, a node's token or
-    /// subscription can reach this node before its queryable is routable
-    /// from here, so: a node asked for all its rosters of an app always has
-    /// at least one (it holds the token only while it has members in the
-    /// app), and is asked again, with backoff, until it answers or its token
-    /// goes; a channel's query, which may rightly get no answer, is asked
-    /// once more [`ROSTER_RECHECK`] later. A roster only adds members not
-    /// known yet, so asking twice does no harm.
-    fn on_roster_query_over(&self, mut ask: RosterAsk, replies: usize) {
-        let delay = match &ask.node {
-            Some(_) if replies > 0 || ask.attempt >= ROSTER_ATTEMPTS => return,
-            Some(_) => ROSTER_RETRY * 2u32.pow(ask.attempt),
-            None if ask.attempt > 0 => return,
-            None => ROSTER_RECHECK,
-        };
-        ask.attempt += 1;
-        let tx = self.control_tx.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            let _ = tx.send(FromZenoh::AskAgain(ask));
-        });
-    }
-
-    /// Whether a roster query has someone to ask: its node, or any other
-    /// node of the app.
-    fn has_someone_to_ask(&self, ask: &RosterAsk) -> bool {
-        self.apps.get(&ask.app).is_some_and(|w| match &ask.node {
-            Some(node) => w.nodes.contains(node),
-            None => !w.nodes.is_empty(),
-        })
-    }
-
-    /// Counts one more linked channel of `app`, watching its memberships first.
-    async fn watch(&mut self, app: &Arc<str>) -> zenoh::Result<()> {
-        if let Some(watch) = self.apps.get_mut(app) {
-            watch.linked_channels += 1;
-            return Ok(());
-        }
-        let (inbound, for_app) = (self.inbound.clone(), app.clone());
-        let roster = self
-            .session
-            .declare_queryable(keys::node_members_of_app(app, &self.mesh_id))
-            .callback(move |query| {
-                inbound.offer(FromZenoh::RosterQuery {
-                    app: for_app.clone(),
-                    query,
-                });
-            })
-            .await?;
-        let tx = self.control_tx.clone();
-        let node_tokens = self
-            .session
-            .liveliness()
-            .declare_subscriber(keys::node_tokens_of_app(app))
-            .history(true)
-            .callback(move |sample| {
-                let _ = tx.send(FromZenoh::NodeToken {
-                    key: sample.key_expr().as_str().to_owned(),
-                    alive: sample.kind() == SampleKind::Put,
-                });
-            })
-            .await?;
-        // Declared last: a node that sees it can already query this one.
-        let token = self
-            .session
-            .liveliness()
-            .declare_token(keys::node_token_key(app, &self.mesh_id))
-            .await?;
-        debug!(%app, "mesh: watching the app's memberships");
-        self.apps.insert(
-            app.clone(),
-            AppWatch {
-                linked_channels: 1,
-                nodes: HashSet::new(),
-                _token: token,
-                _node_tokens: node_tokens,
-                _roster: roster,
-            },
-        );
-        Ok(())
-    }
-
-    /// Counts one linked channel of `app` less; the last one ends the watch.
-    fn unwatch(&mut self, app: &str) {
-        if let Some(watch) = self.apps.get_mut(app) {
-            watch.linked_channels -= 1;
-            if watch.linked_channels == 0 {
-                self.apps.remove(app);
-                debug!(%app, "mesh: no linked channel left, stopped watching the app");
-            }
-        }
-    }
-
-    async fn on_remote(&mut self, msg: FromZenoh) {
-        match msg {
-            FromZenoh::Message {
-                channel,
-                payload,
-                origin,
-            } => self.on_message(channel, &payload, origin),
-            FromZenoh::NodeToken { key, alive } => self.on_node_token(&key, alive).await,
-            FromZenoh::Roster { key, payload } => self.on_roster(&key, &payload),
-            FromZenoh::RosterQuery { app, query } => self.on_roster_query(&app, &query).await,
-            FromZenoh::Check { channel, member } => self.on_check(channel, &member),
-            FromZenoh::RosterQueryOver { ask, replies } => self.on_roster_query_over(ask, replies),
-            FromZenoh::AskAgain(ask) => {
-                if self.has_someone_to_ask(&ask) {
-                    debug!(app = %ask.app, selector = %ask.selector, attempt = ask.attempt, "mesh: asking for rosters again");
-                    self.ask_rosters(ask).await;
-                }
-            }
-        }
-    }
-
-    fn on_message(&mut self, id: ChannelId, payload: &[u8], origin: Origin) {
-        if !self.channels.contains_key(&id) {
-            return; // unsubscribed meanwhile
-        }
-        let hop_us = unix_micros().saturating_sub(origin.sent_us);
-        let span = tracing::info_span!(
-            target: "otel", parent: None, "mesh.receive",
-            app = %id.0, channel = %id.1, mesh_id = %self.mesh_id, bytes = payload.len(),
-            peer = tracing::field::Empty, op = tracing::field::Empty, origin_mesh = tracing::field::Empty,
-            hop_us = tracing::field::Empty,
-        );
-        if let Some(parent) = origin.traceparent.as_deref() {
-            telemetry::set_parent(&span, parent);
-        }
-        let _entered = span.enter();
-        let relayed = match protocol::decode_relayed(payload) {
-            Ok(m) if m.channel == &*id.1 => m,
-            other => {
-                debug!(app = %id.0, channel = %id.1, result = ?other.err(), "mesh: invalid sample dropped");
-                self.stats.count_drop(DropReason::MeshInvalid);
-                let why = format!("mesh_invalid: undecodable sample in {}", id.1);
-                self.stats.console.error("mesh_refused", Some(&*id.0), why);
-                tracing::info!(target: "otel", reason = DropReason::MeshInvalid.as_str(), "dropped");
-                return;
-            }
-        };
-        span.record("peer", relayed.peer);
-        span.record("op", relayed.kind.label());
-        if let Some(mesh) = relayed.mesh {
-            span.record("origin_mesh", mesh);
-        }
-        if origin.sent_us > 0 {
-            span.record("hop_us", hop_us);
-            self.stats.mesh.observe_hop(hop_us);
-            if let Some(mesh) = relayed.mesh {
-                self.stats.console.observe_hop(mesh, hop_us);
-            }
-        }
-        if relayed.kind == Kind::Control(Op::ChannelJoin) && origin.sid.is_none() {
-            debug!(app = %id.0, channel = %id.1, "mesh: channel_join without a node's sid dropped");
-            self.stats.count_drop(DropReason::MeshInvalid);
-            tracing::info!(target: "otel", reason = DropReason::MeshInvalid.as_str(), "dropped");
-            return;
-        }
-        let member = match self.sender(&id, relayed.mesh, origin.sid, relayed.kind) {
-            Ok(member) => member,
-            Err(reason) => {
-                debug!(app = %id.0, channel = %id.1, peer = relayed.peer, mesh = ?relayed.mesh, sid = ?origin.sid, reason = reason.as_str(), "mesh: sample refused");
-                let why = format!(
-                    "{}: {} in {} from node {:?}",
-                    reason.as_str(),
-                    relayed.peer,
-                    id.1,
-                    relayed.mesh.unwrap_or("-")
-                );
-                self.stats.console.error("mesh_refused", Some(&*id.0), why);
-                self.stats.count_drop(reason);
-                tracing::info!(target: "otel", reason = reason.as_str(), "dropped");
-                return;
-            }
-        };
-        let Some(link) = self.channels.get_mut(&id) else {
-            return;
-        };
-        if relayed.kind == Kind::Control(Op::ChannelJoin) {
-            // A node announcing a member: for this bridge, never for browsers.
-            let Some((mesh, sid)) = member else {
-                return; // no sid: refused above
-            };
-            let joined = Membership {
-                sid,
-                client_id: relayed.peer.to_owned(),
-            };
-            self.member_alive(&id, mesh.to_owned(), joined);
-            return;
-        }
-        // Re-encoded: whatever a backend sent, browsers get a clean map.
-        let bytes = Bytes::from(protocol::encode(&relayed));
-        let mut missed_announcement = None;
-        let mut repeated_online = false;
-        if let Some((mesh, sid)) = member {
-            let who = (mesh.to_owned(), sid);
-            if relayed.kind == Kind::Control(Op::PeerOffline) {
-                // A node's leave: delivered below like any message, unless
-                // its node's token went first (declarations can overtake
-                // data) and said so already. One of a member never known
-                // here is delivered: the browsers may know it from its own
-                // messages.
-                // Per user: the local members hear of it only with the
-                // user's last connection ([`Hub::remote_left`]).
-                if link.remove_remote(&who).is_some() {
-                    self.stats.mesh.remote_member_gone();
-                    self.stats.mesh.received.fetch_add(1, Relaxed);
-                    let sender = (relayed.peer, mesh);
-                    self.hub
-                        .remote_left(&id.0, &id.1, sender, Why::Left, &bytes);
-                    return;
-                } else if link.gone.remove(&who).is_some() {
-                    debug!(app = %id.0, channel = %id.1, peer = relayed.peer, %mesh, "mesh: leave of a member already offline");
-                    return;
-                } else if self.hub.is_present(&id.0, &id.1, relayed.peer) {
-                    debug!(app = %id.0, channel = %id.1, peer = relayed.peer, %mesh, "mesh: leave of an unknown connection of a present user");
-                    return;
-                }
-            } else if let Some(remote) = link.remote.get_mut(&who) {
-                // The first thing heard from a new member is not its
-                // peer_online: its announcement was lost (both nodes
-                // subscribed at once), so ours may have been too. The
-                // presence check stands down once anything is heard, so do
-                // its work now: peer_online on its behalf, first, and the
-                // local members answer with their state.
-                if !remote.heard
-                    && relayed.kind != Kind::Control(Op::PeerOnline)
-                    && self.presence_check.is_some()
-                {
-                    missed_announcement = Some((mesh, sid));
-                }
-                remote.heard = true;
-                if relayed.kind == Kind::Control(Op::PeerState) {
-                    remote.last_state = Some(bytes.clone());
-                }
-                if relayed.kind == Kind::Control(Op::PeerOnline) {
-                    repeated_online = !std::mem::take(&mut remote.announce);
-                }
-            } else if relayed.kind == Kind::Control(Op::PeerOnline) {
-                // Its join is not known here yet (data can overtake it).
-                repeated_online = self.hub.is_present(&id.0, &id.1, relayed.peer);
-            }
-        }
-        if let Some((mesh, sid)) = missed_announcement {
-            debug!(app = %id.0, channel = %id.1, peer = relayed.peer, %mesh, "mesh: new remote member's announcement missed; asking local members to announce");
-            self.announce(&id, relayed.peer, (mesh, sid));
-        }
-        if repeated_online {
-            debug!(app = %id.0, channel = %id.1, peer = relayed.peer, "mesh: peer_online of a present user; answering for the local members");
-            self.stats.mesh.received.fetch_add(1, Relaxed);
-            self.hub.republish_states(&id.0, &id.1);
-            return;
-        }
-        self.stats.mesh.received.fetch_add(1, Relaxed);
-        let deliver = tracing::info_span!(target: "otel", "deliver", delivered = tracing::field::Empty, dropped_slow = tracing::field::Empty);
-        let delivery =
-            deliver.in_scope(|| self.hub.deliver_remote(&id.0, &id.1, &bytes, relayed.kind));
-        deliver.record("delivered", delivery.sent);
-        deliver.record("dropped_slow", delivery.dropped);
-        self.stats.console.app(&id.0).count_out(delivery.sent);
-        let from = (relayed.peer, relayed.mesh.unwrap_or(""));
-        crate::console::tap(&self.stats, &id.0, &id.1, from, relayed.kind, &bytes);
-    }
-
-    /// Who a sample says it comes from, if that can be so: `Some((mesh_id,
-    /// sid))` for a member of another node, `None` for a backend. The second
-    /// wall behind the mesh's ACLs (`mesh/README.md`, threat model), which
-    /// holds without them: a sid (a node's member) needs the node's
-    /// `mesh_id` beside it, not this node's own, and that node's live token
-    /// of the app, or the member known from when it was live; presence
-    /// (`op`) only ever comes from a node's member. The token alone does not
-    /// prove the sender is that node; zenoh's authentication and ACLs do.
-    fn sender<'a>(
-        &self,
-        id: &ChannelId,
-        mesh: Option<&'a str>,
-        sid: Option<u64>,
-        kind: Kind,
-    ) -> Result<Option<(&'a str, u64)>, DropReason> {
-        let (mesh, sid) = match (mesh, sid) {
-            (Some(mesh), Some(sid)) => (mesh, sid),
-            (None, None) if kind == Kind::Data => return Ok(None),
-            // A sid without its node, a node without a sid, or presence
-            // from a backend.
-            _ => return Err(DropReason::MeshForged),
-        };
-        if mesh == self.mesh_id {
-            return Err(DropReason::MeshForged);
-        }
-        let who = (mesh.to_owned(), sid);
-        let link = self.channels.get(id);
-        let live = self
-            .apps
-            .get(&id.0)
-            .is_some_and(|w| w.nodes.contains(mesh))
-            || link.is_some_and(|l| l.remote.contains_key(&who))
-            // A leave overtaken by its node's token going: known, dropped quietly later.
-            || (kind == Kind::Control(Op::PeerOffline)
-                && link.is_some_and(|l| l.gone.contains_key(&who)));
-        if live {
-            Ok(Some((mesh, sid)))
-        } else {
-            Err(DropReason::MeshNoToken)
-        }
-    }
-
-    /// A remote member whose token appeared a grace period ago and from
-    /// whom nothing arrived: its `peer_online` (and our members' answers) can
-    /// have been lost, if both nodes subscribed to the channel within the
-    /// time a subscription takes to cross (zenoh routes a publication only to
-    /// the subscribers its node already knows). Deliver `peer_online` on its
-    /// behalf: the local browsers answer with their state, which now reaches
-    /// it. The other node does the same for ours, so both sides converge.
-    fn on_check(&mut self, id: ChannelId, member: &RemoteMember) {
-        tracing::trace!(app = %id.0, channel = %id.1, peer = %member.client_id, "mesh: presence check");
-        let Some(remote) = self
-            .channels
-            .get_mut(&id)
-            .and_then(|link| link.remote.get_mut(&(member.mesh_id.clone(), member.sid)))
-        else {
-            return; // gone meanwhile
-        };
-        if remote.heard {
-            return;
-        }
-        remote.heard = true;
-        debug!(app = %id.0, channel = %id.1, peer = %member.client_id, mesh = %member.mesh_id, "mesh: nothing heard from new remote member; asking local members to announce");
-        self.announce(&id, &member.client_id, (&member.mesh_id, member.sid));
-    }
-
-    /// Makes the local members' states reach a new remote member: a user's
-    /// first connection is announced to them (`peer_online` on its behalf;
-    /// they answer with their state), another one of a present user is
-    /// answered by the node for them ([`Hub::republish_states`]).
-    fn announce(&mut self, id: &ChannelId, client_id: &str, (mesh_id, sid): (&str, u64)) {
-        let first = self
-            .channels
-            .get_mut(id)
-            .and_then(|link| link.remote.get_mut(&(mesh_id.to_owned(), sid)))
-            .is_some_and(|remote| std::mem::take(&mut remote.announce));
-        if first {
-            deliver_presence(&self.hub, id, Op::PeerOnline, client_id, mesh_id);
-        } else {
-            self.hub.republish_states(&id.0, &id.1);
-        }
-    }
-
-    /// The linked channel and the other node a membership key names; `None`
-    /// for this node's own keys and for channels without local members.
-    fn remote_node(&self, key: &str) -> Option<(ChannelId, String)> {
-        let Some(place) = keys::parse_members_key(key) else {
-            debug!(%key, "mesh: not a membership key");
-            return None;
-        };
-        if place.mesh_id == self.mesh_id {
-            return None;
-        }
-        let id: ChannelId = (place.app.as_str().into(), place.channel.as_str().into());
-        self.channels
-            .contains_key(&id)
-            .then_some((id, place.mesh_id))
-    }
-
-    /// A node's token of an app appeared (it is new to the app, already
-    /// there when the watch began, or back after a partition): ask it for its
-    /// rosters of the app's channels. It went away: every member of that node
-    /// is offline.
-    async fn on_node_token(&mut self, key: &str, alive: bool) {
-        let Some((app, mesh_id)) = keys::parse_node_token(key) else {
-            debug!(%key, "mesh: not a node token");
-            return;
-        };
-        if mesh_id == self.mesh_id {
-            return;
-        }
-        let Some(watch) = self.apps.get_mut(app.as_str()) else {
-            return;
-        };
-        if alive {
-            watch.nodes.insert(mesh_id.clone());
-            let selector = keys::node_members_of_app(&app, &mesh_id);
-            self.ask_rosters(RosterAsk {
-                app: app.into(),
-                selector,
-                node: Some(mesh_id),
-                attempt: 0,
-            })
-            .await;
-            return;
-        }
-        watch.nodes.remove(&mesh_id);
-        let now = Instant::now();
-        let mut offline = Vec::new();
-        for (id, link) in self.channels.iter_mut().filter(|((a, _), _)| **a == *app) {
-            let cut: Vec<_> = link
-                .remote
-                .keys()
-                .filter(|(mesh, _)| *mesh == mesh_id)
-                .cloned()
-                .collect();
-            for who in cut {
-                if let Some(remote) = link.remove_remote(&who) {
-                    offline.push((id.clone(), remote.client_id.clone()));
-                    link.gone.insert(who, (remote, now));
-                }
-            }
-        }
-        debug!(%app, mesh = %mesh_id, members = offline.len(), "mesh: node left the app");
-        for (id, client_id) in offline {
-            self.offline(&id, &client_id, &mesh_id);
-        }
-    }
-
-    fn on_roster(&mut self, key: &str, payload: &[u8]) {
-        let Some((id, mesh_id)) = self.remote_node(key) else {
-            return;
-        };
-        // A node's rosters come with its token; its token's arrival asks
-        // again, so nothing of a live node is lost by waiting for it.
-        if !self
-            .apps
-            .get(&id.0)
-            .is_some_and(|w| w.nodes.contains(&mesh_id))
-        {
-            debug!(%key, "mesh: roster of a node without a live token refused");
-            self.stats.count_drop(DropReason::MeshNoToken);
-            return;
-        }
-        match membership::decode_roster(payload) {
-            Ok(members) => {
-                for m in members {
-                    self.member_alive(&id, mesh_id.clone(), m);
-                }
-            }
-            Err(e) => {
-                debug!(%key, error = %e, "mesh: invalid roster dropped");
-                self.stats.count_drop(DropReason::MeshInvalid);
-            }
         }
     }
 
@@ -1145,123 +647,33 @@ impl Bridge {
     /// older than a join or leave published before it.
     async fn on_roster_query(&self, app: &Arc<str>, query: &Query) {
         let wanted = query.key_expr();
-        let answer = |channel: &Arc<str>, link: &ChannelLink| {
-            let key = keys::members_key(app, channel, &self.mesh_id);
-            let matches = zenoh::key_expr::KeyExpr::try_from(key.as_str())
-                .is_ok_and(|k| wanted.intersects(&k));
-            matches.then(|| {
-                let roster =
-                    membership::encode_roster(link.local.iter().map(|(sid, p)| (*sid, &**p)));
-                (key, roster)
-            })
-        };
-        let replies: Vec<_> = match keys::concrete_channel(wanted.as_str()) {
-            Some(channel) => {
-                let id: ChannelId = (app.clone(), channel.as_str().into());
-                self.channels
-                    .get(&id)
-                    .and_then(|link| answer(&id.1, link))
-                    .into_iter()
-                    .collect()
-            }
-            None => self
-                .channels
-                .iter()
-                .filter(|((a, _), _)| a == app)
-                .filter_map(|((_, c), link)| answer(c, link))
+        let members: Vec<_> = match keys::concrete_channel(wanted.as_str()) {
+            Some(channel) => self
+                .links
+                .local_members_of(app, &channel)
+                .into_iter()
                 .collect(),
+            None => self.links.local_members(app).collect(),
         };
+        let replies: Vec<_> = members
+            .into_iter()
+            .filter_map(|(channel, local)| {
+                let key = keys::members_key(app, channel, &self.mesh_id);
+                let matches = zenoh::key_expr::KeyExpr::try_from(key.as_str())
+                    .is_ok_and(|k| wanted.intersects(&k));
+                matches.then(|| {
+                    let roster =
+                        membership::encode_roster(local.iter().map(|(sid, p)| (*sid, &**p)));
+                    (key, roster)
+                })
+            })
+            .collect();
         for (key, roster) in replies {
             if let Err(e) = query.reply(key, roster).await {
                 debug!(error = %e, "mesh: roster reply failed");
             }
         }
     }
-
-    /// A remote member, from a join or a roster. One that comes back after
-    /// its node's token went away (a partition healed) is announced again
-    /// with its last state; a new one gets the presence check.
-    fn member_alive(&mut self, id: &ChannelId, mesh_id: String, m: Membership) {
-        let Some(link) = self.channels.get_mut(id) else {
-            return;
-        };
-        let who = (mesh_id, m.sid);
-        if link.remote.contains_key(&who) {
-            return;
-        }
-        let cap = (self.limits)(&id.0).unwrap_or_default().max_members;
-        if cap != 0 && link.per_node.get(&who.0).copied().unwrap_or(0) >= cap {
-            debug!(app = %id.0, channel = %id.1, mesh = %who.0, cap, "mesh: remote member over the app's member cap refused");
-            self.stats.count_drop(DropReason::MeshMemberCap);
-            return;
-        }
-        let now = Instant::now();
-        link.gone
-            .retain(|_, (_, since)| now.duration_since(*since) < GONE_MEMORY);
-        let healed = link.gone.remove(&who);
-        let member = RemoteMember {
-            mesh_id: who.0.clone(),
-            sid: m.sid,
-            client_id: m.client_id,
-        };
-        debug!(app = %id.0, channel = %id.1, peer = %member.client_id, mesh = %member.mesh_id, healed = healed.is_some(), "mesh: remote member");
-        let last_state = healed.as_ref().and_then(|(r, _)| r.last_state.clone());
-        self.stats.mesh.remote_members.fetch_add(1, Relaxed);
-        let arrival = self
-            .hub
-            .remote_joined(&id.0, &id.1, &member.client_id, &member.mesh_id);
-        let first = arrival == Arrival::First;
-        link.insert_remote(
-            who,
-            Remote {
-                client_id: member.client_id.clone(),
-                last_state: last_state.clone(),
-                heard: healed.is_some(),
-                announce: first && healed.is_none(),
-            },
-        );
-        if healed.is_some() {
-            // Back after a partition: tell the local members again, unless
-            // they never heard the user go (connected elsewhere too).
-            info!(app = %id.0, channel = %id.1, peer = %member.client_id, mesh = %member.mesh_id, "mesh: peer back after a partition");
-            if first {
-                deliver_presence(
-                    &self.hub,
-                    id,
-                    Op::PeerOnline,
-                    &member.client_id,
-                    &member.mesh_id,
-                );
-            }
-            if let Some(state) = last_state {
-                self.hub
-                    .deliver_remote(&id.0, &id.1, &state, Kind::Control(Op::PeerState));
-            }
-        } else if let Some(grace) = self.presence_check {
-            let (tx, channel) = (self.control_tx.clone(), id.clone());
-            tokio::spawn(async move {
-                tokio::time::sleep(grace).await;
-                let _ = tx.send(FromZenoh::Check { channel, member });
-            });
-        }
-    }
-
-    /// A remote member's node is gone: a `peer_offline` for the local
-    /// members, at once, if that was its user's last connection.
-    fn offline(&self, id: &ChannelId, client_id: &str, mesh_id: &str) {
-        self.stats.mesh.remote_member_gone();
-        let op = Op::PeerOffline;
-        let msg = Bytes::from(protocol::encode_control(op, &id.1, client_id, mesh_id));
-        let who = (client_id, mesh_id);
-        self.hub.remote_left(&id.0, &id.1, who, Why::NodeGone, &msg);
-    }
-}
-
-/// Delivers a node-made presence message (`op` on behalf of the remote
-/// member `client_id` of node `mesh_id`) to the channel's local members.
-fn deliver_presence(hub: &Hub, id: &ChannelId, op: Op, client_id: &str, mesh_id: &str) {
-    let msg = Bytes::from(protocol::encode_control(op, &id.1, client_id, mesh_id));
-    hub.deliver_remote(&id.0, &id.1, &msg, Kind::Control(op));
 }
 
 /// The zenoh attachment of a node's publish: where it came from, when, and
