@@ -20,6 +20,7 @@ fn sid(sid: u64) -> Vec<u8> {
         sid: Some(sid),
         sent_us: 0,
         traceparent: None,
+        stamp: None,
     }
     .encode()
 }

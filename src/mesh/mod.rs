@@ -8,7 +8,8 @@
 //! channel's key (`channel_join`, `peer_offline`), as is every local message,
 //! with the sender's sid in the attachment; the last leave unsubscribes.
 //!
-//! In: a sample on a joined channel's key is checked, re-encoded without
+//! In: a sample on a joined channel's key is checked, dropped if its node's
+//! stamp says it came already or late ([`dedup`]), re-encoded without
 //! `sid`/`app`, and handed to the hub for the local members (never back to
 //! zenoh: no loops). Every remote join and leave is told to the hub, which
 //! counts connections per user ([`crate::presence`]): another node's leave
@@ -30,6 +31,7 @@
 //! sockets; transports know nothing of zenoh. Key expressions: [`keys`].
 
 pub mod admin;
+pub mod dedup;
 pub mod keys;
 pub mod membership;
 
@@ -58,6 +60,7 @@ use crate::presence::{Arrival, Why};
 use crate::protocol::{self, Kind, Op};
 use crate::stats::{DropReason, Stats};
 use crate::telemetry;
+use dedup::{Dedup, Stamp, Stamper, Verdict};
 use membership::Membership;
 use std::future::IntoFuture;
 use tracing::Instrument;
@@ -273,6 +276,7 @@ impl Mesh {
             },
             control_tx,
             limits,
+            stamper: Stamper::new(incarnation()),
             presence_check: settings.presence_check,
             channels: HashMap::new(),
             apps: HashMap::new(),
@@ -301,6 +305,14 @@ impl Mesh {
             warn!("mesh: zenoh session did not close in time");
         }
     }
+}
+
+/// This run's incarnation: random, so a restarted node's numbers are new.
+fn incarnation() -> u64 {
+    use ring::rand::SecureRandom as _;
+    let mut bytes = [0u8; 8];
+    let _ = ring::rand::SystemRandom::new().fill(&mut bytes);
+    u64::from_le_bytes(bytes)
 }
 
 /// Keeps `/health` and the log told whether this node has zenoh neighbours.
@@ -440,6 +452,8 @@ struct ChannelLink {
     /// mesh_id → how many of `remote` are its: a node never has more members
     /// in a channel than the app's cap, so more is refused.
     per_node: HashMap<String, usize>,
+    /// The newest publication delivered per node: copies and stragglers are dropped.
+    dedup: Dedup,
 }
 
 impl ChannelLink {
@@ -469,6 +483,8 @@ struct Bridge {
     inbound: Inbound,
     control_tx: mpsc::UnboundedSender<FromZenoh>,
     limits: AppLimitsOf,
+    /// Numbers this node's publications ([`dedup`]).
+    stamper: Stamper,
     presence_check: Option<Duration>,
     channels: HashMap<ChannelId, ChannelLink>,
     /// One membership watch per app with linked channels (see [`AppWatch`]).
@@ -597,24 +613,7 @@ impl Bridge {
     /// node alone in the mesh sends no query.
     async fn link(&mut self, id: &ChannelId) -> zenoh::Result<ChannelLink> {
         let (app, channel) = id;
-        let inbound = self.inbound.clone();
-        let cid = id.clone();
-        let messages = self
-            .session
-            .declare_subscriber(keys::channel_key(app, channel))
-            .allowed_origin(Locality::Remote)
-            .callback(move |sample| {
-                let origin = sample
-                    .attachment()
-                    .map(|a| Origin::decode(&a.to_bytes()))
-                    .unwrap_or_default();
-                inbound.offer(FromZenoh::Message {
-                    channel: cid.clone(),
-                    payload: sample.payload().to_bytes().into_owned(),
-                    origin,
-                });
-            })
-            .await?;
+        let messages = self.subscribe(id).await?;
         self.watch(app).await?;
         // Nodes not known yet are asked when their token arrives.
         let ask = RosterAsk {
@@ -633,7 +632,30 @@ impl Bridge {
             remote: HashMap::new(),
             gone: HashMap::new(),
             per_node: HashMap::new(),
+            dedup: Dedup::default(),
         })
+    }
+
+    /// The subscriber of a channel's messages from other nodes.
+    async fn subscribe(&self, id: &ChannelId) -> zenoh::Result<Subscriber<()>> {
+        let (app, channel) = id;
+        let inbound = self.inbound.clone();
+        let cid = id.clone();
+        self.session
+            .declare_subscriber(keys::channel_key(app, channel))
+            .allowed_origin(Locality::Remote)
+            .callback(move |sample| {
+                let origin = sample
+                    .attachment()
+                    .map(|a| Origin::decode(&a.to_bytes()))
+                    .unwrap_or_default();
+                inbound.offer(FromZenoh::Message {
+                    channel: cid.clone(),
+                    payload: sample.payload().to_bytes().into_owned(),
+                    origin,
+                });
+            })
+            .await
     }
 
     /// A publication on a channel's key, with the sender's sid in the
@@ -651,6 +673,7 @@ impl Bridge {
             sid: Some(sid),
             sent_us: unix_micros(),
             traceparent,
+            stamp: Some(self.stamper.next()),
         }
         .encode();
         self.session
@@ -877,6 +900,15 @@ impl Bridge {
         let Some(link) = self.channels.get_mut(&id) else {
             return;
         };
+        if let (Some(mesh), Some(stamp)) = (relayed.mesh, origin.stamp) {
+            let verdict = link.dedup.check(mesh, stamp, Instant::now());
+            if verdict != Verdict::Deliver {
+                // Through routers, while they reroute (see [`dedup`]).
+                debug!(app = %id.0, channel = %id.1, peer = relayed.peer, %mesh, seq = stamp.seq, ?verdict, "mesh: sample dropped");
+                tracing::info!(target: "otel", reason = "mesh_duplicate", ?verdict, "dropped");
+                return;
+            }
+        }
         if relayed.kind == Kind::Control(Op::ChannelJoin) {
             // A node announcing a member: for this bridge, never for browsers.
             let Some((mesh, sid)) = member else {
@@ -1265,20 +1297,25 @@ fn deliver_presence(hub: &Hub, id: &ChannelId, op: Op, client_id: &str, mesh_id:
 }
 
 /// The zenoh attachment of a node's publish: where it came from, when, and
-/// the W3C trace context of its publish span. msgpack map
-/// `{"ts": u64 µs since the epoch, "sid": str, "traceparent": str}`; every
-/// key optional, unknown keys ignored (backends may send their own).
+/// the W3C trace context of its publish span, and its [`Stamp`]. msgpack map
+/// `{"ts": u64 µs since the epoch, "sid": str, "traceparent": str, "inc":
+/// u64, "seq": u64}`; every key optional (a stamp needs both `inc` and
+/// `seq`), unknown keys ignored (backends may send their own).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Origin {
     pub sid: Option<u64>,
     pub sent_us: u64,
     pub traceparent: Option<String>,
+    pub stamp: Option<Stamp>,
 }
 
 impl Origin {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(96);
-        let n = 1 + u32::from(self.sid.is_some()) + u32::from(self.traceparent.is_some());
+        let n = 1
+            + u32::from(self.sid.is_some())
+            + u32::from(self.traceparent.is_some())
+            + 2 * u32::from(self.stamp.is_some());
         rmp::encode::write_map_len(&mut out, n).expect("vec");
         rmp::encode::write_str(&mut out, "ts").expect("vec");
         rmp::encode::write_uint(&mut out, self.sent_us).expect("vec");
@@ -1290,6 +1327,12 @@ impl Origin {
             rmp::encode::write_str(&mut out, "traceparent").expect("vec");
             rmp::encode::write_str(&mut out, tp).expect("vec");
         }
+        if let Some(stamp) = self.stamp {
+            rmp::encode::write_str(&mut out, "inc").expect("vec");
+            rmp::encode::write_uint(&mut out, stamp.incarnation).expect("vec");
+            rmp::encode::write_str(&mut out, "seq").expect("vec");
+            rmp::encode::write_uint(&mut out, stamp.seq).expect("vec");
+        }
         out
     }
 
@@ -1299,8 +1342,11 @@ impl Origin {
         let Ok(rmpv::Value::Map(entries)) = rmpv::decode::read_value(&mut &bytes[..]) else {
             return origin;
         };
+        let (mut inc, mut seq) = (None, None);
         for (k, v) in entries {
             match (k.as_str(), v) {
+                (Some("inc"), v) => inc = v.as_u64(),
+                (Some("seq"), v) => seq = v.as_u64(),
                 (Some("sid"), rmpv::Value::String(s)) => {
                     origin.sid = s.as_str().and_then(|s| s.parse().ok())
                 }
@@ -1308,6 +1354,9 @@ impl Origin {
                 (Some("traceparent"), rmpv::Value::String(s)) => origin.traceparent = s.into_str(),
                 _ => {}
             }
+        }
+        if let (Some(incarnation), Some(seq)) = (inc, seq) {
+            origin.stamp = Some(Stamp { incarnation, seq });
         }
         origin
     }
@@ -1323,6 +1372,10 @@ mod tests {
             sid: Some(123456),
             sent_us: 1_700_000_000_000_000,
             traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            stamp: Some(Stamp {
+                incarnation: u64::MAX,
+                seq: 3,
+            }),
         };
         assert_eq!(Origin::decode(&origin.encode()), origin);
         assert_eq!(Origin::decode(b"junk"), Origin::default());
@@ -1330,8 +1383,15 @@ mod tests {
             sid: None,
             sent_us: 5,
             traceparent: None,
+            stamp: None,
         };
         assert_eq!(Origin::decode(&bare.encode()), bare);
+        // Half a stamp is none.
+        let mut half = Vec::new();
+        rmp::encode::write_map_len(&mut half, 1).unwrap();
+        rmp::encode::write_str(&mut half, "seq").unwrap();
+        rmp::encode::write_uint(&mut half, 9).unwrap();
+        assert_eq!(Origin::decode(&half).stamp, None);
     }
 
     #[test]
