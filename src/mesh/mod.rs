@@ -110,6 +110,21 @@ const ROSTER_RECHECK: Duration = Duration::from_secs(1);
 const ROSTER_RETRY: Duration = Duration::from_millis(250);
 const ROSTER_ATTEMPTS: u32 = 5;
 
+/// How long after another node of an app comes back (its token returns:
+/// a partition healed, its router or itself restarted) this node declares
+/// again the subscribers of the channels it shares with it. A router
+/// forwards a subscription to another router only when that one becomes
+/// its child in a routing tree; should a heal leave a router on the way
+/// without this node's subscription, that node's messages would never
+/// arrive here while tokens, queries and member lists are right again
+/// (seen in scripts/chaos through routers). Declared anew once the routers'
+/// links have settled, the subscription travels the routers' current trees.
+const RESUBSCRIBE_AFTER: Duration = Duration::from_millis(1000);
+
+/// Nodes remembered per app as gone (to recognise their return); beyond,
+/// a return is taken for a first arrival.
+const MAX_LEFT_REMEMBERED: usize = 256;
+
 /// How long a forgotten membership is remembered, to recognise it if it
 /// comes back after a partition heals.
 const GONE_MEMORY: Duration = Duration::from_secs(600);
@@ -364,6 +379,9 @@ enum FromZenoh {
     RosterQueryOver { ask: RosterAsk, replies: usize },
     /// A roster query's next attempt is due.
     AskAgain(RosterAsk),
+    /// A node of the app came back a while ago: declare the subscribers of
+    /// the channels shared with it again.
+    Resubscribe { app: Arc<str>, node: String },
     /// A new remote member's grace period is over.
     Check {
         channel: ChannelId,
@@ -444,7 +462,8 @@ struct Remote {
 struct ChannelLink {
     /// sid → client id of this node's members: the roster it answers with.
     local: HashMap<PeerId, Arc<str>>,
-    _messages: Subscriber<()>,
+    /// `None` only while it is declared again ([`Bridge::resubscribe`]).
+    messages: Option<Subscriber<()>>,
     /// (mesh_id, sid) → peer, while it is a member and its node's token lives.
     remote: HashMap<(String, u64), Remote>,
     /// Members whose node's token went away, to recognise a heal.
@@ -502,6 +521,8 @@ struct AppWatch {
     linked_channels: usize,
     /// The other nodes whose token of the app lives.
     nodes: HashSet<String>,
+    /// The other nodes whose token went away: one coming back is a heal.
+    left: HashSet<String>,
     _token: LivelinessToken,
     _node_tokens: Subscriber<()>,
     _roster: Queryable<()>,
@@ -628,7 +649,7 @@ impl Bridge {
         debug!(%app, %channel, "mesh: subscribed to channel");
         Ok(ChannelLink {
             local: HashMap::new(),
-            _messages: messages,
+            messages: Some(messages),
             remote: HashMap::new(),
             gone: HashMap::new(),
             per_node: HashMap::new(),
@@ -656,6 +677,46 @@ impl Bridge {
                 });
             })
             .await
+    }
+
+    /// Declares again the subscribers of the app's channels that `node`
+    /// has members in, or had before it went, so that every router on the
+    /// way learns them anew (see [`RESUBSCRIBE_AFTER`]), if its token still
+    /// lives. Undeclared first: zenoh sends nothing on the wire for a second
+    /// subscriber on the same key.
+    async fn resubscribe(&mut self, app: &Arc<str>, node: &str) {
+        if !self.apps.get(app).is_some_and(|w| w.nodes.contains(node)) {
+            return;
+        }
+        let ids: Vec<ChannelId> = self
+            .channels
+            .iter()
+            .filter(|((a, _), link)| {
+                a == app
+                    && (link.remote.keys().any(|(mesh, _)| mesh == node)
+                        || link.gone.keys().any(|(mesh, _)| mesh == node))
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &ids {
+            let Some(old) = self.channels.get_mut(id).and_then(|l| l.messages.take()) else {
+                continue;
+            };
+            if let Err(e) = old.undeclare().await {
+                debug!(app = %id.0, channel = %id.1, error = %e, "mesh: cannot undeclare a subscriber");
+            }
+            match self.subscribe(id).await {
+                Ok(messages) => {
+                    if let Some(link) = self.channels.get_mut(id) {
+                        link.messages = Some(messages);
+                    }
+                }
+                Err(e) => {
+                    warn!(app = %id.0, channel = %id.1, error = %e, "mesh: cannot subscribe to channel again")
+                }
+            }
+        }
+        debug!(%app, %node, channels = ids.len(), "mesh: subscribers of the channels shared with a returning node declared again");
     }
 
     /// A publication on a channel's key, with the sender's sid in the
@@ -796,6 +857,7 @@ impl Bridge {
             AppWatch {
                 linked_channels: 1,
                 nodes: HashSet::new(),
+                left: HashSet::new(),
                 _token: token,
                 _node_tokens: node_tokens,
                 _roster: roster,
@@ -827,6 +889,7 @@ impl Bridge {
             FromZenoh::RosterQuery { app, query } => self.on_roster_query(&app, &query).await,
             FromZenoh::Check { channel, member } => self.on_check(channel, &member),
             FromZenoh::RosterQueryOver { ask, replies } => self.on_roster_query_over(ask, replies),
+            FromZenoh::Resubscribe { app, node } => self.resubscribe(&app, &node).await,
             FromZenoh::AskAgain(ask) => {
                 if self.has_someone_to_ask(&ask) {
                     debug!(app = %ask.app, selector = %ask.selector, attempt = ask.attempt, "mesh: asking for rosters again");
@@ -1111,6 +1174,14 @@ impl Bridge {
         };
         if alive {
             watch.nodes.insert(mesh_id.clone());
+            if watch.left.remove(&mesh_id) {
+                let (tx, app) = (self.control_tx.clone(), Arc::<str>::from(app.as_str()));
+                let node = mesh_id.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(RESUBSCRIBE_AFTER).await;
+                    let _ = tx.send(FromZenoh::Resubscribe { app, node });
+                });
+            }
             let selector = keys::node_members_of_app(&app, &mesh_id);
             self.ask_rosters(RosterAsk {
                 app: app.into(),
@@ -1121,7 +1192,9 @@ impl Bridge {
             .await;
             return;
         }
-        watch.nodes.remove(&mesh_id);
+        if watch.nodes.remove(&mesh_id) && watch.left.len() < MAX_LEFT_REMEMBERED {
+            watch.left.insert(mesh_id.clone());
+        }
         let now = Instant::now();
         let mut offline = Vec::new();
         for (id, link) in self.channels.iter_mut().filter(|((a, _), _)| **a == *app) {
