@@ -109,6 +109,10 @@ pub enum MeshError {
 const ROSTER_RECHECK: Duration = Duration::from_secs(1);
 const ROSTER_RETRY: Duration = Duration::from_millis(250);
 const ROSTER_ATTEMPTS: u32 = 5;
+/// How long a roster query waits for its replies. zenoh's default (10 s)
+/// holds a query whose reply was lost on a link that went down, and with
+/// it the next attempt; a roster crosses the WAN in well under a second.
+const ROSTER_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How long after another node of an app comes back (its token returns:
 /// a partition healed, its router or itself restarted) this node declares
@@ -769,6 +773,7 @@ impl Bridge {
             .target(QueryTarget::All)
             .consolidation(ConsolidationMode::None)
             .allowed_destination(Locality::Remote)
+            .timeout(ROSTER_TIMEOUT)
             .callback(move |reply| {
                 if let Ok(sample) = reply.result() {
                     over.replies.fetch_add(1, Relaxed);
