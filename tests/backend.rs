@@ -204,6 +204,7 @@ async fn the_membership_contract_seen_from_a_zenoh_client() {
             sid: Some(7),
             sent_us: 0,
             traceparent: None,
+            stamp: None,
         };
         (body, origin.encode())
     };

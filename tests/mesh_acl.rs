@@ -68,6 +68,7 @@ async fn a_backend_of_one_app_can_neither_read_nor_write_another_nor_forge_prese
             sid: Some(sid),
             sent_us: 0,
             traceparent: None,
+            stamp: None,
         }
         .encode()
     };

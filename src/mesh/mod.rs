@@ -8,7 +8,8 @@
 //! channel's key (`channel_join`, `peer_offline`), as is every local message,
 //! with the sender's sid in the attachment; the last leave unsubscribes.
 //!
-//! In: a sample on a joined channel's key is checked, re-encoded without
+//! In: a sample on a joined channel's key is checked, dropped if its node's
+//! stamp says it came already or late ([`dedup`]), re-encoded without
 //! `sid`/`app`, and handed to the hub for the local members (never back to
 //! zenoh: no loops). Every remote join and leave is told to the hub, which
 //! counts connections per user ([`crate::presence`]): another node's leave
@@ -32,6 +33,7 @@
 //! sockets; transports know nothing of zenoh. Key expressions: [`keys`].
 
 pub mod admin;
+pub mod dedup;
 pub mod keys;
 mod links;
 pub mod membership;
@@ -58,6 +60,7 @@ use crate::clock::unix_micros;
 use crate::hub::{Hub, MeshEvent, PeerId};
 use crate::stats::{DropReason, Stats};
 use crate::telemetry;
+use dedup::{Stamp, Stamper};
 use links::{Action, ChannelId, Event, Links, RosterAsk};
 use std::future::IntoFuture;
 use tracing::Instrument;
@@ -99,6 +102,11 @@ pub enum MeshError {
     #[error("zenoh would accept links on {endpoint} from beyond loopback without authentication: configure TLS with client certificates (transport.link.tls.enable_mtls and a tls/ or quic/ endpoint) or user/password (transport.auth.usrpwd), or set MESH_ALLOW_UNAUTHENTICATED=true to accept anyone")]
     Unauthenticated { endpoint: String },
 }
+
+/// How long a roster query waits for its replies. zenoh's default (10 s)
+/// holds a query whose reply was lost on a link that went down, and with
+/// it the next attempt; a roster crosses the WAN in well under a second.
+const ROSTER_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Builds the zenoh config: the file if given, else the embedded default
 /// (peer mode, multicast scouting off, a 2 s lease, background reconnects),
@@ -261,6 +269,7 @@ impl Mesh {
                 stats: stats.clone(),
             },
             control_tx,
+            stamper: Stamper::new(incarnation()),
             subscribers: HashMap::new(),
             watches: HashMap::new(),
         };
@@ -288,6 +297,14 @@ impl Mesh {
             warn!("mesh: zenoh session did not close in time");
         }
     }
+}
+
+/// This run's incarnation: random, so a restarted node's numbers are new.
+fn incarnation() -> u64 {
+    use ring::rand::SecureRandom as _;
+    let mut bytes = [0u8; 8];
+    let _ = ring::rand::SystemRandom::new().fill(&mut bytes);
+    u64::from_le_bytes(bytes)
 }
 
 /// Keeps `/health` and the log told whether this node has zenoh neighbours.
@@ -377,6 +394,8 @@ struct Bridge {
     backlog: Arc<AtomicUsize>,
     inbound: Inbound,
     control_tx: mpsc::UnboundedSender<Event>,
+    /// Numbers this node's publications ([`dedup`]).
+    stamper: Stamper,
     /// One subscriber per linked channel.
     subscribers: HashMap<ChannelId, Subscriber<()>>,
     /// One membership watch per app with linked channels (see [`AppWatch`]).
@@ -491,6 +510,7 @@ impl Bridge {
             Action::Unsubscribe(channel) => {
                 self.subscribers.remove(&channel);
             }
+            Action::Resubscribe(channel) => self.resubscribe(&channel).await,
             Action::WatchApp(channel) => match self.watch(&channel.0).await {
                 Ok(watch) => {
                     self.watches.insert(channel.0.clone(), watch);
@@ -537,6 +557,26 @@ impl Bridge {
             .await?;
         debug!(app = %id.0, channel = %id.1, "mesh: subscribed to channel");
         Ok(subscriber)
+    }
+
+    /// Declares a channel's subscriber again so that every router on the way
+    /// learns it anew (see `links::RESUBSCRIBE_AFTER`). Undeclared first:
+    /// zenoh sends nothing on the wire for a second subscriber on the same key.
+    async fn resubscribe(&mut self, id: &ChannelId) {
+        let Some(old) = self.subscribers.remove(id) else {
+            return;
+        };
+        if let Err(e) = old.undeclare().await {
+            debug!(app = %id.0, channel = %id.1, error = %e, "mesh: cannot undeclare a subscriber");
+        }
+        match self.subscribe(id).await {
+            Ok(subscriber) => {
+                self.subscribers.insert(id.clone(), subscriber);
+            }
+            Err(e) => {
+                warn!(app = %id.0, channel = %id.1, error = %e, "mesh: cannot subscribe to channel again")
+            }
+        }
     }
 
     /// Watches an app's memberships (see [`AppWatch`]).
@@ -594,6 +634,7 @@ impl Bridge {
             sid: Some(sid),
             sent_us: unix_micros(),
             traceparent,
+            stamp: Some(self.stamper.next()),
         }
         .encode();
         self.session
@@ -628,6 +669,7 @@ impl Bridge {
             .target(QueryTarget::All)
             .consolidation(ConsolidationMode::None)
             .allowed_destination(Locality::Remote)
+            .timeout(ROSTER_TIMEOUT)
             .callback(move |reply| {
                 if let Ok(sample) = reply.result() {
                     over.replies.fetch_add(1, Relaxed);
@@ -677,20 +719,25 @@ impl Bridge {
 }
 
 /// The zenoh attachment of a node's publish: where it came from, when, and
-/// the W3C trace context of its publish span. msgpack map
-/// `{"ts": u64 µs since the epoch, "sid": str, "traceparent": str}`; every
-/// key optional, unknown keys ignored (backends may send their own).
+/// the W3C trace context of its publish span, and its [`Stamp`]. msgpack map
+/// `{"ts": u64 µs since the epoch, "sid": str, "traceparent": str, "inc":
+/// u64, "seq": u64}`; every key optional (a stamp needs both `inc` and
+/// `seq`), unknown keys ignored (backends may send their own).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Origin {
     pub sid: Option<u64>,
     pub sent_us: u64,
     pub traceparent: Option<String>,
+    pub stamp: Option<Stamp>,
 }
 
 impl Origin {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(96);
-        let n = 1 + u32::from(self.sid.is_some()) + u32::from(self.traceparent.is_some());
+        let n = 1
+            + u32::from(self.sid.is_some())
+            + u32::from(self.traceparent.is_some())
+            + 2 * u32::from(self.stamp.is_some());
         rmp::encode::write_map_len(&mut out, n).expect("vec");
         rmp::encode::write_str(&mut out, "ts").expect("vec");
         rmp::encode::write_uint(&mut out, self.sent_us).expect("vec");
@@ -702,6 +749,12 @@ impl Origin {
             rmp::encode::write_str(&mut out, "traceparent").expect("vec");
             rmp::encode::write_str(&mut out, tp).expect("vec");
         }
+        if let Some(stamp) = self.stamp {
+            rmp::encode::write_str(&mut out, "inc").expect("vec");
+            rmp::encode::write_uint(&mut out, stamp.incarnation).expect("vec");
+            rmp::encode::write_str(&mut out, "seq").expect("vec");
+            rmp::encode::write_uint(&mut out, stamp.seq).expect("vec");
+        }
         out
     }
 
@@ -711,8 +764,11 @@ impl Origin {
         let Ok(rmpv::Value::Map(entries)) = rmpv::decode::read_value(&mut &bytes[..]) else {
             return origin;
         };
+        let (mut inc, mut seq) = (None, None);
         for (k, v) in entries {
             match (k.as_str(), v) {
+                (Some("inc"), v) => inc = v.as_u64(),
+                (Some("seq"), v) => seq = v.as_u64(),
                 (Some("sid"), rmpv::Value::String(s)) => {
                     origin.sid = s.as_str().and_then(|s| s.parse().ok())
                 }
@@ -720,6 +776,9 @@ impl Origin {
                 (Some("traceparent"), rmpv::Value::String(s)) => origin.traceparent = s.into_str(),
                 _ => {}
             }
+        }
+        if let (Some(incarnation), Some(seq)) = (inc, seq) {
+            origin.stamp = Some(Stamp { incarnation, seq });
         }
         origin
     }
@@ -735,6 +794,10 @@ mod tests {
             sid: Some(123456),
             sent_us: 1_700_000_000_000_000,
             traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            stamp: Some(Stamp {
+                incarnation: u64::MAX,
+                seq: 3,
+            }),
         };
         assert_eq!(Origin::decode(&origin.encode()), origin);
         assert_eq!(Origin::decode(b"junk"), Origin::default());
@@ -742,8 +805,15 @@ mod tests {
             sid: None,
             sent_us: 5,
             traceparent: None,
+            stamp: None,
         };
         assert_eq!(Origin::decode(&bare.encode()), bare);
+        // Half a stamp is none.
+        let mut half = Vec::new();
+        rmp::encode::write_map_len(&mut half, 1).unwrap();
+        rmp::encode::write_str(&mut half, "seq").unwrap();
+        rmp::encode::write_uint(&mut half, 9).unwrap();
+        assert_eq!(Origin::decode(&half).stamp, None);
     }
 
     #[test]

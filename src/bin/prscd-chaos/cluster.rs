@@ -153,7 +153,7 @@ impl Cluster {
                     c.prefix_region(r),
                     zenohd,
                     vec!["-c".into(), config.display().to_string()],
-                    vec![("RUST_LOG".into(), "warn".into())],
+                    vec![("RUST_LOG".into(), log_filter("CHAOS_ROUTER_LOG", "warn"))],
                     &rdir,
                 );
                 p.start()?;
@@ -298,6 +298,7 @@ impl Cluster {
             ("DRAIN_GRACE_MS", "300".to_owned()),
             ("DRAIN_TIMEOUT_MS", "3000".to_owned()),
             ("RUST_BACKTRACE", "1".to_owned()),
+            ("RUST_LOG", log_filter("CHAOS_NODE_LOG", "")),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -403,6 +404,12 @@ impl Drop for Cluster {
             netns::remove(&ns);
         }
     }
+}
+
+/// `RUST_LOG` of a process: `var` if set (to dig into a failing seed),
+/// else `default` (empty: the node's own default).
+fn log_filter(var: &str, default: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| default.to_owned())
 }
 
 fn subdir(dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
