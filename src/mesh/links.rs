@@ -35,21 +35,6 @@ const ROSTER_RECHECK: Duration = Duration::from_secs(1);
 const ROSTER_RETRY: Duration = Duration::from_millis(250);
 const ROSTER_ATTEMPTS: u32 = 5;
 
-/// How long after another node of an app comes back (its token returns:
-/// a partition healed, its router or itself restarted) this node declares
-/// again the subscribers of the channels it shares with it. A router
-/// forwards a subscription to another router only when that one becomes
-/// its child in a routing tree; should a heal leave a router on the way
-/// without this node's subscription, that node's messages would never
-/// arrive here while tokens, queries and member lists are right again.
-/// Declared anew once the routers' links have settled, the subscription
-/// travels the routers' current trees.
-const RESUBSCRIBE_AFTER: Duration = Duration::from_millis(1000);
-
-/// Nodes remembered per app as gone (to recognise their return); beyond,
-/// a return is taken for a first arrival.
-const MAX_LEFT_REMEMBERED: usize = 256;
-
 /// How long a forgotten membership is remembered, to recognise it if it
 /// comes back after a partition heals.
 const GONE_MEMORY: Duration = Duration::from_secs(600);
@@ -98,8 +83,6 @@ pub(crate) enum Timer {
         channel: ChannelId,
         member: RemoteMember,
     },
-    /// A node of the app came back a while ago.
-    Resubscribe { app: Arc<str>, node: String },
 }
 
 /// What zenoh must do, in the order given.
@@ -109,8 +92,6 @@ pub(crate) enum Action {
     Subscribe(ChannelId),
     /// Undeclare it.
     Unsubscribe(ChannelId),
-    /// Undeclare it and declare it again (see [`RESUBSCRIBE_AFTER`]).
-    Resubscribe(ChannelId),
     /// Watch the channel's app: declare this node's roster queryable, a
     /// liveliness subscriber (with history) for the app's node tokens, then
     /// this node's token of the app.
@@ -203,8 +184,6 @@ pub(crate) type LocalMembers<'a> = (&'a Arc<str>, &'a HashMap<PeerId, Arc<str>>)
 struct AppNodes {
     linked_channels: usize,
     nodes: HashSet<String>,
-    /// The other nodes whose token went away: one coming back is a heal.
-    left: HashSet<String>,
 }
 
 /// The mesh's state: this node's linked channels and what it knows of the
@@ -267,7 +246,6 @@ impl Links {
                 }
             }
             Event::Timer(Timer::Check { channel, member }) => self.on_check(channel, &member),
-            Event::Timer(Timer::Resubscribe { app, node }) => self.resubscribe(&app, &node),
         }
         std::mem::take(&mut self.out)
     }
@@ -381,7 +359,6 @@ impl Links {
             AppNodes {
                 linked_channels: 1,
                 nodes: HashSet::new(),
-                left: HashSet::new(),
             },
         );
     }
@@ -673,13 +650,6 @@ impl Links {
         };
         if alive {
             watch.nodes.insert(mesh_id.clone());
-            if watch.left.remove(&mesh_id) {
-                let back = Timer::Resubscribe {
-                    app: app.as_str().into(),
-                    node: mesh_id.clone(),
-                };
-                self.out.push(Action::After(RESUBSCRIBE_AFTER, back));
-            }
             let selector = keys::node_members_of_app(&app, &mesh_id);
             self.out.push(Action::AskRosters(RosterAsk {
                 app: app.into(),
@@ -689,9 +659,7 @@ impl Links {
             }));
             return;
         }
-        if watch.nodes.remove(&mesh_id) && watch.left.len() < MAX_LEFT_REMEMBERED {
-            watch.left.insert(mesh_id.clone());
-        }
+        watch.nodes.remove(&mesh_id);
         let mut offline = Vec::new();
         for (id, link) in self.channels.iter_mut().filter(|((a, _), _)| **a == *app) {
             let cut: Vec<_> = link
@@ -816,26 +784,6 @@ impl Links {
         let msg = Bytes::from(protocol::encode_control(op, &id.1, client_id, mesh_id));
         let who = (client_id, mesh_id);
         self.hub.remote_left(&id.0, &id.1, who, Why::NodeGone, &msg);
-    }
-
-    /// Declares again the subscribers of the app's channels that `node` has
-    /// members in, or had before it went, if its token still lives.
-    fn resubscribe(&mut self, app: &Arc<str>, node: &str) {
-        if !self.apps.get(app).is_some_and(|w| w.nodes.contains(node)) {
-            return;
-        }
-        let shared: Vec<ChannelId> = self
-            .channels
-            .iter()
-            .filter(|((a, _), link)| {
-                a == app
-                    && (link.remote.keys().any(|(mesh, _)| mesh == node)
-                        || link.gone.keys().any(|(mesh, _)| mesh == node))
-            })
-            .map(|(id, _)| id.clone())
-            .collect();
-        debug!(%app, %node, channels = shared.len(), "mesh: subscribers of the channels shared with a returning node declared again");
-        self.out.extend(shared.into_iter().map(Action::Resubscribe));
     }
 
     /// A roster query is over. Through routers, a node's token or
@@ -1157,10 +1105,7 @@ mod tests {
         got(&mut rx);
 
         // The partition heals: b's token is back, a asks, b's roster answers.
-        assert!(matches!(
-            a.token("b", true)[..],
-            [Action::After(RESUBSCRIBE_AFTER, _), Action::AskRosters(_)]
-        ));
+        assert!(matches!(a.token("b", true)[..], [Action::AskRosters(_)]));
         a.roster("b", &[(carol, "carol")]);
         assert_eq!(
             got(&mut rx),
@@ -1296,31 +1241,6 @@ mod tests {
         let (_bob, _rx, actions) = a.join("bob", ROOM);
         assert_eq!(actions[0], Action::Subscribe(id()));
         assert_eq!(actions[1], Action::WatchApp(id()));
-    }
-
-    #[test]
-    fn a_returning_node_gets_the_shared_channels_subscribed_again() {
-        let mut a = node("a", None);
-        let (_alice, _rx, _) = a.join("alice", ROOM);
-        let (_bob, _rx2, _) = a.join("bob", "quiet");
-        a.token("b", true);
-        a.remote_join("b", 3, "carol");
-        assert_eq!(a.token("b", false), vec![]);
-        let actions = a.token("b", true);
-        let back = Timer::Resubscribe {
-            app: APP.into(),
-            node: "b".into(),
-        };
-        assert_eq!(actions[0], Action::After(RESUBSCRIBE_AFTER, back.clone()));
-        assert!(matches!(actions[1], Action::AskRosters(_)));
-        // Only the channel b had members in.
-        assert_eq!(
-            a.handle(Event::Timer(back.clone())),
-            vec![Action::Resubscribe(id())]
-        );
-        // Not if b went again meanwhile.
-        a.token("b", false);
-        assert_eq!(a.handle(Event::Timer(back)), vec![]);
     }
 
     #[test]

@@ -510,7 +510,6 @@ impl Bridge {
             Action::Unsubscribe(channel) => {
                 self.subscribers.remove(&channel);
             }
-            Action::Resubscribe(channel) => self.resubscribe(&channel).await,
             Action::WatchApp(channel) => match self.watch(&channel.0).await {
                 Ok(watch) => {
                     self.watches.insert(channel.0.clone(), watch);
@@ -557,26 +556,6 @@ impl Bridge {
             .await?;
         debug!(app = %id.0, channel = %id.1, "mesh: subscribed to channel");
         Ok(subscriber)
-    }
-
-    /// Declares a channel's subscriber again so that every router on the way
-    /// learns it anew (see `links::RESUBSCRIBE_AFTER`). Undeclared first:
-    /// zenoh sends nothing on the wire for a second subscriber on the same key.
-    async fn resubscribe(&mut self, id: &ChannelId) {
-        let Some(old) = self.subscribers.remove(id) else {
-            return;
-        };
-        if let Err(e) = old.undeclare().await {
-            debug!(app = %id.0, channel = %id.1, error = %e, "mesh: cannot undeclare a subscriber");
-        }
-        match self.subscribe(id).await {
-            Ok(subscriber) => {
-                self.subscribers.insert(id.clone(), subscriber);
-            }
-            Err(e) => {
-                warn!(app = %id.0, channel = %id.1, error = %e, "mesh: cannot subscribe to channel again")
-            }
-        }
     }
 
     /// Watches an app's memberships (see [`AppWatch`]).
