@@ -67,9 +67,9 @@ export PROFILE
 
 echo "==> build ($PROFILE) and comparison servers"
 if [ "$PROFILE" = release ]; then
-  cargo build --release --locked --bin prscd --bin prscd-bench 2>&1 | tail -1
+  cargo build --release --locked -p prscd -p prscd-bench 2>&1 | tail -1
 else
-  cargo build --locked --bin prscd --bin prscd-bench 2>&1 | tail -1
+  cargo build --locked -p prscd -p prscd-bench 2>&1 | tail -1
 fi
 bench/servers/install.sh
 BIN="$CARGO_TARGET_DIR/$PROFILE"

@@ -1,7 +1,8 @@
 //! prscd: the Presencejs v2 backend, as a library so that the binary, the
 //! integration tests and the benchmark tool share one implementation.
 //!
-//! - [`protocol`]: the msgpack Signalling message, pure.
+//! - [`protocol`], [`percent`]: the Signalling message and `%XX` names, from
+//!   `prscd-wire` (the crate the tools and fuzz targets share).
 //! - [`hub`]: apps, channels, peers; the one path every message takes.
 //! - [`outbox`]: the bounded queue from the hub to one peer's writer.
 //! - [`presence`]: who is in a channel per user, across tabs and nodes; pure.
@@ -27,10 +28,8 @@ pub mod hub;
 pub mod mesh;
 pub mod occupancy;
 pub mod outbox;
-pub mod percent;
 pub mod presence;
 pub mod profile;
-pub mod protocol;
 pub mod quota;
 pub mod server;
 pub mod stats;
@@ -39,3 +38,5 @@ pub mod tls;
 pub mod transport;
 pub mod webhook_events;
 pub mod webhooks;
+
+pub use prscd_wire::{percent, protocol};

@@ -73,7 +73,7 @@ fn ms(d: Duration) -> f64 {
 /// This build's `prscd-netem`, or `PRSCD_WAN_NETEM` (e.g. a release build).
 fn netem_binary() -> String {
     std::env::var("PRSCD_WAN_NETEM")
-        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_prscd-netem").to_owned())
+        .unwrap_or_else(|_| tool_binary("prscd-netem").display().to_string())
 }
 
 /// The prefix that runs a node in `ns`: this build's `prscd`, or the binary

@@ -184,6 +184,19 @@ pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_prscd")
 }
 
+/// A tool of the workspace (`prscd-bench`, `prscd-netem`), built beside the
+/// node in the shared target directory by `cargo build --workspace` (cargo
+/// builds only this package's binaries for its tests).
+pub fn tool_binary(name: &str) -> PathBuf {
+    let path = Path::new(binary()).with_file_name(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build the tools first (cargo build --workspace)",
+        path.display()
+    );
+    path
+}
+
 impl Node {
     /// A node with two apps (`pk1` → app1, `pk2` → app2) and the test PKI.
     pub fn start() -> Node {

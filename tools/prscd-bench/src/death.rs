@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use prscd::protocol::{self, Kind, Op};
+use prscd_wire::protocol::{self, Kind, Op};
 use serde_json::json;
 
 use crate::measure;
