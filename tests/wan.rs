@@ -209,7 +209,7 @@ impl Wan {
         // Left over by an earlier run that had the same pid: ours to remove.
         for name in netns::list() {
             if name.starts_with(&prefix) {
-                drop(Netns { name });
+                drop(Netns::adopt(name));
             }
         }
         let wan_name = format!("{prefix}wan");
@@ -221,7 +221,7 @@ impl Wan {
             eprintln!("SKIPPED: cannot create a network namespace: {e}");
             return None;
         }
-        let wan = Netns { name: wan_name };
+        let wan = Netns::adopt(wan_name);
         wan.ip(&["link", "set", "lo", "up"]);
         // Routing between regions is exactly what "wan" must not do.
         wan.sysctl("net/ipv4/ip_forward", "0");

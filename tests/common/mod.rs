@@ -962,7 +962,7 @@ impl Client {
                 stream: Some((_, recv, buf)),
                 ..
             } => loop {
-                if let Ok(n) = prscd::protocol::value_len(buf) {
+                if let Ok(n) = prscd_wire::protocol::value_len(buf) {
                     let msg = buf[..n].to_vec();
                     buf.advance(n);
                     return Some(msg);

@@ -10,7 +10,8 @@
 //! seed to replay. Exit status: 0 no violation, 1 violations, 2 the run
 //! could not be set up. `scripts/chaos` builds and runs it.
 //!
-//! Modules: `cluster` (regions, processes, fault primitives), `netns`,
+//! Modules: `cluster` (regions, processes, fault primitives; namespaces
+//! from `prscd_testkit::netns`),
 //! `procs` (child processes), `plan` (the seeded schedule), `clients`
 //! (the simulated browsers), `checks` (the invariants). Frames and the
 //! WebSocket client come from the `prscd_bench` library (`wire`, `ws`).
@@ -18,7 +19,6 @@
 mod checks;
 mod clients;
 mod cluster;
-mod netns;
 mod plan;
 mod procs;
 
@@ -34,6 +34,7 @@ use tokio::sync::{mpsc, oneshot};
 use clients::{Cmd, Shared, World};
 use cluster::{Binaries, Cluster, Mode, REGIONS};
 use plan::{Fault, Kind, Plan};
+use prscd_testkit::netns;
 
 /// How long presence may take to converge after a heal (offline ≤ 3 s, a
 /// heal ≈ 2 s, client reconnect ≤ 1.5 s plus its join, all through WAN
