@@ -1176,54 +1176,26 @@ pub fn tempfile(dir: &Path, name: &str, contents: &str) -> PathBuf {
     path
 }
 
-/// The port of a `ready: port=N …` line (prscd's, and the comparison
-/// servers').
-pub fn ready_port(line: &str) -> Option<u16> {
-    let rest = line.split("ready: port=").nth(1)?;
-    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-    digits.parse().ok()
-}
+pub use prscd_testkit::ready::ready_port;
 
 /// A process that prints `ready: port=N` on stderr when it listens: the
-/// benchmark's comparison servers. Killed on drop.
-pub struct ReadyProcess {
-    child: Child,
-    pub port: u16,
+/// benchmark's comparison servers (the testkit's, failing the test when it
+/// is not ready within 20 s). Killed on drop.
+pub struct ReadyProcess(prscd_testkit::ready::ReadyProcess);
+
+impl std::ops::Deref for ReadyProcess {
+    type Target = prscd_testkit::ready::ReadyProcess;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 impl ReadyProcess {
-    pub fn start(mut cmd: Command) -> ReadyProcess {
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("ready: port=") {
-                    let _ = tx.send(ready_port(&line));
-                }
-            }
-        });
-        let port = rx
-            .recv_timeout(Duration::from_secs(20))
-            .ok()
-            .flatten()
-            .unwrap_or_else(|| panic!("{cmd:?} printed no ready line"));
-        ReadyProcess { child, port }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for ReadyProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    pub fn start(cmd: Command) -> ReadyProcess {
+        let what = format!("{cmd:?}");
+        ReadyProcess(
+            prscd_testkit::ready::ReadyProcess::start(cmd, Duration::from_secs(20))
+                .unwrap_or_else(|e| panic!("{what}: {e:#}")),
+        )
     }
 }

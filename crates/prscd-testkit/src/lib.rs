@@ -4,5 +4,7 @@
 //!
 //! - [`netns`]: Linux network namespaces: create, remove with what runs
 //!   inside, clean up after a crashed run, connect from inside one.
+//! - [`ready`]: start a process and wait for its `ready: port=N` line.
 
 pub mod netns;
+pub mod ready;
