@@ -20,30 +20,19 @@ ARG DEBIAN=bookworm
 FROM rust:${RUST_VERSION}-slim-${DEBIAN} AS build
 WORKDIR /src
 
-# 1. Dependencies only, from the manifest and the lock file with stub crate
-#    roots: this layer (the long part, ~400 crates) is reused until Cargo.toml
-#    or Cargo.lock change. The crate's targets are auto-discovered (lib
-#    src/lib.rs, bin src/main.rs, bins under src/bin/), so stubs for the lib
-#    and the `prscd` bin are all `cargo build --bin prscd` needs. If Cargo.toml
-#    ever names a target path explicitly ([[bin]] path = ...), stub it here too
-#    (deploy/check.py fails until it is).
+# The workspace's manifests and sources (cargo reads every member's manifest,
+# though `-p prscd` compiles the node and its crates alone). Compiled
+# dependencies live in a cache mount of target/, so a rebuild after a source
+# change recompiles only what changed, without a stub crate.
 COPY Cargo.toml Cargo.lock ./
-RUN --mount=type=cache,target=/usr/local/cargo/registry \
-    mkdir -p src \
- && echo 'fn main() {}' > src/main.rs \
- && : > src/lib.rs \
- && cargo build --release --locked --bin prscd \
- && rm -rf src target/release/prscd target/release/.fingerprint/prscd-* \
-           target/release/deps/prscd-* target/release/deps/libprscd-*
-
-# 2. The crate itself. The stub's fingerprints are gone and the roots are
-#    touched, so cargo cannot mistake the stub binary for an up-to-date one.
-#    The embedded zenoh default is mesh/p2p/node.json5 (include_str!).
+COPY crates ./crates
+COPY tools ./tools
+# The embedded zenoh default is mesh/p2p/node.json5 (include_str!).
 COPY mesh/p2p/node.json5 ./mesh/p2p/node.json5
 COPY src ./src
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
-    touch src/main.rs src/lib.rs \
- && cargo build --release --locked --bin prscd \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked -p prscd \
  && mkdir -p /out/state \
  && objcopy --strip-debug target/release/prscd /out/prscd
 

@@ -32,7 +32,7 @@ done
 BIN="$CARGO_TARGET_DIR/release"
 ZENOHD="${ZENOHD_BIN:-${PRSCD_TOOLS:-$HOME/.cache/prscd-tools}/bin/zenohd}"
 for b in "$BIN/prscd" "$BIN/prscd-bench" "$ZENOHD"; do
-  [ -x "$b" ] || { echo "missing $b (cargo build --release; mesh/install-zenohd.sh)" >&2; exit 1; }
+  [ -x "$b" ] || { echo "missing $b (cargo build --release --workspace; mesh/install-zenohd.sh)" >&2; exit 1; }
 done
 mkdir -p "$OUT/logs"
 OUT=$(cd "$OUT" && pwd)

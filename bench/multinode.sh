@@ -49,9 +49,9 @@ KINDS=${KINDS:-"socketio-redis prscd-p2p prscd-router"}
 . bench/lib.sh
 PROFILE=${PROFILE:-release}
 if [ "$PROFILE" = release ]; then
-  cargo build --release --locked --bin prscd --bin prscd-bench 2>&1 | tail -1
+  cargo build --release --locked -p prscd -p prscd-bench 2>&1 | tail -1
 else
-  cargo build --locked --bin prscd --bin prscd-bench 2>&1 | tail -1
+  cargo build --locked -p prscd -p prscd-bench 2>&1 | tail -1
 fi
 PRSCD="$CARGO_TARGET_DIR/$PROFILE/prscd"
 bench/servers/install.sh

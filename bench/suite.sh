@@ -67,9 +67,9 @@ export PROFILE
 
 echo "==> build ($PROFILE) and comparison servers"
 if [ "$PROFILE" = release ]; then
-  cargo build --release --locked --bin prscd --bin prscd-bench 2>&1 | tail -1
+  cargo build --release --locked -p prscd -p prscd-bench 2>&1 | tail -1
 else
-  cargo build --locked --bin prscd --bin prscd-bench 2>&1 | tail -1
+  cargo build --locked -p prscd -p prscd-bench 2>&1 | tail -1
 fi
 bench/servers/install.sh
 BIN="$CARGO_TARGET_DIR/$PROFILE"
@@ -91,9 +91,11 @@ start() {
   local log="$OUT/logs/$name.log"
   case "$kind" in
     prscd)
-      env PORT=0 HOST=127.0.0.1 DEV_CERT_DIR="$CERT_DIR" PEER_MSG_RATE=0 PEER_BYTE_RATE=0 APP_MAX_CONNECTIONS_PER_IP=0 PID_FILE= \
-        MESH_ID="${MESH_ID:-bench}" RUST_LOG=warn,prscd::server=info "$@" \
-        "$BIN/prscd" 2>"$log" &
+      # lib.sh's node (its dev certificate is $CERT_DIR); sets SPID and URL.
+      start_node "$name" "$BIN/prscd" MESH_ID="${MESH_ID:-bench}" "$@"
+      SPORT=${URL#wss://127.0.0.1:}
+      SPORT=${SPORT%/v1}
+      return
       ;;
     ceiling)
       "$BIN/prscd-bench" serve-ceiling --cert "$CERT_DIR/cert.pem" --key "$CERT_DIR/key.pem" 2>"$log" &

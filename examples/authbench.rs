@@ -5,7 +5,7 @@
 //!     cargo run --release --example authbench
 
 fn main() {
-    let apps = prscd::apps::AppSources {
+    let apps = prscd::fuzzing::apps::AppSources {
         pairs: Some("k:bench".into()),
         token_secrets: Some("bench:bench-token-secret-0123456789abcdef".into()),
         ..Default::default()
@@ -27,14 +27,20 @@ fn main() {
     let n = 100_000;
     let t = std::time::Instant::now();
     for _ in 0..n {
-        let r = prscd::transport::admit(&format!("/v1?publickey={token}&id=c1"), None, &apps, 256)
-            .unwrap();
+        let r = prscd::fuzzing::transport::admit(
+            &format!("/v1?publickey={token}&id=c1"),
+            None,
+            &apps,
+            256,
+        )
+        .unwrap();
         std::hint::black_box(r);
     }
     let tok = t.elapsed().as_secs_f64() * 1e6 / n as f64;
     let t = std::time::Instant::now();
     for _ in 0..n {
-        let r = prscd::transport::admit("/v1?publickey=k&id=c1", None, &apps, 256).unwrap();
+        let r =
+            prscd::fuzzing::transport::admit("/v1?publickey=k&id=c1", None, &apps, 256).unwrap();
         std::hint::black_box(r);
     }
     let plain = t.elapsed().as_secs_f64() * 1e6 / n as f64;

@@ -23,8 +23,8 @@
 
 use std::time::{Duration, Instant};
 
-use prscd::mesh::keys;
-use prscd::protocol::{encode_control, Op};
+use prscd_wire::mesh::keys;
+use prscd_wire::protocol::{encode_control, Op};
 
 fn channel(c: usize) -> String {
     format!("room-{c}")

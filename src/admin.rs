@@ -30,6 +30,7 @@ impl Access {
 
 /// Whether `request` carries `Authorization: Bearer <token>`; always false
 /// without a token.
+#[cfg(test)]
 pub fn authorized(request: &Request, token: Option<&str>) -> bool {
     access(request, token) == Access::Granted
 }

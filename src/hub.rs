@@ -931,14 +931,6 @@ impl Peer {
         self.id
     }
 
-    pub fn client_id(&self) -> &str {
-        &self.member.client_id
-    }
-
-    pub fn app(&self) -> &str {
-        &self.app
-    }
-
     pub fn ctl(&self) -> &Arc<PeerCtl> {
         &self.member.ctl
     }

@@ -130,10 +130,6 @@ impl Presence {
         }
     }
 
-    pub fn grace(&self) -> Duration {
-        self.grace
-    }
-
     pub fn set_grace(&mut self, grace: Duration) {
         self.grace = grace;
     }

@@ -145,7 +145,7 @@ async fn python_backend_writes_into_and_reads_a_channel() {
 /// one `peer_offline` for the browsers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)] // zenoh needs it
 async fn the_membership_contract_seen_from_a_zenoh_client() {
-    use prscd::mesh::{keys, membership, Origin};
+    use prscd_wire::mesh::{keys, membership, Origin};
     let zport = free_port();
     let node = Node::start_with(&[
         ("MESH_ID", "eu"),

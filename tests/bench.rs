@@ -16,7 +16,7 @@ use common::{pki, Node, ReadyProcess, KEY1};
 fn bench(args: &[&str]) -> serde_json::Value {
     let dir = common::scratch_dir("bench");
     let out = dir.join("result.json");
-    let status = Command::new(env!("CARGO_BIN_EXE_prscd-bench"))
+    let status = Command::new(common::tool_binary("prscd-bench"))
         .args(args)
         .args(["--quiet", "--duration-limit", "60", "--json"])
         .arg(&out)
@@ -160,7 +160,7 @@ fn cross_node_and_node_death() {
 fn comparison_servers() {
     let pki = pki();
     let mut servers = vec![("ceiling", {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_prscd-bench"));
+        let mut c = Command::new(common::tool_binary("prscd-bench"));
         c.args(["serve-ceiling", "--cert"])
             .arg(&pki.chain_pem)
             .arg("--key")

@@ -195,7 +195,7 @@ fn refuses_bad_certificates_with_a_one_line_reason() {
     let dir = scratch_dir("badcert");
     let now = time::OffsetDateTime::now_utc();
     let write = |name: &str, when: time::OffsetDateTime| {
-        let (cert, key) = prscd::tls::generate_dev_pem(when).unwrap();
+        let (cert, key) = prscd::fuzzing::tls::generate_dev_pem(when).unwrap();
         let c = tempfile(&dir, &format!("{name}.pem"), &cert);
         let k = tempfile(&dir, &format!("{name}.key"), &key);
         (c.display().to_string(), k.display().to_string())

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::zmesh::{certs, python, relayed, zenohd, Probe, Shipped};
 use common::*;
-use prscd::mesh::{keys, Origin};
+use prscd_wire::mesh::{keys, Origin};
 
 const QUIET: Duration = Duration::from_millis(400);
 

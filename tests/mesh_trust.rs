@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::zmesh::{relayed, zenoh_client};
 use common::*;
-use prscd::mesh::dedup::Stamp;
-use prscd::mesh::{keys, Origin};
+use prscd_wire::mesh::{keys, Origin, Stamp};
 
 const QUIET: Duration = Duration::from_millis(400);
 

@@ -20,8 +20,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use prscd::transport::tls_stream::{self, TlsStream};
-use prscd::transport::HANDSHAKE_TIMEOUT;
+use prscd::fuzzing::transport::tls_stream::{self, TlsStream};
+use prscd::fuzzing::transport::HANDSHAKE_TIMEOUT;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -99,7 +99,7 @@ struct Configs {
 impl Configs {
     fn new(versions: &[&'static rustls::SupportedProtocolVersion]) -> Configs {
         let pki = common::pki();
-        let server = prscd::tls::Certificate::load(&pki.chain_pem, &pki.key_pem)
+        let server = prscd::fuzzing::tls::Certificate::load(&pki.chain_pem, &pki.key_pem)
             .unwrap()
             .server_config()
             .unwrap();

@@ -73,7 +73,7 @@ fn ms(d: Duration) -> f64 {
 /// This build's `prscd-netem`, or `PRSCD_WAN_NETEM` (e.g. a release build).
 fn netem_binary() -> String {
     std::env::var("PRSCD_WAN_NETEM")
-        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_prscd-netem").to_owned())
+        .unwrap_or_else(|_| tool_binary("prscd-netem").display().to_string())
 }
 
 /// The prefix that runs a node in `ns`: this build's `prscd`, or the binary
@@ -209,7 +209,7 @@ impl Wan {
         // Left over by an earlier run that had the same pid: ours to remove.
         for name in netns::list() {
             if name.starts_with(&prefix) {
-                drop(Netns { name });
+                drop(Netns::adopt(name));
             }
         }
         let wan_name = format!("{prefix}wan");
@@ -221,7 +221,7 @@ impl Wan {
             eprintln!("SKIPPED: cannot create a network namespace: {e}");
             return None;
         }
-        let wan = Netns { name: wan_name };
+        let wan = Netns::adopt(wan_name);
         wan.ip(&["link", "set", "lo", "up"]);
         // Routing between regions is exactly what "wan" must not do.
         wan.sysctl("net/ipv4/ip_forward", "0");

@@ -19,7 +19,7 @@
 #   deploy/wan/wan-sim.sh heal REGION       # and up again
 #   deploy/wan/wan-sim.sh stop              # stop everything, remove the namespaces
 #
-#   --build   cargo build --release --bin prscd --bin prscd-netem first (also done
+#   --build   cargo build --release -p prscd -p prscd-netem first (also done
 #             when a binary is missing)
 #
 # Environment:
@@ -131,8 +131,8 @@ binaries() {
     PRSCD_BIN="${PRSCD_BIN:-$CARGO_TARGET_DIR/release/prscd}"
     NETEM_BIN="${NETEM_BIN:-$CARGO_TARGET_DIR/release/prscd-netem}"
     if [ "$build" = 1 ] || [ ! -x "$PRSCD_BIN" ] || [ ! -x "$NETEM_BIN" ]; then
-        log "building: cargo build --release --bin prscd --bin prscd-netem (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
-        (cd "$REPO" && cargo build --release --bin prscd --bin prscd-netem >&2) || die "cargo build failed"
+        log "building: cargo build --release -p prscd -p prscd-netem (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
+        (cd "$REPO" && cargo build --release -p prscd -p prscd-netem >&2) || die "cargo build failed"
     fi
     [ -x "$PRSCD_BIN" ] || die "no prscd binary at $PRSCD_BIN"
     [ -x "$NETEM_BIN" ] || die "no prscd-netem binary at $NETEM_BIN"

@@ -7,9 +7,9 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use prscd::api;
-use prscd::apps::{AppSources, Apps};
-use prscd::transport::{self, http};
+use prscd::fuzzing::api;
+use prscd::fuzzing::apps::{AppSources, Apps};
+use prscd::fuzzing::transport::{self, http};
 
 fn apps() -> &'static Apps {
     static APPS: OnceLock<Apps> = OnceLock::new();
@@ -37,7 +37,8 @@ fuzz_target!(|data: &[u8]| {
             // A posted message's `data` becomes a `data` message members decode.
             if let Ok(data) = serde_json::from_slice::<serde_json::Value>(&data[len..]) {
                 let msg = api::data_message("room", "backend", &data);
-                let relayed = prscd::protocol::decode_relayed(&msg).expect("posted data decodes");
+                let relayed =
+                    prscd_wire::protocol::decode_relayed(&msg).expect("posted data decodes");
                 assert_eq!(relayed.peer, "backend");
             }
             match transport::admit(&request.target, origin, apps(), 256) {

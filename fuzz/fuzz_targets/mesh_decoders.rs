@@ -5,8 +5,8 @@
 //! decodes back the same.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use prscd::mesh::{keys, membership, Origin};
-use prscd::occupancy::{self, NodePresence};
+use prscd::fuzzing::occupancy::{self, NodePresence};
+use prscd_wire::mesh::{keys, membership, Origin};
 
 fuzz_target!(|data: &[u8]| {
     let origin = Origin::decode(data);

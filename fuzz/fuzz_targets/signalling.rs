@@ -3,7 +3,7 @@
 //! to the same message, and a pinned state is still one msgpack value.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use prscd::protocol::{self, Outbound};
+use prscd_wire::protocol::{self, Outbound};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(n) = protocol::value_len(data) {

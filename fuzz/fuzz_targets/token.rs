@@ -10,8 +10,8 @@ use std::sync::OnceLock;
 
 use jsonwebtoken::{EncodingKey, Header};
 use libfuzzer_sys::fuzz_target;
-use prscd::apps::{AppSources, Apps};
-use prscd::auth;
+use prscd::fuzzing::apps::{AppSources, Apps};
+use prscd::fuzzing::auth;
 
 const SECRET: &str = "fuzz-secret-0123456789";
 

@@ -6,7 +6,7 @@
 #![no_main]
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use prscd::protocol::{self, DecodeError};
+use prscd_wire::protocol::{self, DecodeError};
 
 const MAX: usize = 4096;
 

@@ -29,7 +29,7 @@ use crate::mesh::admin::MeshAdmin;
 use crate::protocol::Kind;
 use crate::stats::{DropReason, Stats, Transport};
 
-pub use recorder::{AppTraffic, ErrorEvent, Recorder, Sample};
+pub use recorder::{AppTraffic, Recorder, Sample};
 
 /// How long the other nodes have to answer for one snapshot.
 pub const MESH_ASK_TIMEOUT: Duration = Duration::from_millis(700);

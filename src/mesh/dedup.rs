@@ -21,6 +21,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+pub use prscd_wire::mesh::Stamp;
+
 /// Publishers remembered per channel.
 pub const MAX_PUBLISHERS: usize = 64;
 
@@ -31,14 +33,6 @@ pub const FORGET_AFTER: Duration = Duration::from_secs(120);
 /// How many numbers below the newest are told apart as seen or not (for
 /// the log: both are dropped).
 const WINDOW: u64 = 64;
-
-/// A node's stamp on a publication.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Stamp {
-    /// Random per run of the node: a restart starts a new sequence.
-    pub incarnation: u64,
-    pub seq: u64,
-}
 
 /// What to do with a stamped sample.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,10 +99,12 @@ impl Dedup {
     }
 
     /// How many publishers are remembered.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.publishers.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.publishers.is_empty()
     }

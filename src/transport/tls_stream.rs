@@ -486,17 +486,21 @@ impl TlsStream {
         }
     }
 
-    /// The negotiated TLS version.
+    /// The negotiated TLS version (for tests/tls_stream.rs).
+    #[cfg(feature = "fuzzing")]
     pub fn protocol_version(&self) -> Option<rustls::ProtocolVersion> {
         self.conn.protocol_version()
     }
 
-    /// Bytes of buffer the connection holds: none while it is idle.
+    /// Bytes of buffer the connection holds: none while it is idle (for
+    /// tests/tls_stream.rs).
+    #[cfg(feature = "fuzzing")]
     pub fn buffer_capacity(&self) -> usize {
         self.incoming.capacity() + self.plain.capacity() + self.out.buf.capacity()
     }
 
-    /// Whether the handshake was full or resumed.
+    /// Whether the handshake was full or resumed (for tests/tls_stream.rs).
+    #[cfg(feature = "fuzzing")]
     pub fn handshake_kind(&self) -> Option<rustls::HandshakeKind> {
         self.conn.handshake_kind()
     }

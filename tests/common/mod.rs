@@ -184,6 +184,19 @@ pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_prscd")
 }
 
+/// A tool of the workspace (`prscd-bench`, `prscd-netem`), built beside the
+/// node in the shared target directory by `cargo build --workspace` (cargo
+/// builds only this package's binaries for its tests).
+pub fn tool_binary(name: &str) -> PathBuf {
+    let path = Path::new(binary()).with_file_name(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build the tools first (cargo build --workspace)",
+        path.display()
+    );
+    path
+}
+
 impl Node {
     /// A node with two apps (`pk1` → app1, `pk2` → app2) and the test PKI.
     pub fn start() -> Node {
@@ -949,7 +962,7 @@ impl Client {
                 stream: Some((_, recv, buf)),
                 ..
             } => loop {
-                if let Ok(n) = prscd::protocol::value_len(buf) {
+                if let Ok(n) = prscd_wire::protocol::value_len(buf) {
                     let msg = buf[..n].to_vec();
                     buf.advance(n);
                     return Some(msg);
@@ -1163,54 +1176,26 @@ pub fn tempfile(dir: &Path, name: &str, contents: &str) -> PathBuf {
     path
 }
 
-/// The port of a `ready: port=N …` line (prscd's, and the comparison
-/// servers').
-pub fn ready_port(line: &str) -> Option<u16> {
-    let rest = line.split("ready: port=").nth(1)?;
-    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-    digits.parse().ok()
-}
+pub use prscd_testkit::ready::ready_port;
 
 /// A process that prints `ready: port=N` on stderr when it listens: the
-/// benchmark's comparison servers. Killed on drop.
-pub struct ReadyProcess {
-    child: Child,
-    pub port: u16,
+/// benchmark's comparison servers (the testkit's, failing the test when it
+/// is not ready within 20 s). Killed on drop.
+pub struct ReadyProcess(prscd_testkit::ready::ReadyProcess);
+
+impl std::ops::Deref for ReadyProcess {
+    type Target = prscd_testkit::ready::ReadyProcess;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 impl ReadyProcess {
-    pub fn start(mut cmd: Command) -> ReadyProcess {
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("ready: port=") {
-                    let _ = tx.send(ready_port(&line));
-                }
-            }
-        });
-        let port = rx
-            .recv_timeout(Duration::from_secs(20))
-            .ok()
-            .flatten()
-            .unwrap_or_else(|| panic!("{cmd:?} printed no ready line"));
-        ReadyProcess { child, port }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for ReadyProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    pub fn start(cmd: Command) -> ReadyProcess {
+        let what = format!("{cmd:?}");
+        ReadyProcess(
+            prscd_testkit::ready::ReadyProcess::start(cmd, Duration::from_secs(20))
+                .unwrap_or_else(|e| panic!("{what}: {e:#}")),
+        )
     }
 }

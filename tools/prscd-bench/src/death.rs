@@ -6,14 +6,14 @@
 //! repeat. Reports min/median/max over the trials.
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context as _};
-use prscd::protocol::{self, Kind, Op};
+use anyhow::bail;
+use prscd_testkit::ready::{ExitedBeforeReady, ReadyProcess};
+use prscd_wire::protocol::{self, Kind, Op};
 use serde_json::json;
 
 use crate::measure;
@@ -30,80 +30,16 @@ pub struct DeathSpec {
     pub quiet: bool,
 }
 
-/// The node exited before it said it was ready (with its last log line).
-#[derive(Debug, thiserror::Error)]
-#[error("prscd exited before ready: {status}: {log}")]
-pub struct ExitedBeforeReady {
-    status: std::process::ExitStatus,
-    log: String,
-}
-
-/// A prscd process started by the bench.
-pub struct NodeProcess {
-    child: Child,
-    pub port: u16,
-}
-
-impl NodeProcess {
-    /// Spawns `prscd` with `env` and waits for its `ready: port=N` line.
-    pub fn start(
-        binary: &PathBuf,
-        env: &[(String, String)],
-        within: Duration,
-    ) -> anyhow::Result<NodeProcess> {
-        let mut child = Command::new(binary)
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .env("HOST", "127.0.0.1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
-        let stderr = child.stderr.take().expect("piped");
-        let port = Arc::new(Mutex::new(None::<u16>));
-        let seen = port.clone();
-        // The last line the node logged, for the error if it dies at start.
-        let last_line = Arc::new(Mutex::new(String::new()));
-        let last = last_line.clone();
-        // Keeps reading so the node never blocks on a full pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("ready: port=").nth(1) {
-                    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-                    *seen.lock().unwrap() = digits.parse().ok();
-                }
-                *last.lock().unwrap() = line;
-            }
-        });
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(p) = *port.lock().unwrap() {
-                return Ok(NodeProcess { child, port: p });
-            }
-            if let Some(status) = child.try_wait()? {
-                // The reader thread may still be taking the last lines.
-                std::thread::sleep(Duration::from_millis(50));
-                let log = last_line.lock().unwrap().clone();
-                return Err(ExitedBeforeReady { status, log }.into());
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                bail!("prscd not ready within {within:?}");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    pub fn kill9(&mut self) {
-        let _ = self.child.kill(); // SIGKILL
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        self.kill9();
-    }
+/// A prscd node started by the bench: spawned with `env`, waited for.
+fn start_node(
+    binary: &PathBuf,
+    env: &[(String, String)],
+    within: Duration,
+) -> anyhow::Result<ReadyProcess> {
+    let mut cmd = Command::new(binary);
+    cmd.envs(env.iter().map(|(k, v)| (k, v)))
+        .env("HOST", "127.0.0.1");
+    ReadyProcess::start(cmd, within)
 }
 
 fn free_port() -> u16 {
@@ -153,12 +89,12 @@ pub async fn run(spec: DeathSpec) -> anyhow::Result<(serde_json::Value, bool)> {
     // then it starts again on a new port. Node i connects only to the nodes
     // before it, so no node knows its port yet (the victim, restarted each
     // trial, is the last one).
-    let start = |zenoh_ports: &mut Vec<u16>, i: usize| -> anyhow::Result<NodeProcess> {
+    let start = |zenoh_ports: &mut Vec<u16>, i: usize| -> anyhow::Result<ReadyProcess> {
         let mut attempt = 0;
         loop {
             zenoh_ports.truncate(i);
             zenoh_ports.push(free_port());
-            match NodeProcess::start(&spec.prscd, &env_of(zenoh_ports, i), spec.step_timeout) {
+            match start_node(&spec.prscd, &env_of(zenoh_ports, i), spec.step_timeout) {
                 Err(e) if attempt < 3 && e.is::<ExitedBeforeReady>() => {
                     attempt += 1;
                     if !spec.quiet {

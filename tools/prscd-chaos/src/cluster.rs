@@ -20,9 +20,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 
-use crate::netns;
 use crate::plan::LINKS;
 use crate::procs::Proc;
+use prscd_testkit::netns;
 
 pub const REGIONS: [&str; 3] = ["eu", "us", "ap"];
 /// The routers' addresses in the shipped `mesh/regions` configs.
@@ -180,7 +180,7 @@ impl Cluster {
     }
 
     fn make_namespaces(&mut self) -> anyhow::Result<()> {
-        netns::remove_stale(NS_PREFIX);
+        netns::remove_stale(NS_PREFIX, true);
         let prefix = format!("{NS_PREFIX}{}-", std::process::id());
         let wan = format!("{prefix}wan");
         netns::create(&wan)?;

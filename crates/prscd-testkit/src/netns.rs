@@ -1,7 +1,10 @@
-//! Linux network namespaces for the chaos run: create, remove (with what
-//! still runs inside), clean up those of an earlier run that crashed, and
-//! open TCP connections from inside one. The same approach as the test
-//! helper `tests/common/netns.rs`, which a binary cannot import.
+//! Linux network namespaces, for runs that simulate separate networks on
+//! one machine (`tests/wan.rs`, `prscd-chaos`): create and remove them (with
+//! whatever still runs inside), clean up those of an earlier run that
+//! crashed, run a process in one (`ip netns exec`), and open TCP
+//! connections from inside one (a thread that `setns`es into it, so the
+//! socket belongs to that namespace). Needs root and iproute2's `ip`
+//! ([`unusable`] says why not).
 
 use std::fs::File;
 use std::net::SocketAddr;
@@ -73,8 +76,10 @@ fn alive(pid: i32) -> bool {
 }
 
 /// Removes namespaces named `<prefix><pid>-…` whose run (`pid`) is gone,
-/// and any of our own pid (left by an earlier run that had it).
-pub fn remove_stale(prefix: &str) {
+/// with the processes still running in them; with `own`, also those of this
+/// process's pid (left by an earlier run that had it: only for a process
+/// that has not made any yet).
+pub fn remove_stale(prefix: &str, own: bool) {
     let me = std::process::id() as i32;
     for name in list() {
         let Some(rest) = name.strip_prefix(prefix) else {
@@ -83,16 +88,16 @@ pub fn remove_stale(prefix: &str) {
         let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
             continue;
         };
-        if pid != me && alive(pid) {
+        if (pid != me && alive(pid)) || (pid == me && !own) {
             continue;
         }
-        eprintln!("chaos: removing stale namespace {name} (its run, pid {pid}, is gone)");
+        eprintln!("removing stale namespace {name} (its run, pid {pid}, is gone)");
         remove(&name);
     }
 }
 
 /// Pids of the processes in namespace `ns`.
-fn pids(ns: &str) -> Vec<i32> {
+pub fn pids(ns: &str) -> Vec<i32> {
     let Some(bin) = ip_binary() else {
         return Vec::new();
     };
@@ -115,7 +120,7 @@ pub fn remove(ns: &str) {
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
     if let Err(e) = ip(&["netns", "del", ns]) {
-        eprintln!("chaos: cleanup: {e}");
+        eprintln!("netns cleanup: {e:#}");
     }
 }
 
@@ -129,13 +134,23 @@ pub fn create(ns: &str) -> anyhow::Result<()> {
 pub fn sysctl(ns: &str, key: &str, value: &str) -> anyhow::Result<()> {
     let path = format!("/proc/sys/{key}");
     let value = value.to_owned();
+    run_in(ns, move || std::fs::write(&path, value))
+        .with_context(|| format!("sysctl {key} in {ns}"))
+}
+
+/// Runs `f` on a new thread that has joined namespace `ns`: sockets it
+/// creates belong to the namespace (and stay there when handed back).
+pub fn run_in<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
     let name = ns.to_owned();
-    std::thread::spawn(move || -> anyhow::Result<()> {
+    std::thread::spawn(move || -> anyhow::Result<T> {
         enter(&name)?;
-        std::fs::write(&path, value).with_context(|| format!("write {path}"))
+        Ok(f()?)
     })
     .join()
-    .map_err(|_| anyhow::anyhow!("sysctl thread panicked"))?
+    .map_err(|_| anyhow::anyhow!("namespace thread panicked"))?
 }
 
 /// The command prefix that runs a program in `ns` (`ip netns exec` execs in place).
@@ -159,7 +174,24 @@ fn enter(name: &str) -> anyhow::Result<()> {
 }
 
 /// A TCP connection to `addr` made from inside `ns` (or from here when
-/// `None`), TCP_NODELAY set. The connect runs on a thread of its own,
+/// `None`), TCP_NODELAY set, blocking.
+pub fn connect_std(
+    ns: Option<&str>,
+    addr: SocketAddr,
+    within: Duration,
+) -> anyhow::Result<std::net::TcpStream> {
+    let connect = move || -> std::io::Result<std::net::TcpStream> {
+        let tcp = std::net::TcpStream::connect_timeout(&addr, within)?;
+        tcp.set_nodelay(true)?;
+        Ok(tcp)
+    };
+    match ns {
+        Some(ns) => run_in(ns, connect),
+        None => Ok(connect()?),
+    }
+}
+
+/// As [`connect_std`], for tokio. The connect runs on a thread of its own,
 /// never on a runtime thread, whose namespace must not change.
 pub async fn connect(
     ns: Option<&str>,
@@ -169,17 +201,76 @@ pub async fn connect(
     let name = ns.map(str::to_owned);
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
-        let r = (|| -> anyhow::Result<std::net::TcpStream> {
-            if let Some(name) = &name {
-                enter(name)?;
-            }
-            let tcp = std::net::TcpStream::connect_timeout(&addr, within)?;
-            tcp.set_nodelay(true)?;
-            tcp.set_nonblocking(true)?;
-            Ok(tcp)
-        })();
-        let _ = tx.send(r);
+        let _ = tx.send(connect_std(name.as_deref(), addr, within));
     });
     let tcp = rx.await.context("connect thread")??;
+    tcp.set_nonblocking(true)?;
     Ok(tokio::net::TcpStream::from_std(tcp)?)
+}
+
+/// A named network namespace, removed (with whatever still runs in it) on
+/// drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    /// `ip netns add name`, with its loopback up.
+    pub fn create(name: &str) -> anyhow::Result<Netns> {
+        ip(&["netns", "add", name])?;
+        let ns = Netns {
+            name: name.to_owned(),
+        };
+        ip_in(name, &["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// Takes charge of namespace `name`, which exists: removed on drop.
+    pub fn adopt(name: String) -> Netns {
+        Netns { name }
+    }
+
+    /// The command prefix that runs a program in this namespace.
+    pub fn exec_prefix(&self) -> Vec<String> {
+        exec_prefix(&self.name)
+    }
+
+    /// `ip -n name args…`.
+    pub fn ip(&self, args: &[&str]) -> anyhow::Result<()> {
+        ip_in(&self.name, args)
+    }
+
+    /// Writes a sysctl of this namespace.
+    pub fn sysctl(&self, key: &str, value: &str) -> anyhow::Result<()> {
+        sysctl(&self.name, key, value)
+    }
+
+    /// Pids of the processes in this namespace.
+    pub fn pids(&self) -> Vec<i32> {
+        pids(&self.name)
+    }
+
+    /// A TCP connection to `addr` from inside this namespace.
+    pub fn connect_std(
+        &self,
+        addr: SocketAddr,
+        within: Duration,
+    ) -> anyhow::Result<std::net::TcpStream> {
+        connect_std(Some(&self.name), addr, within)
+    }
+
+    /// As [`Netns::connect_std`], for tokio.
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+        within: Duration,
+    ) -> anyhow::Result<tokio::net::TcpStream> {
+        connect(Some(&self.name), addr, within).await
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        remove(&self.name);
+    }
 }

@@ -10,26 +10,15 @@
 //! seed to replay. Exit status: 0 no violation, 1 violations, 2 the run
 //! could not be set up. `scripts/chaos` builds and runs it.
 //!
-//! Modules: `cluster` (regions, processes, fault primitives), `netns`,
+//! Modules: `cluster` (regions, processes, fault primitives; namespaces
+//! from `prscd_testkit::netns`),
 //! `procs` (child processes), `plan` (the seeded schedule), `clients`
 //! (the simulated browsers), `checks` (the invariants). Frames and the
-//! WebSocket client come from `prscd-bench` (`wire`, `ws`), arguments are
-//! read by its `opts`.
-
-#[allow(dead_code)]
-#[path = "../prscd-bench/opts.rs"]
-mod opts;
-#[allow(dead_code)]
-#[path = "../prscd-bench/wire.rs"]
-mod wire;
-#[allow(dead_code)]
-#[path = "../prscd-bench/ws.rs"]
-mod ws;
+//! WebSocket client come from the `prscd_bench` library (`wire`, `ws`).
 
 mod checks;
 mod clients;
 mod cluster;
-mod netns;
 mod plan;
 mod procs;
 
@@ -45,23 +34,7 @@ use tokio::sync::{mpsc, oneshot};
 use clients::{Cmd, Shared, World};
 use cluster::{Binaries, Cluster, Mode, REGIONS};
 use plan::{Fault, Kind, Plan};
-
-const USAGE: &str = "\
-prscd-chaos: a seeded chaos run against three meshed prscd nodes
-
-usage: prscd-chaos --seed N --seconds S [options]   (scripts/chaos runs it)
-
-  --seed N        the fault schedule's seed [1]; the same seed replays the same faults
-  --seconds S     how long to inject faults [75]; the run ends with a last check after
-  --clients N     simulated clients, 30-60 [45]
-  --bin-dir DIR   where prscd and prscd-netem are [this binary's directory]
-  --zenohd PATH   the zenohd router [$PRSCD_TOOLS/bin/zenohd, ~/.cache/prscd-tools/bin/zenohd];
-                  without one the nodes mesh peer to peer and routers are not faulted
-  --loopback      no network namespaces even as root
-  --p2p           nodes meshed peer to peer even where zenohd is installed
-
-Exit status: 0 no violation, 1 violations, 2 the run could not be set up.
-";
+use prscd_testkit::netns;
 
 /// How long presence may take to converge after a heal (offline ≤ 3 s, a
 /// heal ≈ 2 s, client reconnect ≤ 1.5 s plus its join, all through WAN
@@ -103,13 +76,47 @@ impl Settings {
     }
 }
 
-fn settings() -> anyhow::Result<Settings> {
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    let o = opts::Opts::parse(&argv, &["loopback", "p2p", "help"])?;
-    if o.flag("help") {
-        print!("{USAGE}");
-        std::process::exit(0);
+/// The command line (`scripts/chaos` passes its arguments through).
+#[derive(clap::Parser)]
+#[command(
+    name = "prscd-chaos",
+    about = "a seeded chaos run against three meshed prscd nodes (scripts/chaos runs it)",
+    after_help = "Exit status: 0 no violation, 1 violations, 2 the run could not be set up."
+)]
+struct Cli {
+    /// the fault schedule's seed; the same seed replays the same faults
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// how long to inject faults, seconds; the run ends with a last check after
+    #[arg(long, default_value = "75", value_parser = positive_secs)]
+    seconds: Duration,
+    /// simulated clients, 30-60
+    #[arg(long, default_value_t = 45, value_parser = clap::value_parser!(u16).range(30..=60))]
+    clients: u16,
+    /// where prscd and prscd-netem are [this binary's directory]
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// the zenohd router [$PRSCD_TOOLS/bin/zenohd, ~/.cache/prscd-tools/bin/zenohd];
+    /// without one the nodes mesh peer to peer and routers are not faulted
+    #[arg(long)]
+    zenohd: Option<PathBuf>,
+    /// no network namespaces even as root
+    #[arg(long)]
+    loopback: bool,
+    /// nodes meshed peer to peer even where zenohd is installed
+    #[arg(long)]
+    p2p: bool,
+}
+
+fn positive_secs(s: &str) -> Result<Duration, String> {
+    let v: f64 = s.parse().map_err(|_| format!("not a number: {s:?}"))?;
+    if !(v > 0.0 && v.is_finite()) {
+        return Err("must be > 0 seconds".into());
     }
+    Ok(Duration::from_secs_f64(v))
+}
+
+fn settings(cli: Cli) -> anyhow::Result<Settings> {
     let here = std::env::current_exe()?
         .parent()
         .context("no binary directory")?
@@ -119,30 +126,34 @@ fn settings() -> anyhow::Result<Settings> {
         .unwrap_or_else(|_| {
             PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/prscd-tools")
         });
-    let zenohd = match o.opt("zenohd") {
-        _ if o.flag("p2p") => None,
-        Some(p) => Some(PathBuf::from(p)),
+    let zenohd = match cli.zenohd {
+        _ if cli.p2p => None,
+        Some(p) => Some(p),
         None => Some(tools.join("bin/zenohd")).filter(|p| p.is_file()),
     };
-    let s = Settings {
-        seed: o.num("seed", 1u64)?,
-        seconds: o.secs("seconds", 75.0)?,
-        clients: o.num("clients", 45usize)?,
-        bin_dir: o.opt("bin-dir").map_or(here, PathBuf::from),
+    Ok(Settings {
+        seed: cli.seed,
+        seconds: cli.seconds,
+        clients: cli.clients.into(),
+        bin_dir: cli.bin_dir.unwrap_or(here),
         zenohd,
-        loopback: o.flag("loopback"),
-        p2p: o.flag("p2p"),
-    };
-    o.finish()?;
-    anyhow::ensure!((30..=60).contains(&s.clients), "--clients must be 30 to 60");
-    Ok(s)
+        loopback: cli.loopback,
+        p2p: cli.p2p,
+    })
 }
 
 fn main() -> ExitCode {
-    let s = match settings() {
+    let cli = match <Cli as clap::Parser>::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    let s = match settings(cli) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("prscd-chaos: {e:#}\n\n{USAGE}");
+            eprintln!("prscd-chaos: {e:#}");
             return ExitCode::from(2);
         }
     };

@@ -9,7 +9,7 @@
 //! framing ([`crate::socketio::SocketIo`]).
 
 use bytes::Bytes;
-use prscd::protocol::{self, Kind, Op};
+use prscd_wire::protocol::{self, Kind, Op};
 use tokio_tungstenite::tungstenite::Message;
 
 /// How a frame from the server reads.

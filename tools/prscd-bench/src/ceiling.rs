@@ -100,7 +100,7 @@ async fn connection(tcp: TcpStream, tls: TlsAcceptor, rooms: Rooms, id: u64) {
         room = query_param(req.uri().query().unwrap_or(""), "room").unwrap_or_default();
         Ok(resp)
     };
-    let config = prscd::transport::ws::websocket_config(MAX_MESSAGE_SIZE);
+    let config = websocket_config(MAX_MESSAGE_SIZE);
     let handshake =
         tokio_tungstenite::accept_hdr_async_with_config(stream, read_room, Some(config));
     let Ok(Ok(ws)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await else {
@@ -180,10 +180,28 @@ fn broadcast(rooms: &Rooms, room: &str, from: u64, payload: Bytes) {
 }
 
 /// The percent-decoded value of `name` in a query string.
+/// The WebSocket limits and buffer sizes prscd's WebSocket transport uses
+/// (`transport::ws::websocket_config` in the node), so the ceiling differs
+/// from the node in what it does, not in how it buffers.
+fn websocket_config(
+    max_message_size: usize,
+) -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    const READ_BUFFER: usize = 256;
+    const WRITE_BUFFER: usize = 16 * 1024;
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(max_message_size))
+        .max_frame_size(Some(max_message_size))
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_write_buffer_size(max_message_size.saturating_mul(2).max(2 * WRITE_BUFFER))
+}
+
 fn query_param(query: &str, name: &str) -> Option<String> {
     query.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == name).then(|| prscd::percent::decode(v)).flatten()
+        (k == name)
+            .then(|| prscd_wire::percent::decode(v))
+            .flatten()
     })
 }
 

@@ -40,27 +40,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use hdrhistogram::Histogram;
 
-const USAGE: &str = "\
-prscd-netem: user-space netem for TCP links (fixed one-way delay per direction)
-
-usage: prscd-netem [options] --link [NAME=]LISTEN,TARGET,DELAY[,REVERSE_DELAY] [--link ...]
-
-  --link SPEC        listen on LISTEN (ip:port), relay each connection to TARGET
-                     (host:port); bytes LISTEN->TARGET are delayed by DELAY, bytes
-                     TARGET->LISTEN by REVERSE_DELAY (default: DELAY). Delays: 30ms,
-                     0.5ms, 250us, 1s, or a bare number of ms. NAME labels the logs.
-                     Repeat for several links in one process.
-  --buffer BYTES     most bytes waiting per direction of a connection (default 2097152)
-  --max-conns N      most connections per link at once; more are refused (default 32)
-  --connect-timeout S  give up dialling the target after S seconds (default 3)
-  --user-timeout S   TCP_USER_TIMEOUT on both sockets: a peer that acks nothing for
-                     S seconds is given up (default 10; 0 = kernel default)
-  --report-secs S    report lateness every S seconds when there was traffic (default 10)
-
-Prints `netem: ready links=N` once every listener is bound. SIGUSR1 prints a
-report at once; SIGTERM/SIGINT print one and exit.
-";
-
+#[derive(Clone)]
 struct LinkSpec {
     name: String,
     listen: SocketAddr,
@@ -69,13 +49,59 @@ struct LinkSpec {
     reverse: Duration,
 }
 
+/// The command line.
+#[derive(clap::Parser)]
+#[command(
+    name = "prscd-netem",
+    about = "user-space netem for TCP links (fixed one-way delay per direction)",
+    after_help = "Prints `netem: ready links=N` once every listener is bound. SIGUSR1 prints a\n\
+                  report at once; SIGTERM/SIGINT print one and exit."
+)]
 struct Options {
+    /// [NAME=]LISTEN,TARGET,DELAY[,REVERSE_DELAY]: listen on LISTEN (ip:port),
+    /// relay each connection to TARGET (host:port); bytes LISTEN->TARGET are
+    /// delayed by DELAY, bytes TARGET->LISTEN by REVERSE_DELAY (default:
+    /// DELAY). Delays: 30ms, 0.5ms, 250us, 1s, or a bare number of ms. NAME
+    /// labels the logs. Repeat for several links in one process.
+    #[arg(long = "link", value_name = "SPEC", required = true, value_parser = link_arg)]
     links: Vec<LinkSpec>,
+    /// most bytes waiting per direction of a connection
+    #[arg(long, value_name = "BYTES", default_value_t = 2 << 20, value_parser = positive)]
     buffer: usize,
+    /// most connections per link at once; more are refused
+    #[arg(long, value_name = "N", default_value_t = 32, value_parser = positive)]
     max_conns: usize,
+    /// give up dialling the target after S seconds
+    #[arg(long = "connect-timeout", value_name = "S", default_value = "3", value_parser = secs)]
     connect_timeout: Duration,
+    /// TCP_USER_TIMEOUT on both sockets: a peer that acks nothing for S
+    /// seconds is given up (0 = kernel default)
+    #[arg(long = "user-timeout", value_name = "S", default_value = "10", value_parser = secs)]
     user_timeout: Duration,
+    /// report lateness every S seconds when there was traffic
+    #[arg(long = "report-secs", value_name = "S", default_value = "10", value_parser = secs)]
     report_every: Duration,
+}
+
+fn positive(v: &str) -> Result<usize, String> {
+    match v.parse() {
+        Ok(0) => Err("must be positive".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{v:?} is not a number")),
+    }
+}
+
+fn link_arg(s: &str) -> Result<LinkSpec, String> {
+    parse_link(s).map_err(|e| format!("{e:#}"))
+}
+
+/// Seconds, 0 to a day.
+fn secs(v: &str) -> Result<Duration, String> {
+    let s: f64 = v.parse().map_err(|_| format!("{v:?} is not a number"))?;
+    if !(0.0..=86_400.0).contains(&s) {
+        return Err(format!("{v:?} out of range"));
+    }
+    Ok(Duration::from_secs_f64(s))
 }
 
 fn parse_delay(s: &str) -> anyhow::Result<Duration> {
@@ -124,48 +150,6 @@ fn parse_link(spec: &str) -> anyhow::Result<LinkSpec> {
         forward,
         reverse,
     })
-}
-
-fn parse_args() -> anyhow::Result<Options> {
-    let mut opts = Options {
-        links: Vec::new(),
-        buffer: 2 << 20,
-        max_conns: 32,
-        connect_timeout: Duration::from_secs(3),
-        user_timeout: Duration::from_secs(10),
-        report_every: Duration::from_secs(10),
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        if arg == "-h" || arg == "--help" {
-            print!("{USAGE}");
-            std::process::exit(0);
-        }
-        let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
-        let secs = |v: String| -> anyhow::Result<Duration> {
-            let s: f64 = v.parse().with_context(|| format!("{arg} {v:?}"))?;
-            if !(0.0..=86_400.0).contains(&s) {
-                bail!("{arg} {v:?} out of range");
-            }
-            Ok(Duration::from_secs_f64(s))
-        };
-        match arg.as_str() {
-            "--link" => opts.links.push(parse_link(&value()?)?),
-            "--buffer" => opts.buffer = value()?.parse().context("--buffer")?,
-            "--max-conns" => opts.max_conns = value()?.parse().context("--max-conns")?,
-            "--connect-timeout" => opts.connect_timeout = secs(value()?)?,
-            "--user-timeout" => opts.user_timeout = secs(value()?)?,
-            "--report-secs" => opts.report_every = secs(value()?)?,
-            other => bail!("unknown argument {other:?}\n\n{USAGE}"),
-        }
-    }
-    if opts.links.is_empty() {
-        bail!("no --link given\n\n{USAGE}");
-    }
-    if opts.buffer < 1 || opts.max_conns < 1 || opts.connect_timeout.is_zero() {
-        bail!("--buffer, --max-conns and --connect-timeout must be positive");
-    }
-    Ok(opts)
 }
 
 /// What one direction of one link has written, over its whole life.
@@ -217,13 +201,11 @@ extern "C" fn on_signal(signal: libc::c_int) {
 }
 
 fn main() {
-    let opts = match parse_args() {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("prscd-netem: {e:#}");
-            std::process::exit(2);
-        }
-    };
+    let opts = <Options as clap::Parser>::parse();
+    if opts.connect_timeout.is_zero() {
+        eprintln!("prscd-netem: --connect-timeout must be positive");
+        std::process::exit(2);
+    }
     if let Err(e) = run(opts) {
         eprintln!("prscd-netem: {e:#}");
         std::process::exit(1);
@@ -607,5 +589,16 @@ mod tests {
         assert_eq!(l.reverse, Duration::from_millis(2));
         assert!(parse_link("127.0.0.1:1,localhost:2").is_err());
         assert!(parse_link("x:1,localhost:2,1ms").is_err());
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::{CommandFactory as _, Parser as _};
+        Options::command().debug_assert();
+        let o = Options::try_parse_from(["prscd-netem", "--link", "127.0.0.1:1,h:2,1ms"]).unwrap();
+        assert_eq!((o.buffer, o.max_conns), (2 << 20, 32));
+        assert_eq!(o.user_timeout, Duration::from_secs(10));
+        assert!(Options::try_parse_from(["prscd-netem"]).is_err());
+        assert!(Options::try_parse_from(["prscd-netem", "--link", "x", "--buffer", "0"]).is_err());
     }
 }

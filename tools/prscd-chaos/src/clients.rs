@@ -14,7 +14,7 @@
 //! violation at once.
 //!
 //! Frames are built by the load tool's `wire` module and read by the
-//! node's own codec (`prscd::protocol`); TLS pins the node's dev
+//! node's own codec (`prscd_wire::protocol`); TLS pins the node's dev
 //! certificate (the one it wrote into its `DEV_CERT_DIR`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use bytes::Bytes;
-use prscd::protocol::{self, Kind, Op};
+use prscd_wire::protocol::{self, Kind, Op};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject as _;
@@ -34,8 +34,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::cluster::Target;
 use crate::plan::Rng;
-use crate::wire;
-use crate::ws::WsClient;
+use prscd_bench::wire;
+use prscd_bench::ws::WsClient;
 
 pub const CHANNELS: usize = 3;
 
