@@ -46,14 +46,26 @@ async fn wait_matching(publisher: &zenoh::pubsub::Publisher<'_>) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)] // zenoh needs it
-async fn forged_samples_are_refused_and_counted_without_acls() {
+/// Node "eu" listening for zenoh on loopback (with `env` besides), alice in
+/// its "room", and an anonymous zenoh session publishing on the room's key
+/// once the node subscribes to it.
+struct Rig {
+    node: Node,
+    alice: Client,
+    session: zenoh::Session,
+    publisher: zenoh::pubsub::Publisher<'static>,
+}
+
+async fn rig(env: &[(&str, &str)]) -> Rig {
     let zport = free_port();
-    let node = Node::start_with(&[
+    let listen = format!("tcp/127.0.0.1:{zport}");
+    let mut all = vec![
         SILENT_CLIENTS,
         ("MESH_ID", "eu"),
-        ("ZENOH_LISTEN", &format!("tcp/127.0.0.1:{zport}")),
-    ]);
+        ("ZENOH_LISTEN", listen.as_str()),
+    ];
+    all.extend_from_slice(env);
+    let node = Node::start_with(&all);
     let mut alice = node.ws(KEY1, "alice").await;
     alice.join("room").await;
     let session = zenoh_client(zport).await;
@@ -62,6 +74,22 @@ async fn forged_samples_are_refused_and_counted_without_acls() {
         .await
         .unwrap();
     wait_matching(&publisher).await;
+    Rig {
+        node,
+        alice,
+        session,
+        publisher,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)] // zenoh needs it
+async fn forged_samples_are_refused_and_counted_without_acls() {
+    let Rig {
+        node,
+        mut alice,
+        session,
+        publisher,
+    } = rig(&[]).await;
     let put = |body: Vec<u8>, attachment: Option<Vec<u8>>| {
         let publisher = &publisher;
         async move {
@@ -116,27 +144,18 @@ async fn forged_samples_are_refused_and_counted_without_acls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nodes_members_stay_within_the_apps_cap() {
-    let zport = free_port();
-    let node = Node::start_with(&[
-        SILENT_CLIENTS,
-        ("MESH_ID", "eu"),
-        ("CHANNEL_MAX_MEMBERS", "2"),
-        ("ZENOH_LISTEN", &format!("tcp/127.0.0.1:{zport}")),
-    ]);
-    let mut alice = node.ws(KEY1, "alice").await;
-    alice.join("room").await;
-    let session = zenoh_client(zport).await;
+    let Rig {
+        node,
+        mut alice,
+        session,
+        publisher,
+    } = rig(&[("CHANNEL_MAX_MEMBERS", "2")]).await;
     // Holds the token of node "us", as only a node should (ACLs see to that).
     let _token = session
         .liveliness()
         .declare_token(keys::node_token_key("app1", "us"))
         .await
         .unwrap();
-    let publisher = session
-        .declare_publisher(keys::channel_key("app1", "room"))
-        .await
-        .unwrap();
-    wait_matching(&publisher).await;
     // The token may reach the node after the first joins: repeat them
     // (a member already known is not counted twice) until two are in.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -173,21 +192,12 @@ async fn a_nodes_members_stay_within_the_apps_cap() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_from_the_mesh_is_dropped_and_counted_past_the_inbound_queue() {
-    let zport = free_port();
-    let node = Node::start_with(&[
-        SILENT_CLIENTS,
-        ("MESH_ID", "eu"),
-        ("MESH_INBOUND_QUEUE", "1"),
-        ("ZENOH_LISTEN", &format!("tcp/127.0.0.1:{zport}")),
-    ]);
-    let mut alice = node.ws(KEY1, "alice").await;
-    alice.join("room").await;
-    let session = zenoh_client(zport).await;
-    let publisher = session
-        .declare_publisher(keys::channel_key("app1", "room"))
-        .await
-        .unwrap();
-    wait_matching(&publisher).await;
+    let Rig {
+        node,
+        alice,
+        session,
+        publisher,
+    } = rig(&[("MESH_INBOUND_QUEUE", "1")]).await;
     let body = relayed("data", None, "backend-bot", None);
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut sent = 0u64;
@@ -242,26 +252,18 @@ fn listening_beyond_loopback_without_authentication_refuses_to_start() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nodes_copies_and_stragglers_reach_no_browser() {
-    let zport = free_port();
-    let node = Node::start_with(&[
-        SILENT_CLIENTS,
-        ("MESH_ID", "eu"),
-        ("ZENOH_LISTEN", &format!("tcp/127.0.0.1:{zport}")),
-    ]);
-    let mut alice = node.ws(KEY1, "alice").await;
-    alice.join("room").await;
-    let session = zenoh_client(zport).await;
+    let Rig {
+        node,
+        mut alice,
+        session,
+        publisher,
+    } = rig(&[]).await;
     // Node "us", as its token says (ACLs see to that on a real mesh).
     let _token = session
         .liveliness()
         .declare_token(keys::node_token_key("app1", "us"))
         .await
         .unwrap();
-    let publisher = session
-        .declare_publisher(keys::channel_key("app1", "room"))
-        .await
-        .unwrap();
-    wait_matching(&publisher).await;
     // Its member bob joins (repeated until the token has arrived: a
     // sample refused for want of it leaves no trace in the dedup).
     let deadline = Instant::now() + Duration::from_secs(10);
