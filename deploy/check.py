@@ -76,7 +76,7 @@ def drain_bound(root: Path) -> dict:
     server = (root / "src/server.rs").read_text()
 
     def default(name: str) -> int:
-        m = re.search(rf'ms\("{name}",\s*([\d_]+)\)', config)
+        m = re.search(rf'env = "{name}", default_value_t = ([\d_]+)', config)
         if not m:
             raise SystemExit(f"cannot find the default of {name} in src/config.rs")
         return int(m.group(1).replace("_", ""))
