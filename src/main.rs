@@ -13,8 +13,21 @@ fn main() -> ExitCode {
     // The environment is changed here, before the runtime starts threads.
     let dotenv = dotenvy::dotenv();
     config::unset_blank_variables();
-    // `--help`, `--version` and a bad value end here (a bad value: exit 2).
-    let settings = Settings::parse();
+    // `--help` and `--version` end here; a bad value too, with exit status 2
+    // and one line naming the setting, like every refusal to start.
+    let settings = match Settings::try_parse() {
+        Ok(settings) => settings,
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            let text = e.to_string();
+            let line = text.lines().next().unwrap_or_default();
+            eprintln!(
+                "prscd: configuration: {}",
+                line.trim_start_matches("error: ")
+            );
+            return ExitCode::from(2);
+        }
+    };
     let config = match Config::from_settings(settings) {
         Ok(config) => config,
         Err(e) => {
