@@ -989,6 +989,25 @@ mod tests {
         (sid, published.into_iter().map(|(_, m)| m).collect())
     }
 
+    /// Node "a" with alice in the room and node "b" alive, whose member carol
+    /// has joined and been heard: alice got her `peer_online` and her state.
+    /// Returns carol's sid with alice.
+    fn alice_hears_carol() -> (Node, Peer, OutboxReceiver, u64) {
+        let mut a = node("a", None);
+        let (alice, mut rx, _) = a.join("alice", ROOM);
+        a.token("b", true);
+        let (carol, messages) = carol_online_and_state();
+        a.remote_join("b", carol, "carol");
+        for m in messages {
+            a.sample(Some(carol), m);
+        }
+        assert_eq!(
+            got(&mut rx),
+            vec![pair("peer_online", "carol"), pair("peer_state", "carol")]
+        );
+        (a, alice, rx, carol)
+    }
+
     #[test]
     fn a_channel_is_linked_once_and_asks_only_nodes_it_knows() {
         let mut a = node("a", None);
@@ -1069,19 +1088,7 @@ mod tests {
 
     #[test]
     fn a_lost_node_token_takes_its_members_offline_once_even_if_their_leave_follows() {
-        let mut a = node("a", None);
-        let (_alice, mut rx, _) = a.join("alice", ROOM);
-        a.token("b", true);
-        let (carol, messages) = carol_online_and_state();
-        a.remote_join("b", carol, "carol");
-        for m in messages {
-            a.sample(Some(carol), m);
-        }
-        assert_eq!(
-            got(&mut rx),
-            vec![pair("peer_online", "carol"), pair("peer_state", "carol")]
-        );
-
+        let (mut a, _alice, mut rx, carol) = alice_hears_carol();
         a.token("b", false);
         assert_eq!(got(&mut rx), vec![pair("peer_offline", "carol")]);
         // Her node's leave, overtaken by the token's going: known, quiet.
@@ -1093,16 +1100,9 @@ mod tests {
 
     #[test]
     fn a_member_back_after_a_partition_comes_back_with_its_last_state() {
-        let mut a = node("a", None);
-        let (_alice, mut rx, _) = a.join("alice", ROOM);
-        a.token("b", true);
-        let (carol, messages) = carol_online_and_state();
-        a.remote_join("b", carol, "carol");
-        for m in messages {
-            a.sample(Some(carol), m);
-        }
+        let (mut a, _alice, mut rx, carol) = alice_hears_carol();
         a.token("b", false);
-        got(&mut rx);
+        assert_eq!(got(&mut rx), vec![pair("peer_offline", "carol")]);
 
         // The partition heals: b's token is back, a asks, b's roster answers.
         assert!(matches!(a.token("b", true)[..], [Action::AskRosters(_)]));
