@@ -39,6 +39,49 @@ pub fn views(w: &World) -> Vec<String> {
     wrong
 }
 
+/// Data paths against the mesh: in every channel, for every ordered pair
+/// of regions with members in it, some member of the second got a message
+/// that a member of the first sent after `marks` (each client's last seq
+/// when the heal began). Member views can come back before data does: a
+/// restarted router re-learns presence and subscribers separately, so
+/// views alone do not say the heal is over; a path that never comes back
+/// is a violation when the settle's deadline passes.
+pub fn paths(w: &World, marks: &[u64]) -> Vec<String> {
+    let regions = crate::cluster::REGIONS;
+    let mut wrong = Vec::new();
+    let channels: BTreeSet<&String> = w.clients.iter().flat_map(|c| &c.channels).collect();
+    for ch in channels {
+        let members = |region: usize| {
+            w.clients
+                .iter()
+                .enumerate()
+                .filter(move |(_, c)| c.region == region && c.connected && c.joined.contains(ch))
+        };
+        for from in 0..regions.len() {
+            for to in (0..regions.len()).filter(|&to| to != from) {
+                if members(from).next().is_none() || members(to).next().is_none() {
+                    continue;
+                }
+                let heard = members(to).any(|(_, receiver)| {
+                    members(from).any(|(s, sender)| {
+                        receiver
+                            .order
+                            .get(&(ch.clone(), sender.id.clone()))
+                            .is_some_and(|&seq| seq > marks[s])
+                    })
+                });
+                if !heard {
+                    wrong.push(format!(
+                        "nothing sent since the heal began has gone {}→{} in {ch}",
+                        regions[from], regions[to]
+                    ));
+                }
+            }
+        }
+    }
+    wrong
+}
+
 /// What a loss round found.
 #[derive(Default, Debug)]
 pub struct Loss {
@@ -54,7 +97,7 @@ pub struct Loss {
 }
 
 /// "No loss where no fault touched the path": a probe is sent only after
-/// the previous heal settled (every node and link up, every view true) and
+/// the previous heal settled (every view true, data flowing every way) and
 /// before the next fault, so every member the truth held at the send must
 /// receive it, unless its or the sender's connection changed meanwhile
 /// (then the path was touched and it is only counted as excluded).
@@ -147,6 +190,38 @@ mod tests {
             views(&w),
             vec!["c00@eu in room-0: missing [\"c06\"], phantom []".to_owned()]
         );
+    }
+
+    #[test]
+    fn paths_need_a_message_sent_after_the_mark_each_way() {
+        // One channel that every client (c00@eu, c01@us, c02@ap, …) joined.
+        let mut w = World::new(30, 1, Instant::now());
+        for c in &mut w.clients {
+            c.connected = true;
+            c.channels = vec!["room-0".into()];
+            c.joined = c.channels.iter().cloned().collect();
+        }
+        let marks: Vec<u64> = vec![5; w.clients.len()];
+        // Every region pair: nothing new yet.
+        assert_eq!(paths(&w, &marks).len(), 6);
+        // c00@eu's message 6 in room-0 heard by c01@us, its message 5 (sent
+        // before the heal began) by c02@ap.
+        w.clients[1]
+            .order
+            .insert(("room-0".into(), "c00".into()), 6);
+        w.clients[2]
+            .order
+            .insert(("room-0".into(), "c00".into()), 5);
+        let wrong = paths(&w, &marks);
+        assert!(!wrong.iter().any(|l| l.contains("eu→us in room-0")));
+        assert!(wrong.iter().any(|l| l.contains("eu→ap in room-0")));
+        assert!(wrong.iter().any(|l| l.contains("us→eu in room-0")));
+        assert_eq!(wrong.len(), 5);
+        // A receiver that is gone does not count.
+        w.clients[1].connected = false;
+        assert!(paths(&w, &marks)
+            .iter()
+            .any(|l| l.contains("eu→us in room-0")));
     }
 
     #[test]

@@ -46,6 +46,9 @@ pub enum Cmd {
     /// Send one data message to each joined channel now, recording who must
     /// receive it; answer once sent.
     Probe(oneshot::Sender<()>),
+    /// Send one data message to each joined channel now, expected nowhere:
+    /// traffic for a settle to see the data paths by.
+    Nudge,
 }
 
 /// A probe message and who must receive it.
@@ -85,7 +88,7 @@ pub struct ClientState {
     /// (channel, peer) → the last presence message about it was peer_offline.
     offline: HashMap<(String, String), bool>,
     /// (channel, sender) → last seq on the current connection.
-    order: HashMap<(String, String), u64>,
+    pub order: HashMap<(String, String), u64>,
     /// sender → every seq received from it, over all connections.
     pub seen: HashMap<String, HashSet<u64>>,
     pub next_seq: u64,
@@ -398,8 +401,9 @@ pub async fn run(
                         ws.close().await;
                         break;
                     }
+                    Some(Cmd::Nudge) => out = probe(i, &world, false),
                     Some(Cmd::Probe(done)) => {
-                        out = probe(i, &world);
+                        out = probe(i, &world, true);
                         let sent = ws.send(out).await;
                         alive = sent.is_ok();
                         if !alive {
@@ -451,15 +455,15 @@ async fn pause(cmds: &mut mpsc::Receiver<Cmd>, d: Duration) -> bool {
             cmd = cmds.recv() => match cmd {
                 None => return false,
                 Some(Cmd::Probe(done)) => { let _ = done.send(()); }
-                Some(Cmd::Reconnect) => {}
+                Some(Cmd::Reconnect | Cmd::Nudge) => {}
             },
         }
     }
 }
 
-/// One data message per joined channel, each expected at every other
-/// member the truth holds now.
-fn probe(i: usize, world: &Shared) -> Vec<Message> {
+/// One data message per joined channel; with `expect`, each expected at
+/// every other member the truth holds now.
+fn probe(i: usize, world: &Shared, expect: bool) -> Vec<Message> {
     let mut w = world.lock().unwrap();
     let mut out = Vec::new();
     let channels: Vec<String> = w.clients[i].joined.iter().cloned().collect();
@@ -477,6 +481,9 @@ fn probe(i: usize, world: &Shared) -> Vec<Message> {
         let sender_conn = c.conn;
         out.push(data_frame(&ch, seq));
         w.counters.data_sent += 1;
+        if !expect {
+            continue;
+        }
         w.expects.push(Expect {
             sender: i,
             sender_conn,

@@ -23,7 +23,7 @@ mod plan;
 mod procs;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -36,10 +36,12 @@ use cluster::{Binaries, Cluster, Mode, REGIONS};
 use plan::{Fault, Kind, Plan};
 use prscd_testkit::netns;
 
-/// How long presence may take to converge after a heal (offline ≤ 3 s, a
-/// heal ≈ 2 s, client reconnect ≤ 1.5 s plus its join, all through WAN
-/// delays of up to 140 ms and a router mesh that re-routes).
+/// How long presence and data paths may take to come back after a heal
+/// (offline ≤ 3 s, a heal ≈ 2 s, client reconnect ≤ 1.5 s plus its join,
+/// all through WAN delays of up to 140 ms and a router mesh that re-routes).
 const SETTLE: Duration = Duration::from_secs(20);
+/// How often a settle has every client send a message while it waits.
+const NUDGE: Duration = Duration::from_millis(500);
 /// How long a probe message may take to reach every member.
 const DELIVERY: Duration = Duration::from_secs(10);
 /// Peak resident memory and open files allowed to a node or router.
@@ -193,6 +195,8 @@ struct Stats {
     faults: BTreeMap<Kind, usize>,
     settles: usize,
     settle_max: Duration,
+    /// What the slowest settle came after.
+    settle_slowest: String,
     loss_rounds: usize,
     /// Loss rounds not run because the views had not converged (the
     /// paths were not known to be whole).
@@ -220,7 +224,8 @@ async fn run(s: Settings) -> anyhow::Result<usize> {
         prscd: s.bin_dir.join("prscd"),
         netem: s.bin_dir.join("prscd-netem"),
         zenohd: s.zenohd.clone(),
-        repo: PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+        // The tool lives in tools/prscd-chaos; the shipped configs at the top.
+        repo: Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."),
     };
     for b in [&bins.prscd, &bins.netem] {
         anyhow::ensure!(b.is_file(), "{} missing (cargo build first)", b.display());
@@ -268,7 +273,7 @@ async fn run(s: Settings) -> anyhow::Result<usize> {
 
     let mut stats = Stats::default();
     set_context(&world, "initial convergence");
-    let mut settled = settle(&world, &mut stats, Duration::from_secs(30)).await;
+    let mut settled = settle(&world, &cmds, &mut stats, Duration::from_secs(30)).await;
     check_processes(&mut cluster, &world, &mut stats);
 
     let mut plan = Plan::new(s.seed, cluster.routers_on, s.clients);
@@ -292,7 +297,7 @@ async fn run(s: Settings) -> anyhow::Result<usize> {
         inject(&mut cluster, &fault, &cmds, &world).await?;
         *stats.faults.entry(fault.kind()).or_default() += 1;
         set_context(&world, &format!("settle after fault #{n} ({fault})"));
-        settled = settle(&world, &mut stats, SETTLE).await;
+        settled = settle(&world, &cmds, &mut stats, SETTLE).await;
         check_processes(&mut cluster, &world, &mut stats);
     }
     if settled {
@@ -324,27 +329,58 @@ fn set_context(world: &Shared, what: &str) {
     world.lock().unwrap().context = what.to_owned();
 }
 
-/// Polls the member views until they equal the truth; the deadline passing
-/// is a violation with what was still wrong. True when they converged.
-async fn settle(world: &Shared, stats: &mut Stats, within: Duration) -> bool {
+/// Polls the member views and the data paths ([`checks::paths`]) until
+/// both hold; the deadline passing is a violation with what was still
+/// wrong. True when they converged.
+async fn settle(
+    world: &Shared,
+    cmds: &[mpsc::Sender<Cmd>],
+    stats: &mut Stats,
+    within: Duration,
+) -> bool {
     let t = Instant::now();
     stats.settles += 1;
+    let marks: Vec<u64> = world
+        .lock()
+        .unwrap()
+        .clients
+        .iter()
+        .map(|c| c.next_seq)
+        .collect();
+    let mut next_nudge = Duration::ZERO;
     loop {
-        let wrong = checks::views(&world.lock().unwrap());
+        let wrong = {
+            let w = world.lock().unwrap();
+            let mut wrong = checks::views(&w);
+            wrong.extend(checks::paths(&w, &marks));
+            wrong
+        };
         if wrong.is_empty() {
-            stats.settle_max = stats.settle_max.max(t.elapsed());
+            if t.elapsed() > stats.settle_max {
+                stats.settle_max = t.elapsed();
+                stats.settle_slowest = world.lock().unwrap().context.clone();
+            }
             return true;
         }
         if t.elapsed() > within {
             let mut w = world.lock().unwrap();
             let shown: Vec<String> = wrong.iter().take(12).cloned().collect();
             w.violation(format!(
-                "member views not true within {within:?} ({} wrong): {}",
+                "member views or data paths not back within {within:?} ({} wrong): {}",
                 wrong.len(),
                 shown.join("; ")
             ));
             stats.settle_max = stats.settle_max.max(t.elapsed());
             return false;
+        }
+        // The clients' own traffic is sparse where a channel has one member
+        // in a region; a round of messages every half second shows each
+        // path within a round trip of its return.
+        if t.elapsed() >= next_nudge {
+            next_nudge += NUDGE;
+            for tx in cmds {
+                let _ = tx.try_send(Cmd::Nudge);
+            }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -563,9 +599,10 @@ fn summary(s: &Settings, mode: Mode, cluster: &Cluster, stats: &Stats, w: &World
         }
     }
     println!(
-        "  checks run: {} member-view settles (slowest {:.1} s), {} loss rounds ({} skipped after a failed settle; {} deliveries checked, {} excluded as touched by a reconnect), {} process checks (exits, RSS, fds, panics); duplicates, order and peer_offline counted on every message",
+        "  checks run: {} settles of member views and data paths (slowest {:.1} s, {}), {} loss rounds ({} skipped after a failed settle; {} deliveries checked, {} excluded as touched by a reconnect), {} process checks (exits, RSS, fds, panics); duplicates, order and peer_offline counted on every message",
         stats.settles,
         stats.settle_max.as_secs_f64(),
+        stats.settle_slowest,
         stats.loss_rounds,
         stats.loss_rounds_skipped,
         stats.deliveries_checked,
