@@ -55,6 +55,8 @@ pub struct Binaries {
     pub zenohd: Option<PathBuf>,
     /// The repository, for `mesh/regions`.
     pub repo: PathBuf,
+    /// Run the zenohds as peers and the nodes as their clients.
+    pub zenohd_peers: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +76,7 @@ pub struct Target {
 pub struct Cluster {
     pub mode: Mode,
     pub routers_on: bool,
+    zenohd_peers: bool,
     pub nodes: Vec<Proc>,
     pub routers: Vec<Proc>,
     /// One per link (see [`LINKS`]).
@@ -91,6 +94,7 @@ impl Cluster {
         let mut c = Cluster {
             mode,
             routers_on: bins.zenohd.is_some(),
+            zenohd_peers: bins.zenohd_peers,
             nodes: Vec::new(),
             routers: Vec::new(),
             relays: Vec::new(),
@@ -276,6 +280,9 @@ impl Cluster {
             }
             text = text.replace(lo, r#"interfaces: ["lo", "wan"]"#);
         }
+        if self.zenohd_peers {
+            text = switch_mode(text, "router", "peer")?;
+        }
         let path = dir.join("router.json5");
         std::fs::write(&path, text)?;
         Ok(path)
@@ -317,8 +324,12 @@ impl Cluster {
             if !text.contains(&needle) {
                 bail!("{}: no {needle}", shipped.display());
             }
+            let mut text = text.replace(&needle, &router);
+            if self.zenohd_peers {
+                text = switch_mode(text, "peer", "client")?;
+            }
             let path = dir.join("node.json5");
-            std::fs::write(&path, text.replace(&needle, &router))?;
+            std::fs::write(&path, text)?;
             env.push(("ZENOH_CONFIG".into(), path.display().to_string()));
         } else {
             let connect: Vec<String> = (r + 1..3).map(|b| self.dial(r, b)).collect();
@@ -410,6 +421,15 @@ impl Drop for Cluster {
 /// else `default` (empty: the node's own default).
 fn log_filter(var: &str, default: &str) -> String {
     std::env::var(var).unwrap_or_else(|_| default.to_owned())
+}
+
+/// A shipped config's `mode: "from"` made `mode: "to"`.
+fn switch_mode(text: String, from: &str, to: &str) -> anyhow::Result<String> {
+    let needle = format!("mode: \"{from}\"");
+    if !text.contains(&needle) {
+        bail!("no {needle} in a shipped config");
+    }
+    Ok(text.replace(&needle, &format!("mode: \"{to}\"")))
 }
 
 fn subdir(dir: &Path, name: &str) -> anyhow::Result<PathBuf> {

@@ -56,6 +56,7 @@ struct Settings {
     zenohd: Option<PathBuf>,
     loopback: bool,
     p2p: bool,
+    zenohd_peers: bool,
 }
 
 impl Settings {
@@ -69,7 +70,11 @@ impl Settings {
         if self.clients != 45 {
             cmd += &format!(" --clients {}", self.clients);
         }
-        for (on, flag) in [(self.p2p, " --p2p"), (self.loopback, " --loopback")] {
+        for (on, flag) in [
+            (self.p2p, " --p2p"),
+            (self.zenohd_peers, " --zenohd-peers"),
+            (self.loopback, " --loopback"),
+        ] {
             if on {
                 cmd += flag;
             }
@@ -108,6 +113,12 @@ struct Cli {
     /// nodes meshed peer to peer even where zenohd is installed
     #[arg(long)]
     p2p: bool,
+    /// run each region's zenohd as a peer (the three a full mesh, no
+    /// link-state trees) and the nodes as its clients, instead of the
+    /// shipped routers and peer nodes: the layout README "Chaos run"
+    /// measured against the routers' black holes
+    #[arg(long, conflicts_with = "p2p")]
+    zenohd_peers: bool,
 }
 
 fn positive_secs(s: &str) -> Result<Duration, String> {
@@ -141,6 +152,7 @@ fn settings(cli: Cli) -> anyhow::Result<Settings> {
         zenohd,
         loopback: cli.loopback,
         p2p: cli.p2p,
+        zenohd_peers: cli.zenohd_peers,
     })
 }
 
@@ -226,6 +238,7 @@ async fn run(s: Settings) -> anyhow::Result<usize> {
         zenohd: s.zenohd.clone(),
         // The tool lives in tools/prscd-chaos; the shipped configs at the top.
         repo: Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."),
+        zenohd_peers: s.zenohd_peers,
     };
     for b in [&bins.prscd, &bins.netem] {
         anyhow::ensure!(b.is_file(), "{} missing (cargo build first)", b.display());
@@ -246,7 +259,9 @@ async fn run(s: Settings) -> anyhow::Result<usize> {
             Mode::Netns => format!("regions in network namespaces {}", cluster.namespace_names()),
             Mode::Loopback => "regions as loopback processes".into(),
         },
-        if cluster.routers_on {
+        if cluster.routers_on && s.zenohd_peers {
+            "a zenohd per region as a peer, the nodes its clients (mesh/regions configs, modes changed)"
+        } else if cluster.routers_on {
             "a zenohd router per region (mesh/regions configs)"
         } else {
             "nodes meshed peer to peer"
