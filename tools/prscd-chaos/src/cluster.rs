@@ -341,6 +341,17 @@ impl Cluster {
         Ok(env)
     }
 
+    /// How the regions mesh, for the run's header and summary.
+    pub fn layout(&self) -> &'static str {
+        match (self.routers_on, self.zenohd_peers) {
+            (true, false) => "a zenohd router per region (mesh/regions configs)",
+            (true, true) => {
+                "a zenohd per region as a peer, the nodes its clients (mesh/regions configs, modes switched)"
+            }
+            (false, _) => "nodes meshed peer to peer",
+        }
+    }
+
     pub fn start_node(&mut self, r: usize) -> anyhow::Result<()> {
         let node = &mut self.nodes[r];
         node.start()?;

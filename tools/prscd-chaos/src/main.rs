@@ -259,13 +259,7 @@ async fn run(s: Settings) -> anyhow::Result<usize> {
             Mode::Netns => format!("regions in network namespaces {}", cluster.namespace_names()),
             Mode::Loopback => "regions as loopback processes".into(),
         },
-        if cluster.routers_on && s.zenohd_peers {
-            "a zenohd per region as a peer, the nodes its clients (mesh/regions configs, modes changed)"
-        } else if cluster.routers_on {
-            "a zenohd router per region (mesh/regions configs)"
-        } else {
-            "nodes meshed peer to peer"
-        },
+        cluster.layout(),
         dir.display()
     );
 
@@ -586,11 +580,7 @@ fn summary(s: &Settings, mode: Mode, cluster: &Cluster, stats: &Stats, w: &World
             Mode::Loopback =>
                 "3 regions as loopback processes (no namespaces), WAN through prscd-netem",
         },
-        if cluster.routers_on {
-            "a zenohd router per region"
-        } else {
-            "nodes peer to peer"
-        }
+        cluster.layout()
     );
     println!(
         "  clients {} in {} channels: {} connections ({} failed attempts while nodes were down), data sent {}, received {}, states sent {}, presence messages received {}",
