@@ -167,7 +167,7 @@ impl Cluster {
         for (r, region) in REGIONS.iter().enumerate() {
             let ndir = subdir(dir, &format!("node-{region}"))?;
             let env = c.node_env(bins, r, &ndir)?;
-            let mut p = Proc::new(
+            let node = Proc::new(
                 &format!("node-{region}"),
                 c.prefix_region(r),
                 &bins.prscd,
@@ -175,10 +175,9 @@ impl Cluster {
                 env,
                 &ndir,
             );
-            p.start()?;
-            p.wait_line("ready: port=", Duration::from_secs(30))?;
+            c.nodes.push(node);
+            c.start_node(r)?;
             c.targets[r].cert = ndir.join("dev-cert").join("cert.pem");
-            c.nodes.push(p);
         }
         Ok(c)
     }

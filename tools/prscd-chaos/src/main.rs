@@ -322,7 +322,7 @@ async fn run(s: Settings) -> anyhow::Result<usize> {
         let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
     }
     let w = world.lock().unwrap();
-    summary(&s, mode, &cluster, &stats, &w, started.elapsed());
+    summary(&s, &cluster, &stats, &w, started.elapsed());
     let violations = w.violations.len();
     drop(w);
     drop(cluster);
@@ -357,7 +357,7 @@ async fn settle(
         .map(|c| c.next_seq)
         .collect();
     let mut next_nudge = Duration::ZERO;
-    loop {
+    let converged = loop {
         let wrong = {
             let w = world.lock().unwrap();
             let mut wrong = checks::views(&w);
@@ -365,11 +365,7 @@ async fn settle(
             wrong
         };
         if wrong.is_empty() {
-            if t.elapsed() > stats.settle_max {
-                stats.settle_max = t.elapsed();
-                stats.settle_slowest = world.lock().unwrap().context.clone();
-            }
-            return true;
+            break true;
         }
         if t.elapsed() > within {
             let mut w = world.lock().unwrap();
@@ -379,8 +375,7 @@ async fn settle(
                 wrong.len(),
                 shown.join("; ")
             ));
-            stats.settle_max = stats.settle_max.max(t.elapsed());
-            return false;
+            break false;
         }
         // The clients' own traffic is sparse where a channel has one member
         // in a region; a round of messages every half second shows each
@@ -392,7 +387,12 @@ async fn settle(
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    if t.elapsed() > stats.settle_max {
+        stats.settle_max = t.elapsed();
+        stats.settle_slowest = world.lock().unwrap().context.clone();
     }
+    converged
 }
 
 /// Every client sends one probe per channel; each must reach every member
@@ -566,7 +566,7 @@ fn check_processes(cluster: &mut Cluster, world: &Shared, stats: &mut Stats) {
     }
 }
 
-fn summary(s: &Settings, mode: Mode, cluster: &Cluster, stats: &Stats, w: &World, ran: Duration) {
+fn summary(s: &Settings, cluster: &Cluster, stats: &Stats, w: &World, ran: Duration) {
     let c = &w.counters;
     let total: usize = stats.faults.values().sum();
     println!("chaos summary");
@@ -575,7 +575,7 @@ fn summary(s: &Settings, mode: Mode, cluster: &Cluster, stats: &Stats, w: &World
         s.seed,
         ran.as_secs_f64(),
         s.seconds.as_secs_f64(),
-        match mode {
+        match cluster.mode {
             Mode::Netns => "3 regions in network namespaces, WAN through prscd-netem",
             Mode::Loopback =>
                 "3 regions as loopback processes (no namespaces), WAN through prscd-netem",
