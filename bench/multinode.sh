@@ -12,7 +12,8 @@
 #                   at max rate (throughput);
 #   cross-rate      the same at a fixed rate (p50/p99 latency);
 #   rooms           rooms of 9 with three members on each node, every member
-#                   publishing 1 msg/s.
+#                   publishing 1 msg/s (after the load tool's 1 s pause for
+#                   the nodes to learn each other's subscriptions).
 # What each does to presence when a node dies is not a throughput figure:
 # BENCHMARKS.md says it (prscd: the `death` section of bench/suite.sh).
 #

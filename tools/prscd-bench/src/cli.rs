@@ -38,7 +38,8 @@ pub enum Scenario {
         /// messages/s per member
         #[arg(long, default_value = "1", value_parser = rate)]
         rate: Rate,
-        /// seconds of publishing
+        /// seconds of publishing (after a 1 s pause when --sub-urls spreads
+        /// the members over several nodes)
         #[arg(long, default_value = "10", value_parser = secs)]
         duration: Duration,
         #[command(flatten)]

@@ -24,6 +24,12 @@ use prscd_bench::net::{Endpoint, Transport};
 use prscd_bench::wire::{self, Wire};
 use prscd_bench::{ceiling, death, presence, socketio};
 
+/// The pause between the joins and the first message when members are on
+/// several nodes: a join is acknowledged by its own node before the others
+/// have learnt the new subscription, and what they publish until then
+/// does not reach it.
+const MESH_SETTLE: Duration = Duration::from_secs(1);
+
 fn main() {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -172,7 +178,7 @@ fn prepare(scenario: Scenario) -> anyhow::Result<Job> {
             load,
         } => {
             let mut spec = load_spec(name, &load, 32, 1)?;
-            fanout_into(&mut spec, &fanout, Duration::from_secs(1));
+            fanout_into(&mut spec, &fanout, MESH_SETTLE);
             spec.pub_url = Some(Endpoint::parse(&pub_url)?);
             finish(spec)
         }
@@ -192,6 +198,9 @@ fn prepare(scenario: Scenario) -> anyhow::Result<Job> {
                     .ok_or_else(|| anyhow::anyhow!("--rate max is for fanout"))?,
             );
             spec.duration = duration;
+            if !spec.more_urls.is_empty() {
+                spec.settle = MESH_SETTLE;
+            }
             finish(spec)
         }
         Scenario::Idle {
